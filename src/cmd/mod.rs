@@ -1,0 +1,82 @@
+//! One module per verb. Each exposes `Args` (clap) and `run(&Global, Args) -> Result<ExitCode>`.
+//! A verb prints its results through [`crate::output`] and returns an error for failures;
+//! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
+//! lives in the library crates.
+
+pub mod plan;
+pub mod up;
+pub mod validate;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use crate::output::Format;
+
+/// Flags every verb accepts (DESIGN.md, contract for scripts), each with its environment
+/// variable.
+#[derive(Debug, clap::Args)]
+pub struct Global {
+    /// Where berth keeps its state
+    #[arg(
+        long,
+        env = "BERTH_DATA_DIR",
+        default_value = "/var/lib/berth",
+        global = true
+    )]
+    pub data_dir: PathBuf,
+    /// The controller's URL
+    #[arg(
+        long,
+        env = "BERTH_CONTROLLER",
+        default_value = "http://127.0.0.1:7070",
+        global = true
+    )]
+    pub controller: String,
+    /// API token for the controller
+    #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
+    pub token: Option<String>,
+    /// A registry (HOST:PORT) reached over plain HTTP; repeatable. Only these use plain HTTP
+    #[arg(
+        long = "insecure-registry",
+        env = "BERTH_INSECURE_REGISTRIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub insecure_registries: Vec<String>,
+    /// Output format of verbs that print tables
+    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    pub output: Format,
+    /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `berth_agent=debug`
+    #[arg(long, env = "BERTH_LOG", default_value = "warn", global = true)]
+    pub log: String,
+}
+
+/// An error in how berth was called, as opposed to a failure of what was asked: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Logs go to stderr so that stdout stays parseable (`-o json`).
+pub fn init_logging(global: &Global) {
+    let filter = tracing_subscriber::EnvFilter::try_new(&global.log)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Maps a verb's outcome to the process exit code: usage errors 2, other errors 1.
+pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("berth: {err:#}");
+            if err.downcast_ref::<UsageError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
