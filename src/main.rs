@@ -30,9 +30,20 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run berth all-in-one on this host (controller with embedded store + agent)
     Up(cmd::up::Args),
+    /// Run one container on this host (like `docker run`); the exit code is the container's
+    Run(Box<cmd::run::Args>),
+    /// List containers on this host (`-a` includes stopped ones)
+    Ps(cmd::ps::Args),
+    /// A container's init (berth re-executed by itself; not for people)
+    #[command(name = "__init", hide = true)]
+    Init,
 }
 
 fn main() -> ExitCode {
+    // A container's init must start fast and touch nothing else: dispatch before parsing.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
+        return cmd::runtime_init::init();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -47,6 +58,9 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),
         Command::Plan(args) => cmd::plan::run(&cli.global, args),
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Run(args) => cmd::run::run(&cli.global, *args),
+        Command::Ps(args) => cmd::ps::run(&cli.global, args),
+        Command::Init => Ok(cmd::runtime_init::init()),
     };
     cmd::exit_code(result)
 }

@@ -4,6 +4,9 @@
 //! lives in the library crates.
 
 pub mod plan;
+pub mod ps;
+pub mod run;
+pub mod runtime_init;
 pub mod up;
 pub mod validate;
 
@@ -79,4 +82,9 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             }
         }
     }
+}
+
+/// The cgroup backend for container verbs.
+pub fn cgroups() -> Box<dyn berth_agent::host::container::Cgroups> {
+    Box::new(berth_agent::host::container::NoCgroups)
 }
