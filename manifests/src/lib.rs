@@ -4,3 +4,11 @@
 //!
 //! This crate is pure: it takes file names and bytes as arguments and returns values. It must
 //! not touch the filesystem, the network, the clock or processes; callers read the files.
+
+pub mod reference;
+pub mod signal;
+pub mod units;
+
+pub use reference::{ImageRef, ReferenceError};
+pub use signal::Signal;
+pub use units::{ByteSize, Cpu, Duration, UnitError};
