@@ -17,6 +17,7 @@ pub mod raw;
 pub mod reference;
 pub mod signal;
 pub mod units;
+pub mod wire;
 mod yaml;
 
 pub use app::App;
