@@ -66,10 +66,10 @@ fn non_root_user_from_the_rootfs_gets_no_capabilities() {
     );
     let out = env.run_sh(&["--user", "4242:4343"], "id -u; id -g");
     assert_eq!(stdout(&out), "4242\n4343\n");
-    let out = env.run_sh(&["--user", "nobody"], "true");
+    let out = env.run_sh(&["--user", "ghost"], "true");
     assert!(!out.status.success());
     assert!(
-        stderr(&out).contains("no user named \"nobody\""),
+        stderr(&out).contains("no user named \"ghost\""),
         "{}",
         stderr(&out)
     );

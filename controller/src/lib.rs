@@ -3,3 +3,9 @@
 //! dashboard and the controller's metrics.
 //!
 //! It never touches a container, an image or a host's kernel state: that is the agent's job.
+
+pub mod git;
+pub mod process;
+pub mod store;
+
+pub use berth_manifests::ErrorKind;

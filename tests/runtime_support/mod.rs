@@ -4,7 +4,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 
 /// Whether privileged tests can run (root). As root they always run.
@@ -18,26 +18,6 @@ pub fn is_root() -> bool {
                 .map(|l| l.split_whitespace().nth(1) == Some("0"))
         })
         .unwrap_or(false)
-}
-
-/// Builds a busybox rootfs in `dir` from Debian's static busybox.
-pub fn busybox_rootfs(dir: &Path) -> std::io::Result<()> {
-    for d in ["bin", "etc", "proc", "dev", "sys", "tmp", "home/app"] {
-        std::fs::create_dir_all(dir.join(d))?;
-    }
-    std::fs::copy("/bin/busybox", dir.join("bin/busybox"))?;
-    let list = Command::new("/bin/busybox").arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" && !applet.is_empty() {
-            std::os::unix::fs::symlink("busybox", dir.join("bin").join(applet))?;
-        }
-    }
-    std::fs::write(
-        dir.join("etc/passwd"),
-        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n",
-    )?;
-    std::fs::write(dir.join("etc/group"), "root:x:0:\napp:x:1000:\n")?;
-    Ok(())
 }
 
 /// A data dir and a rootfs for one test.
@@ -59,7 +39,7 @@ impl Env {
             .unwrap();
         let data = tmp.path().join("data");
         let rootfs = tmp.path().join("rootfs");
-        busybox_rootfs(&rootfs).unwrap();
+        berth_testkit::busybox_rootfs(&rootfs).unwrap();
         Env { tmp, data, rootfs }
     }
 

@@ -2,22 +2,7 @@
 
 use std::path::PathBuf;
 
-/// The class of an error: drives retries, exit codes and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorKind {
-    /// The request itself is wrong; retrying the same request cannot help.
-    InvalidInput,
-    /// The container (or a file it names) does not exist.
-    NotFound,
-    /// The container is in a state that does not allow the operation.
-    Conflict,
-    /// The host could not do it now (a busy lock, a missing kernel feature).
-    Unavailable,
-    /// A limit was hit (pids, memory, disk).
-    ResourceExhausted,
-    /// A bug or an unexpected host failure.
-    Internal,
-}
+pub use berth_manifests::ErrorKind;
 
 /// Errors of the pure runtime layer (spec validation, state transitions, lookups).
 #[derive(Debug, thiserror::Error)]
