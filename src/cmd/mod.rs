@@ -3,10 +3,16 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod exec;
+pub mod inspect;
+pub mod kill;
+pub mod logs;
 pub mod plan;
 pub mod ps;
+pub mod rm;
 pub mod run;
 pub mod runtime_init;
+pub mod stop;
 pub mod up;
 pub mod validate;
 

@@ -174,7 +174,13 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
         interactive: args.interactive,
     };
     if args.detach {
-        anyhow::bail!("berth run -d is not implemented yet");
+        if args.interactive {
+            return Err(UsageError("-i cannot be combined with -d".into()).into());
+        }
+        let id = spec.id.clone();
+        host::run_detached(&store, spec, args.rm)?;
+        println!("{id}");
+        return Ok(ExitCode::SUCCESS);
     }
     let limit = spec.resources.memory;
     let exit = host::run_foreground(&store, cgroups.as_ref(), spec, &opts)?;

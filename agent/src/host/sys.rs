@@ -515,3 +515,10 @@ pub fn random16() -> io::Result<[u8; 16]> {
     }
     Ok(buf)
 }
+
+/// `setsid()`: a new session (and process group) led by the caller.
+pub fn setsid() -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::setsid() })?;
+    Ok(())
+}

@@ -92,43 +92,8 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     if spec.namespaces.net && spec.network == Network::Private {
         sys::loopback_up().map_err(|e| format!("bring loopback up: {e}"))?;
     }
-    for r in &spec.rlimits {
-        sys::setrlimit(r.resource, r.soft, r.hard)
-            .map_err(|e| format!("set rlimit {}: {e}", r.resource))?;
-    }
-
-    let passwd = std::fs::read_to_string("/etc/passwd").ok();
-    let group = std::fs::read_to_string("/etc/group").ok();
-    let ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
-        .map_err(|e| e.to_string())?;
-    let mut env = spec.env.clone();
-    if !env.iter().any(|e| e.starts_with("HOME=")) {
-        env.push(format!("HOME={}", ids.home));
-    }
-    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
-        env.push(format!("HOSTNAME={}", spec.effective_hostname()));
-    }
-    let program = find_program(&spec.args[0], &env)?;
-
-    // Only stdio, the status pipe and the start fifo survive; the status pipe and the fifo
-    // are close-on-exec, so the program starts with stdio only (CVE-2024-21626).
-    let keep_hi = fifo
-        .as_ref()
-        .map(|f| f.as_raw_fd())
-        .unwrap_or(STATUS_FD)
-        .max(STATUS_FD);
-    close_others(&[STATUS_FD, keep_hi])?;
-
-    caps::drop_bounding(spec.capabilities, caps::last_cap())
-        .map_err(|e| format!("drop bounding capabilities: {e}"))?;
-    if spec.no_new_privs {
-        caps::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
-    }
-    caps::switch_user(&ids, spec.capabilities, spec.inheritable, spec.ambient)
-        .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
-
-    std::env::set_current_dir(&spec.cwd).map_err(|e| format!("cwd {}: {e}", spec.cwd))?;
-    verify_cwd(&spec.cwd)?;
+    let fifo_fd = fifo.as_ref().map(|f| f.as_raw_fd());
+    let (program, env) = prepare_process(spec, &[STATUS_FD], fifo_fd)?;
 
     if let Some(fifo) = fifo {
         let _ = sys::write_all_fd(status.as_fd(), b"R");
@@ -144,10 +109,56 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     Err(format!("exec {}: {err}", spec.args[0]))
 }
 
+/// The process half of the profile, shared by the init and `berth exec`: rlimits, user
+/// (names from the container's files: call after entering its root), `HOME`/`HOSTNAME`,
+/// program lookup, closing every fd but stdio and `keep` (`extra` too, if given), the
+/// bounding set, no_new_privs, user switch with the capability sets, and cwd (verified).
+/// Returns the program path and environment; the caller applies seccomp and execs.
+pub fn prepare_process(
+    spec: &ContainerSpec,
+    keep: &[i32],
+    extra: Option<i32>,
+) -> Result<(String, Vec<String>), String> {
+    for r in &spec.rlimits {
+        sys::setrlimit(r.resource, r.soft, r.hard)
+            .map_err(|e| format!("set rlimit {}: {e}", r.resource))?;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", ids.home));
+    }
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", spec.effective_hostname()));
+    }
+    let program = find_program(&spec.args[0], &env)?;
+
+    // Only stdio and the (close-on-exec) report fds survive: the program starts with stdio
+    // only (CVE-2024-21626).
+    let mut keep: Vec<i32> = keep.to_vec();
+    keep.extend(extra);
+    close_others(&keep)?;
+
+    caps::drop_bounding(spec.capabilities, caps::last_cap())
+        .map_err(|e| format!("drop bounding capabilities: {e}"))?;
+    if spec.no_new_privs {
+        caps::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+    }
+    caps::switch_user(&ids, spec.capabilities, spec.inheritable, spec.ambient)
+        .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
+
+    std::env::set_current_dir(&spec.cwd).map_err(|e| format!("cwd {}: {e}", spec.cwd))?;
+    verify_cwd(&spec.cwd)?;
+    Ok((program, env))
+}
+
 /// The seam for the seccomp filter: applied last, just before exec (the filter itself is
 /// built by `host::seccomp`, which lands separately). Until then `spec.seccomp` has no
 /// effect and `Seccomp:` in `/proc/self/status` reads 0.
-fn apply_seccomp(_spec: &ContainerSpec) -> Result<(), String> {
+pub fn apply_seccomp(_spec: &ContainerSpec) -> Result<(), String> {
     Ok(())
 }
 

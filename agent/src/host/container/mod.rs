@@ -8,8 +8,10 @@
 //! the container's own mount namespace), `upper/` and `work/` (overlay), `logs/`.
 //! Processes are identified by pid *and* start time; a reused pid is never signalled.
 
+pub mod exec;
 pub mod init;
 pub mod limits;
+pub mod shim;
 pub mod spawn;
 
 use std::fs::{File, OpenOptions};
@@ -547,4 +549,186 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())
         .unwrap_or_default()
+}
+
+/// Starts a container under a new shim (`berth __shim`, in its own session so it outlives
+/// the caller) and returns the init's host pid once the program runs.
+pub fn run_detached(
+    store: &Store,
+    spec: ContainerSpec,
+    remove: bool,
+) -> Result<i32, ContainerError> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    spec.validate()?;
+    let dir = store.create(&spec)?;
+    let started = (|| {
+        prepare_dirs(&dir, &spec)?;
+        let st = ContainerState {
+            spec: spec.clone(),
+            status: Status::Creating,
+            created: unix_now(),
+            init: None,
+            shim: None,
+            cgroup: None,
+            bundle: None,
+            exit: None,
+        };
+        store.write(&st, true)?;
+        let (report_r, report_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg0("berth-shim")
+            .arg("__shim")
+            .arg(store.root.parent().unwrap_or(Path::new("/")))
+            .arg(&spec.id);
+        if remove {
+            cmd.arg("--rm");
+        }
+        cmd.stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .env_clear();
+        let w = report_w.as_raw_fd();
+        let in_child = move || {
+            sys::setsid()?;
+            sys::dup2(w, shim::REPORT_FD)
+        };
+        // SAFETY: the closure only makes async-signal-safe calls (setsid, dup2, fcntl).
+        unsafe { cmd.pre_exec(in_child) };
+        let mut child = cmd.spawn().map_err(ContainerError::io("start", "shim"))?;
+        drop(report_w);
+        let mut report = Vec::new();
+        std::fs::File::from(report_r)
+            .read_to_end(&mut report)
+            .map_err(ContainerError::io("read", "shim report"))?;
+        // The shim keeps running; it is not our child to wait for beyond this point, but
+        // reap it if it already failed.
+        let _ = child.try_wait();
+        let text = String::from_utf8_lossy(&report).into_owned();
+        if let Some(pid) = text.strip_prefix('R').and_then(|p| p.parse().ok()) {
+            Ok(pid)
+        } else if let Some(msg) = text.strip_prefix('E') {
+            let _ = child.wait();
+            Err(ContainerError::Setup {
+                id: spec.id.clone(),
+                message: msg.to_string(),
+            })
+        } else {
+            let _ = child.wait();
+            Err(ContainerError::Setup {
+                id: spec.id.clone(),
+                message: "the shim exited without a report".into(),
+            })
+        }
+    })();
+    if started.is_err() {
+        let _ = store.remove_dir(&spec.id);
+    }
+    started
+}
+
+/// Sends `signal` to the container's init (only if it is still the recorded process).
+pub fn kill(store: &Store, key: &str, signal: i32) -> Result<String, ContainerError> {
+    let id = store.find(key)?;
+    let _lock = store.lock(&id)?;
+    let st = store.read(&id)?;
+    let (status, _) = store.observe(&st);
+    status.require(&id, "kill", Status::can_kill, ": it is not running")?;
+    let sent = match st.init {
+        Some(init) => store.signal_init(init, signal)?,
+        None => false,
+    };
+    if !sent {
+        return Err(RuntimeError::BadState {
+            id,
+            status: Status::Stopped,
+            action: "kill",
+            hint: ": it is not running",
+        }
+        .into());
+    }
+    Ok(id)
+}
+
+/// Polls `done` every 20 ms until it holds or `timeout` passed; returns whether it held.
+#[allow(clippy::disallowed_methods)] // a wait with a deadline: the edge where time enters
+pub fn wait_until(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Stops a container: `signal`, up to `grace` for it to end, then SIGKILL to its whole
+/// cgroup (or its init, which ends its pid namespace). Waits for the exit record.
+pub fn stop(
+    store: &Store,
+    cgroups: &dyn Cgroups,
+    key: &str,
+    signal: i32,
+    grace: std::time::Duration,
+) -> Result<(String, Option<Exit>), ContainerError> {
+    let id = store.find(key)?;
+    let _lock = store.lock(&id)?;
+    let st = store.read(&id)?;
+    let (status, exit) = store.observe(&st);
+    let Some(init) = st.init.filter(|_| status.can_kill()) else {
+        return Ok((id, exit));
+    };
+    let gone = |store: &Store| !state::same_process(init, store.start_time(init.pid));
+    if store.signal_init(init, signal)? && !wait_until(grace, || gone(store)) {
+        if !cgroups.signal_all(&st.spec, libc::SIGKILL)? {
+            store.signal_init(init, libc::SIGKILL)?;
+        }
+        wait_until(std::time::Duration::from_secs(10), || gone(store));
+    }
+    // The shim (or foreground CLI) records the exit right after reaping, then ends.
+    wait_until(std::time::Duration::from_secs(5), || {
+        store.read_exit(&id).is_some() || !store.dir(&id).exists()
+    });
+    if let Some(shim) = st.shim {
+        wait_until(std::time::Duration::from_secs(5), || {
+            !state::same_process(shim, store.start_time(shim.pid))
+        });
+    }
+    Ok((id.clone(), store.read_exit(&id)))
+}
+
+/// Removes a stopped container (`force`: kill it first).
+pub fn remove(
+    store: &Store,
+    cgroups: &dyn Cgroups,
+    key: &str,
+    force: bool,
+) -> Result<String, ContainerError> {
+    let id = store.find(key)?;
+    let st = store.read(&id)?;
+    let (status, _) = store.observe(&st);
+    if !status.can_delete() {
+        if !force {
+            status.require(
+                &id,
+                "remove",
+                Status::can_delete,
+                ": stop it first or use --force",
+            )?;
+        }
+        stop(
+            store,
+            cgroups,
+            &id,
+            libc::SIGKILL,
+            std::time::Duration::from_secs(0),
+        )?;
+    }
+    let _lock = store.lock(&id)?;
+    cgroups.remove(&st.spec)?;
+    store.remove_dir(&id)?;
+    Ok(id)
 }

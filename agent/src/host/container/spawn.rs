@@ -72,26 +72,46 @@ pub fn spawn(
     stdio: Stdio,
     join_cgroup: &mut dyn FnMut(i32) -> Result<(), ContainerError>,
 ) -> Result<Spawned, ContainerError> {
+    let config = serde_json::to_vec(cfg).map_err(|e| ContainerError::Setup {
+        id: cfg.spec.id.clone(),
+        message: format!("encode init config: {e}"),
+    })?;
+    spawn_helper(
+        "__init",
+        &cfg.spec.id,
+        &config,
+        clone_flags(cfg),
+        stdio,
+        join_cgroup,
+    )
+}
+
+/// Clones a child with `flags` (plus a new mount namespace for the read-only binary) that
+/// re-executes berth as `verb` with `config` on fd 3 and the report pipe on fd 4.
+pub fn spawn_helper(
+    verb: &str,
+    id: &str,
+    config: &[u8],
+    flags: libc::c_ulong,
+    stdio: Stdio,
+    join_cgroup: &mut dyn FnMut(i32) -> Result<(), ContainerError>,
+) -> Result<Spawned, ContainerError> {
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(ContainerError::io("read", "/proc/self/exe"))?;
     let exe_s = exe.display().to_string();
     if exe_s.ends_with(" (deleted)") {
         return Err(ContainerError::Setup {
-            id: cfg.spec.id.clone(),
+            id: id.to_string(),
             message: format!("the berth binary {exe_s} was replaced: run the new one"),
         });
     }
-    let config = serde_json::to_vec(cfg).map_err(|e| ContainerError::Setup {
-        id: cfg.spec.id.clone(),
-        message: format!("encode init config: {e}"),
-    })?;
     let (cfg_r, cfg_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
     let (status_r, status_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
-    let flags = clone_flags(cfg);
+    let flags = flags | libc::CLONE_NEWNS as libc::c_ulong;
 
     match sys::clone_process(flags).map_err(ContainerError::io("clone", "container init"))? {
         sys::Forked::Child => {
-            let code = match child(&exe_s, &cfg_r, &status_w, stdio) {
+            let code = match child(&exe_s, verb, &cfg_r, &status_w, stdio) {
                 Ok(never) => match never {},
                 Err(msg) => {
                     let _ = sys::write_all_fd(status_w.as_fd(), format!("E{msg}").as_bytes());
@@ -113,7 +133,7 @@ pub fn spawn(
                 return Err(e);
             }
             let mut w = std::fs::File::from(cfg_w);
-            if let Err(e) = w.write_all(&config) {
+            if let Err(e) = w.write_all(config) {
                 let _ = sys::kill(pid, libc::SIGKILL);
                 let _ = sys::waitpid(pid, 0);
                 return Err(ContainerError::io("send config to", "container init")(e));
@@ -126,7 +146,13 @@ pub fn spawn(
 enum Never {}
 
 /// Runs in the cloned child: stdio, fds 3/4, private mounts, read-only berth binary, exec.
-fn child(exe: &str, cfg_r: &OwnedFd, status_w: &OwnedFd, stdio: Stdio) -> Result<Never, String> {
+fn child(
+    exe: &str,
+    verb: &str,
+    cfg_r: &OwnedFd,
+    status_w: &OwnedFd,
+    stdio: Stdio,
+) -> Result<Never, String> {
     // Move the pipes well above the fds we are about to overwrite, then into place.
     let hi = |fd: RawFd| -> Result<RawFd, String> {
         // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd we own.
@@ -162,7 +188,7 @@ fn child(exe: &str, cfg_r: &OwnedFd, status_w: &OwnedFd, stdio: Stdio) -> Result
         None,
     )
     .map_err(|e| format!("make berth binary read-only: {e}"))?;
-    let argv = ["berth".to_string(), "__init".to_string()];
+    let argv = ["berth".to_string(), verb.to_string()];
     let env: [String; 0] = [];
     let err = sys::execve(exe, &argv, &env);
     Err(format!("exec berth init {exe}: {err}"))
