@@ -17,6 +17,7 @@ pub mod raw;
 pub mod reference;
 pub mod signal;
 pub mod units;
+mod validate;
 mod yaml;
 
 pub use app::App;
@@ -73,6 +74,7 @@ pub fn parse_source(source: Source<'_>, errors: &mut Diagnostics) -> Vec<raw::Ra
         path: source.path,
         source: &text,
         errors,
+        invalid: Default::default(),
     };
     docs.iter().filter_map(|doc| decoder.app(doc)).collect()
 }
@@ -88,6 +90,7 @@ pub fn load(sources: &[Source<'_>]) -> Result<ManifestSet, Diagnostics> {
             }
         }
     }
+    validate::across(&apps, &mut errors);
     if !errors.is_empty() {
         errors.sort();
         return Err(errors);
