@@ -15,6 +15,7 @@ pub mod error;
 mod normalize;
 pub mod raw;
 pub mod reference;
+pub mod revision;
 pub mod signal;
 pub mod units;
 mod validate;
@@ -24,6 +25,7 @@ pub use app::App;
 pub use error::{Diagnostic, Diagnostics, ErrorKind, Location, ManifestError};
 pub use normalize::{is_dns_label, is_env_name, normalize_path};
 pub use reference::{ImageRef, ReferenceError};
+pub use revision::Revision;
 pub use signal::Signal;
 pub use units::{ByteSize, Cpu, Duration, UnitError};
 
@@ -43,6 +45,8 @@ pub struct Manifest {
     pub app: App,
     /// Where its document starts.
     pub location: Location,
+    /// Its revision identity (content hash).
+    pub revision: Revision,
 }
 
 /// All apps of a manifest tree, valid together, sorted by name.
@@ -98,6 +102,7 @@ pub fn load(sources: &[Source<'_>]) -> Result<ManifestSet, Diagnostics> {
     let mut manifests: Vec<Manifest> = apps
         .into_iter()
         .map(|(raw, app)| Manifest {
+            revision: app.revision(),
             app,
             location: raw.location,
         })
