@@ -204,11 +204,17 @@ impl CgroupManager for V1Cgroup {
     }
 
     fn delete(&self) -> Result<(), CgroupError> {
-        // Try every hierarchy even if one fails, and report the first failure.
+        // Try every hierarchy even if one fails, and report the first failure. A busy
+        // hierarchy means live processes, which keep the others busy too: stop there rather
+        // than wait out the retries once per hierarchy (a later delete finishes the job).
         let mut first_err = None;
         for dir in self.dirs() {
-            if let Err(err) = fsio::remove_dir(&dir) {
-                first_err.get_or_insert(err);
+            match fsio::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(err @ CgroupError::Busy { .. }) => return Err(err),
+                Err(err) => {
+                    first_err.get_or_insert(err);
+                }
             }
         }
         first_err.map_or(Ok(()), Err)
