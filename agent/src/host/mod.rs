@@ -4,3 +4,4 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod cgroup;
+pub mod seccomp;
