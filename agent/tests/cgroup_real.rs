@@ -17,9 +17,12 @@ use std::thread;
 use std::time::Duration;
 
 use berth_agent::host::cgroup::{
-    Cgroup, CgroupLayout, CgroupManager, CgroupPath, DeviceEnforcement, ErrorKind, Resources,
-    default_device_rules,
+    Cgroup, CgroupLayout, CgroupManager, CgroupPath, ErrorKind, Resources, default_device_rules,
 };
+
+fn host_layout() -> CgroupLayout {
+    CgroupLayout::detect(Path::new("/proc/self/mountinfo")).unwrap()
+}
 
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -32,14 +35,18 @@ struct TestCgroup {
 }
 
 impl TestCgroup {
+    /// In the host's own layout (v1 or hybrid here).
     fn new() -> Option<Self> {
         if !is_root() {
             eprintln!("skipped: cgroup tests need root");
             return None;
         }
+        Some(Self::new_in(&host_layout()))
+    }
+
+    fn new_in(layout: &CgroupLayout) -> Self {
         static NEXT: AtomicU32 = AtomicU32::new(0);
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let layout = CgroupLayout::detect(Path::new("/proc/self/mountinfo")).unwrap();
         let parent_path =
             CgroupPath::new(&format!("berth-test-{}-{n}", std::process::id())).unwrap();
         let path = parent_path.join("c").unwrap();
@@ -48,7 +55,7 @@ impl TestCgroup {
             cgroup: layout.cgroup(&path),
         };
         guard.cgroup.create().unwrap();
-        Some(guard)
+        guard
     }
 }
 
@@ -249,25 +256,9 @@ fn delete_of_a_cgroup_with_processes_reports_busy() {
     assert!(err.to_string().contains("kill"), "{err}");
 }
 
-#[test]
-fn default_devices_allow_null_and_deny_other_devices() {
-    let Some(cg) = TestCgroup::new() else { return };
-    let enforcement = cg.cgroup.apply_devices(&default_device_rules()).unwrap();
-    if let DeviceEnforcement::NotEnforced { reason } = enforcement {
-        eprintln!("device rules not enforced on this host: {reason}");
-        return;
-    }
-    if let Cgroup::V1(v1) = &cg.cgroup {
-        let list =
-            std::fs::read_to_string(v1.controller_dir("devices").unwrap().join("devices.list"))
-                .unwrap();
-        assert!(
-            list.contains("c 1:3 rwm") && list.contains("c 136:* rwm"),
-            "{list}"
-        );
-        assert!(!list.contains("a *:*"), "{list}");
-    }
-    // A block node (loop0, 7:0) made outside the cgroup: the device cgroup refuses the open.
+/// Runs a shell in `cg` that writes /dev/null and reads a block node (loop0, 7:0) made
+/// outside the cgroup; returns its output.
+fn probe_devices(cg: &TestCgroup) -> String {
     let dir = tempfile::tempdir().unwrap();
     let node = dir.path().join("blk");
     nix::sys::stat::mknod(
@@ -277,15 +268,66 @@ fn default_devices_allow_null_and_deny_other_devices() {
         nix::sys::stat::makedev(7, 0),
     )
     .unwrap();
+    // head's error goes to stdout (2>&1 before >/dev/null), the data to /dev/null.
     let script = format!(
         "echo x > /dev/null && echo null-ok; head -c1 {} 2>&1 >/dev/null; echo done",
         node.display()
     );
-    let mut proc = Proc::spawn(&script);
-    // stderr of head goes to stdout via 2>&1 above.
-    cg.cgroup.add_pid(proc.pid()).unwrap();
-    proc.go();
-    let (_, out) = proc.wait_output();
+    let proc = start_in(cg, &script);
+    proc.wait_output().1
+}
+
+#[test]
+fn default_devices_allow_null_and_deny_other_devices() {
+    let Some(cg) = TestCgroup::new() else { return };
+    cg.cgroup.apply_devices(&default_device_rules()).unwrap();
+    let out = probe_devices(&cg);
+    assert!(out.contains("null-ok"), "{out}");
+    assert!(out.contains("Operation not permitted"), "{out}");
+}
+
+#[test]
+fn v1_devices_list_shows_only_the_allowed_devices() {
+    let Some(cg) = TestCgroup::new() else { return };
+    let v1 = match &cg.cgroup {
+        Cgroup::V1(v1) => v1,
+        Cgroup::Hybrid(hybrid) => hybrid.v1(),
+        Cgroup::V2(_) => {
+            eprintln!("skipped: no v1 devices controller");
+            return;
+        }
+    };
+    cg.cgroup.apply_devices(&default_device_rules()).unwrap();
+    let list = std::fs::read_to_string(v1.controller_dir("devices").unwrap().join("devices.list"))
+        .unwrap();
+    assert!(
+        list.contains("c 1:3 rwm") && list.contains("c 136:* rwm"),
+        "{list}"
+    );
+    assert!(!list.contains("a *:*") && !list.contains("b "), "{list}");
+}
+
+/// The v2 path for real: on a hybrid host the controller-less cgroup2 tree still runs
+/// device programs for its members, so the eBPF filter is tested here too.
+#[test]
+fn v2_device_program_allows_null_and_denies_other_devices() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = match host_layout() {
+        CgroupLayout::V2 { root } | CgroupLayout::Hybrid { unified: root, .. } => root,
+        CgroupLayout::V1(_) => {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        }
+    };
+    let cg = TestCgroup::new_in(&CgroupLayout::V2 { root });
+    // Without the program, the block node opens (loop0 without a backing file reads empty).
+    let out = probe_devices(&cg);
+    assert!(!out.contains("Operation not permitted"), "{out}");
+    cg.cgroup.apply_devices(&default_device_rules()).unwrap();
+    let out = probe_devices(&cg);
     assert!(out.contains("null-ok"), "{out}");
     assert!(out.contains("Operation not permitted"), "{out}");
 }

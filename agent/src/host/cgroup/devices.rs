@@ -6,8 +6,8 @@
 //! so a container with CAP_MKNOD can create a block device node but not open it.
 //!
 //! On v1 the rules are lines written to `devices.deny` / `devices.allow`. On v2 the kernel
-//! checks devices only through a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the cgroup,
-//! which berth does not build yet; see docs/cgroups.md.
+//! checks devices only through a `BPF_PROG_TYPE_CGROUP_DEVICE` program attached to the
+//! cgroup, which [`super::devices_bpf`] compiles from the same rules.
 
 use std::fmt;
 
@@ -107,16 +107,6 @@ impl DeviceRule {
             "devices.deny"
         }
     }
-}
-
-/// Whether the kernel now enforces the device rules for the cgroup.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DeviceEnforcement {
-    /// The rules are installed.
-    Enforced,
-    /// Nothing was installed; `reason` says why (the v2 eBPF program is not implemented).
-    /// The caller must not rely on device isolation and should say so to the user.
-    NotEnforced { reason: &'static str },
 }
 
 /// The default rules, in the order they must be applied.

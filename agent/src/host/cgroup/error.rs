@@ -94,6 +94,16 @@ pub enum CgroupError {
     },
 
     #[error(
+        "failed to {step} the eBPF device program for cgroup {path}; the kernel needs CONFIG_CGROUP_BPF and the caller CAP_SYS_ADMIN (or CAP_BPF)"
+    )]
+    DeviceProgram {
+        path: PathBuf,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error(
         "cgroup {path} did not become {state} in time; check for processes stuck in the kernel"
     )]
     FreezeTimeout { path: PathBuf, state: &'static str },
@@ -108,7 +118,8 @@ impl CgroupError {
             Self::Read { source, .. }
             | Self::Write { source, .. }
             | Self::Create { source, .. }
-            | Self::Remove { source, .. } => io_kind(source),
+            | Self::Remove { source, .. }
+            | Self::DeviceProgram { source, .. } => io_kind(source),
             Self::Busy { .. } => ErrorKind::Conflict,
             Self::Signal { .. } | Self::Parse { .. } | Self::FreezeTimeout { .. } => {
                 ErrorKind::Internal

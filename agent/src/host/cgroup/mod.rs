@@ -44,6 +44,7 @@
 
 mod detect;
 mod devices;
+pub mod devices_bpf;
 mod error;
 mod fsio;
 pub mod v1;
@@ -57,7 +58,7 @@ use std::path::{Path, PathBuf};
 use nix::sys::signal::Signal;
 
 pub use detect::{CgroupLayout, V1_CONTROLLERS, V1Mounts};
-pub use devices::{DeviceAccess, DeviceEnforcement, DeviceKind, DeviceRule, default_device_rules};
+pub use devices::{DeviceAccess, DeviceKind, DeviceRule, default_device_rules};
 pub use error::{CgroupError, ErrorKind};
 
 /// The default CFS period when a CPU cap is set without one: 100 ms, as Docker uses.
@@ -214,10 +215,11 @@ pub trait CgroupManager {
     /// Writes the limits that are set in `resources`, after [`Resources::validate`].
     fn apply(&self, resources: &Resources) -> Result<(), CgroupError>;
 
-    /// Installs a device allow-list, rules in order (the first should deny all). On v2 this
-    /// needs an eBPF program that is not implemented yet: it reports
-    /// [`DeviceEnforcement::NotEnforced`] and changes nothing.
-    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<DeviceEnforcement, CgroupError>;
+    /// Installs a device allow-list, rules in order (the first should deny all; the last
+    /// matching rule decides). v1 writes `devices.deny`/`devices.allow`; v2 attaches an
+    /// eBPF device program. Call once, before the container runs: on v2 every call attaches
+    /// one more program.
+    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<(), CgroupError>;
 
     /// Moves process `pid` (all its threads) into the cgroup.
     fn add_pid(&self, pid: u32) -> Result<(), CgroupError>;
@@ -278,7 +280,7 @@ impl CgroupManager for HybridCgroup {
         self.v1.apply(resources)
     }
 
-    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<DeviceEnforcement, CgroupError> {
+    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<(), CgroupError> {
         self.v1.apply_devices(rules)
     }
 
@@ -375,7 +377,7 @@ impl CgroupManager for Cgroup {
     fn apply(&self, resources: &Resources) -> Result<(), CgroupError> {
         self.manager().apply(resources)
     }
-    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<DeviceEnforcement, CgroupError> {
+    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<(), CgroupError> {
         self.manager().apply_devices(rules)
     }
     fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 
-use super::devices::{DeviceEnforcement, DeviceRule};
+use super::devices::DeviceRule;
 use super::error::CgroupError;
 use super::fsio;
 use super::{CgroupManager, CgroupPath, Resources, Stats, V1Mounts, signal_pids};
@@ -140,12 +140,12 @@ impl CgroupManager for V1Cgroup {
         Ok(())
     }
 
-    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<DeviceEnforcement, CgroupError> {
+    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<(), CgroupError> {
         let dir = self.require("devices")?;
         for rule in rules {
             fsio::write(&dir.join(rule.v1_file()), &rule.v1_line())?;
         }
-        Ok(DeviceEnforcement::Enforced)
+        Ok(())
     }
 
     fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {

@@ -6,14 +6,14 @@
 //! (Linux ≥ 5.14); and for stats `cpu.stat` (`usage_usec`), `memory.current`, `memory.peak`
 //! (Linux ≥ 5.19), `memory.events` (`oom_kill`), `pids.current`.
 //!
-//! Device rules are not enforced on v2 yet: that needs a `BPF_PROG_TYPE_CGROUP_DEVICE`
-//! program (see docs/cgroups.md).
+//! Device rules become an eBPF program attached to the cgroup ([`devices_bpf`]).
 
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
 
-use super::devices::{DeviceEnforcement, DeviceRule};
+use super::devices::DeviceRule;
+use super::devices_bpf;
 use super::error::CgroupError;
 use super::fsio;
 use super::{CgroupManager, CgroupPath, Resources, Stats, shares_to_weight, signal_pids};
@@ -129,10 +129,8 @@ impl CgroupManager for V2Cgroup {
         Ok(())
     }
 
-    fn apply_devices(&self, _rules: &[DeviceRule]) -> Result<DeviceEnforcement, CgroupError> {
-        Ok(DeviceEnforcement::NotEnforced {
-            reason: "cgroup v2 device control needs a BPF_PROG_TYPE_CGROUP_DEVICE program, which berth does not install yet",
-        })
+    fn apply_devices(&self, rules: &[DeviceRule]) -> Result<(), CgroupError> {
+        devices_bpf::attach(&self.dir, rules)
     }
 
     fn add_pid(&self, pid: u32) -> Result<(), CgroupError> {
