@@ -17,7 +17,8 @@ use std::thread;
 use std::time::Duration;
 
 use berth_agent::host::cgroup::{
-    Cgroup, CgroupLayout, CgroupManager, CgroupPath, ErrorKind, Resources, default_device_rules,
+    Cgroup, CgroupJoin, CgroupLayout, CgroupManager, CgroupPath, ErrorKind, Resources,
+    default_device_rules,
 };
 
 fn host_layout() -> CgroupLayout {
@@ -342,4 +343,51 @@ fn hybrid_tracks_the_process_in_the_unified_leaf_too() {
     let proc = start_in(&cg, "sleep 30");
     assert_eq!(hybrid.unified().pids().unwrap(), vec![proc.pid()]);
     assert_eq!(cg.cgroup.pids().unwrap(), vec![proc.pid()]);
+}
+
+#[test]
+fn a_child_joins_the_cgroup_itself_before_exec() {
+    let Some(cg) = TestCgroup::new() else { return };
+    let join = CgroupJoin::open(&cg.cgroup).unwrap();
+    let mut cmd = Command::new("/bin/sleep");
+    cmd.arg("30");
+    // SAFETY: join_self only writes to descriptors opened before the fork.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || join.join_self());
+    }
+    let child = cmd.spawn().unwrap();
+    let proc = Proc { child, stdin: None };
+    assert_eq!(cg.cgroup.pids().unwrap(), vec![proc.pid()]);
+    if let Cgroup::Hybrid(hybrid) = &cg.cgroup {
+        assert_eq!(hybrid.unified().pids().unwrap(), vec![proc.pid()]);
+    }
+}
+
+/// The v2 backend's freeze, kill (cgroup.kill) and delete on a real cgroup2 tree: the
+/// unified mount of a hybrid host has no controllers, but these are core v2 features.
+#[test]
+fn v2_freeze_kill_and_delete_work_on_a_real_cgroup2_tree() {
+    if !is_root() {
+        eprintln!("skipped: needs root");
+        return;
+    }
+    let root = match host_layout() {
+        CgroupLayout::V2 { root } | CgroupLayout::Hybrid { unified: root, .. } => root,
+        CgroupLayout::V1(_) => {
+            eprintln!("skipped: no cgroup2 mount");
+            return;
+        }
+    };
+    let cg = TestCgroup::new_in(&CgroupLayout::V2 { root });
+    let proc = start_in(&cg, "sleep 30 & sleep 30 & wait");
+    assert!(wait_until(|| cg.cgroup.pids().unwrap().len() == 3));
+    cg.cgroup.freeze().unwrap();
+    cg.cgroup.thaw().unwrap();
+    cg.cgroup.kill_all().unwrap();
+    let (status, _) = proc.wait_output();
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert!(wait_until(|| cg.cgroup.pids().unwrap().is_empty()));
+    cg.cgroup.delete().unwrap();
+    assert!(cg.cgroup.dirs().iter().all(|d| !d.exists()));
 }

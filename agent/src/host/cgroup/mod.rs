@@ -11,7 +11,7 @@
 //! ```no_run
 //! use std::path::Path;
 //! use berth_agent::host::cgroup::{
-//!     default_device_rules, CgroupLayout, CgroupManager, CgroupPath, Resources,
+//!     default_device_rules, CgroupJoin, CgroupLayout, CgroupManager, CgroupPath, Resources,
 //! };
 //! # fn main() -> Result<(), berth_agent::host::cgroup::CgroupError> {
 //! let layout = CgroupLayout::detect(Path::new("/proc/self/mountinfo"))?;
@@ -25,7 +25,8 @@
 //! })?;
 //! cgroup.apply_devices(&default_device_rules())?;      // before the container runs
 //! # let child_pid = 0;
-//! cgroup.add_pid(child_pid)?;                          // before the child execs
+//! cgroup.add_pid(child_pid)?;                          // before the child execs, or
+//!                                                      // CgroupJoin::join_self in the child
 //! let stats = cgroup.stats()?;                         // cpu ns, memory, pids, OOM kills
 //! cgroup.kill_all()?;                                  // SIGKILL everything inside
 //! cgroup.delete()?;                                    // rmdir, retried while busy
@@ -53,6 +54,8 @@ pub mod v2;
 #[cfg(test)]
 mod conformance;
 
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::Signal;
@@ -403,6 +406,47 @@ impl CgroupManager for Cgroup {
     }
     fn delete(&self) -> Result<(), CgroupError> {
         self.manager().delete()
+    }
+}
+
+/// The `cgroup.procs` files of one cgroup, opened in advance, so a freshly forked child can
+/// move itself in without allocating: what a `pre_exec` hook or a cloned container init needs
+/// (the child joins before it execs, so no process of the container ever runs outside).
+///
+/// Open it in the parent after [`CgroupManager::create`]; the files are close-on-exec.
+#[derive(Debug)]
+pub struct CgroupJoin {
+    files: Vec<File>,
+}
+
+impl CgroupJoin {
+    /// Opens every `cgroup.procs` of `cgroup` for writing.
+    pub fn open(cgroup: &Cgroup) -> Result<Self, CgroupError> {
+        let files = cgroup
+            .dirs()
+            .into_iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .map_err(|source| CgroupError::Write {
+                        path,
+                        value: "0".to_owned(),
+                        source,
+                    })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self { files })
+    }
+
+    /// Moves the calling process into the cgroup (writes `0` to each file). It makes only
+    /// `write(2)` calls and does not allocate, so it is safe between fork and exec.
+    pub fn join_self(&self) -> io::Result<()> {
+        for mut file in &self.files {
+            file.write_all(b"0")?;
+        }
+        Ok(())
     }
 }
 

@@ -191,16 +191,14 @@ impl CgroupManager for V1Cgroup {
         if !dir_exists(procs.parent()) {
             return Ok(());
         }
-        let frozen = self.controller_dir("freezer").is_some();
-        if frozen {
-            // Frozen tasks cannot fork between the listing and the signal; SIGKILL is
-            // delivered when they thaw.
-            self.freeze()?;
-        }
+        let has_freezer = self.controller_dir("freezer").is_some();
+        // Frozen tasks cannot fork between the listing and the signal; SIGKILL is delivered
+        // when they thaw. Signal even if freezing timed out: a partial kill beats none.
+        let froze = if has_freezer { self.freeze() } else { Ok(()) };
         let killed =
             fsio::read_pids(&procs).and_then(|pids| signal_pids(&pids, Signal::SIGKILL, &procs));
-        let thawed = if frozen { self.thaw() } else { Ok(()) };
-        killed.and(thawed)
+        let thawed = if has_freezer { self.thaw() } else { Ok(()) };
+        froze.and(killed).and(thawed)
     }
 
     fn delete(&self) -> Result<(), CgroupError> {

@@ -177,16 +177,15 @@ impl CgroupManager for V2Cgroup {
         if self.has_kill_file() {
             return fsio::write(&self.dir.join("cgroup.kill"), "1");
         }
-        // Before 5.14: freeze so nothing forks between listing and signalling.
+        // Before 5.14: freeze so nothing forks between listing and signalling; signal even
+        // if freezing timed out.
         let freezable = self.dir.join("cgroup.freeze").exists();
-        if freezable {
-            self.freeze()?;
-        }
+        let froze = if freezable { self.freeze() } else { Ok(()) };
         let procs = self.dir.join("cgroup.procs");
         let killed =
             fsio::read_pids(&procs).and_then(|pids| signal_pids(&pids, Signal::SIGKILL, &procs));
         let thawed = if freezable { self.thaw() } else { Ok(()) };
-        killed.and(thawed)
+        froze.and(killed).and(thawed)
     }
 
     fn delete(&self) -> Result<(), CgroupError> {
