@@ -129,6 +129,7 @@ const FULLY_BLOCKED: &[&str] = &[
 fn filters_fit_the_kernel_limit_on_every_arch() {
     for arch in ARCHES {
         let prog = default_filter(arch).unwrap();
+        eprintln!("{arch:?}: {} BPF instructions", prog.len());
         assert!(prog.len() < MAX_INSTRUCTIONS, "{arch:?}: {}", prog.len());
     }
 }
