@@ -408,6 +408,7 @@ fn creates_the_cgroup_in_every_hierarchy_idempotently(fake: &dyn FakeKernel) {
         assert!(dir.is_dir(), "{} missing", dir.display());
     }
     assert_eq!(cgroup.dirs().len(), fake.dirs(REL).len());
+    assert_eq!(cgroup.path().as_path(), Path::new(REL));
     cgroup.create().unwrap();
 }
 

@@ -321,9 +321,9 @@ impl CgroupManager for HybridCgroup {
     }
 
     fn delete(&self) -> Result<(), CgroupError> {
-        let v1 = self.v1.delete();
-        let unified = fsio::remove_dir(self.unified.dir());
-        v1.and(unified)
+        // Busy in v1 means live processes, which keep the leaf busy too: don't wait twice.
+        self.v1.delete()?;
+        fsio::remove_dir(self.unified.dir())
     }
 }
 
@@ -356,6 +356,15 @@ impl Cgroup {
             Self::V1(cgroup) => cgroup,
             Self::V2(cgroup) => cgroup,
             Self::Hybrid(cgroup) => cgroup,
+        }
+    }
+
+    /// The path relative to the hierarchy roots.
+    pub fn path(&self) -> &CgroupPath {
+        match self {
+            Self::V1(cgroup) => cgroup.path(),
+            Self::V2(cgroup) => cgroup.path(),
+            Self::Hybrid(cgroup) => cgroup.v1.path(),
         }
     }
 

@@ -33,6 +33,11 @@ impl V1Cgroup {
         Self { mounts, path }
     }
 
+    /// The path relative to the hierarchy roots.
+    pub fn path(&self) -> &CgroupPath {
+        &self.path
+    }
+
     /// The directory of this cgroup in `controller`'s hierarchy, if that is mounted.
     pub fn controller_dir(&self, controller: &str) -> Option<PathBuf> {
         self.mounts

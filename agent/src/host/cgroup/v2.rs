@@ -36,6 +36,11 @@ impl V2Cgroup {
         Self { root, path, dir }
     }
 
+    /// The path relative to the root.
+    pub fn path(&self) -> &CgroupPath {
+        &self.path
+    }
+
     /// The cgroup's directory.
     pub fn dir(&self) -> &Path {
         &self.dir
