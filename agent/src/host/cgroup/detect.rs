@@ -305,6 +305,19 @@ mod tests {
         assert_eq!(missing.kind(), super::super::ErrorKind::NotFound);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_mountinfo_never_panics(text in "\\PC{0,400}") {
+            let _ = CgroupLayout::from_mountinfo(&text, "fuzz");
+        }
+
+        #[test]
+        fn arbitrary_mount_points_with_escapes_never_panic(point in "[a-z/\\\\0-9 ]{0,40}") {
+            let line = format!("1 1 0:1 / {point} rw - cgroup2 cgroup2 rw\n");
+            let _ = CgroupLayout::from_mountinfo(&line, "fuzz");
+        }
+    }
+
     #[test]
     fn skips_malformed_lines() {
         let text = "garbage\n\n39 31 0:36 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids\n";

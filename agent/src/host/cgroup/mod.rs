@@ -500,6 +500,22 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn an_accepted_cgroup_path_stays_under_its_root(path in "[a-z./+_-]{1,12}(/[a-z./+_-]{0,12}){0,3}") {
+            if let Ok(valid) = CgroupPath::new(&path) {
+                let root = Path::new("/sys/fs/cgroup/memory");
+                let joined = root.join(valid.as_path());
+                proptest::prop_assert!(joined.starts_with(root));
+                proptest::prop_assert!(joined != root);
+                proptest::prop_assert!(valid
+                    .as_path()
+                    .components()
+                    .all(|c| matches!(c, std::path::Component::Normal(_))));
+            }
+        }
+    }
+
     #[test]
     fn cpu_quota_comes_from_millicores_and_period() {
         let half = Resources {
