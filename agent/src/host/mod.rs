@@ -4,6 +4,8 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod caps;
+pub mod cgroup;
 pub mod container;
 pub mod rootfs;
+pub mod seccomp;
 pub mod sys;
