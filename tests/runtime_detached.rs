@@ -2,8 +2,15 @@
 //! killed, `ps`, `logs`, `stop`, `kill`, `rm`, `exec`, and that the berth binary cannot be
 //! reached for writing from inside (CVE-2019-5736). Skipped only when not root.
 
-#![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers fail the test by panicking")]
-#![allow(clippy::disallowed_methods, reason = "system tests wait on real processes with wall-clock deadlines")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers fail the test by panicking"
+)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "system tests wait on real processes with wall-clock deadlines"
+)]
 
 mod runtime_support;
 

@@ -92,5 +92,12 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
 
 /// The cgroup backend for container verbs.
 pub fn cgroups() -> Box<dyn berth_agent::host::container::Cgroups> {
-    Box::new(berth_agent::host::container::NoCgroups)
+    use berth_agent::host::container::{HostCgroups, NoCgroups};
+    match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
+        Ok(host) => Box::new(host),
+        Err(e) => {
+            tracing::warn!("no cgroups: {e}; containers run without limits");
+            Box::new(NoCgroups)
+        }
+    }
 }

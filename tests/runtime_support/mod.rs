@@ -116,3 +116,75 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+/// Compiles `probe.c` (calls a syscall by name and prints its errno) statically into the
+/// rootfs as `/probe`.
+pub fn install_probe(rootfs: &std::path::Path) {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/runtime_support/probe.c");
+    let out = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(rootfs.join("probe"))
+        .arg(src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A unique cgroup parent for one test, removed (every hierarchy) on drop.
+pub struct CgroupParent(pub String);
+
+impl CgroupParent {
+    /// `berth-test-<pid>-<n>`.
+    pub fn new(n: u32) -> CgroupParent {
+        CgroupParent(format!("berth-test-{}-{n}", std::process::id()))
+    }
+
+    /// Directories of this parent that exist in any hierarchy.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Ok(rd) = std::fs::read_dir("/sys/fs/cgroup") {
+            for h in rd.flatten() {
+                let d = h.path().join(&self.0);
+                if d.is_dir() {
+                    dirs.push(d);
+                }
+            }
+        }
+        let d = PathBuf::from("/sys/fs/cgroup").join(&self.0);
+        if d.is_dir() {
+            dirs.push(d);
+        }
+        dirs
+    }
+
+    /// Child cgroups left under this parent.
+    pub fn children(&self) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for d in self.dirs() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                out.extend(rd.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for CgroupParent {
+    fn drop(&mut self) {
+        for child in self.children() {
+            if let Ok(procs) = std::fs::read_to_string(child.join("cgroup.procs")) {
+                for pid in procs.lines() {
+                    let _ = Command::new("kill").args(["-9", pid]).status();
+                }
+            }
+            let _ = std::fs::remove_dir(&child);
+        }
+        for d in self.dirs() {
+            let _ = std::fs::remove_dir(&d);
+        }
+    }
+}

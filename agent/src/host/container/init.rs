@@ -155,11 +155,17 @@ pub fn prepare_process(
     Ok((program, env))
 }
 
-/// The seam for the seccomp filter: applied last, just before exec (the filter itself is
-/// built by `host::seccomp`, which lands separately). Until then `spec.seccomp` has no
-/// effect and `Seccomp:` in `/proc/self/status` reads 0.
-pub fn apply_seccomp(_spec: &ContainerSpec) -> Result<(), String> {
-    Ok(())
+/// Builds and installs the default seccomp filter (`host::seccomp`) when the spec asks for
+/// it: the last step before exec, after no_new_privs and the capability changes.
+pub fn apply_seccomp(spec: &ContainerSpec) -> Result<(), String> {
+    if !spec.seccomp {
+        return Ok(());
+    }
+    use crate::host::seccomp;
+    let filter = seccomp::Arch::native()
+        .and_then(seccomp::default_filter)
+        .map_err(|e| format!("build seccomp filter: {e}"))?;
+    seccomp::apply(&filter).map_err(|e| format!("apply seccomp filter: {e}"))
 }
 
 fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {

@@ -25,7 +25,7 @@ use crate::runtime::spec::{ContainerSpec, Rootfs};
 use crate::runtime::state::{self, ContainerState, Exit, Observed, ProcessId, Status};
 use crate::runtime::{ErrorKind, RuntimeError};
 
-pub use limits::{Cgroups, NoCgroups};
+pub use limits::{Cgroups, HostCgroups, NoCgroups};
 
 /// Errors of container operations on this host.
 #[derive(Debug, thiserror::Error)]
