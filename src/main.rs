@@ -47,6 +47,8 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Run a program in a running container (same namespaces, cgroup and profile)
     Exec(cmd::exec::Args),
+    /// The OCI runtime command line (runc-compatible subset)
+    Runtime(cmd::runtime::Args),
     /// A container's init (berth re-executed by itself; not for people)
     #[command(name = "__init", hide = true)]
     Init,
@@ -91,6 +93,7 @@ fn main() -> ExitCode {
         Command::Kill(args) => cmd::kill::run(&cli.global, args),
         Command::Rm(args) => cmd::rm::run(&cli.global, args),
         Command::Exec(args) => cmd::exec::run(&cli.global, args),
+        Command::Runtime(args) => cmd::runtime::run(&cli.global, args),
         Command::Init => Ok(cmd::runtime_init::init()),
         Command::Shim => Ok(cmd::runtime_init::shim()),
         Command::ExecHelper => Ok(cmd::runtime_init::exec()),

@@ -11,6 +11,7 @@ pub mod plan;
 pub mod ps;
 pub mod rm;
 pub mod run;
+pub mod runtime;
 pub mod runtime_init;
 pub mod stop;
 pub mod up;

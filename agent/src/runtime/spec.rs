@@ -246,6 +246,19 @@ pub struct ContainerSpec {
     pub network: Network,
     /// Extra label for `berth ps`: the app name (empty for `berth run`).
     pub app: String,
+    /// Mount the default filesystems (/proc, /dev, /sys, ...) before `mounts`; OCI bundles
+    /// list their own and set this to false.
+    #[serde(default = "yes")]
+    pub default_mounts: bool,
+    /// Supplementary groups in addition to those from `/etc/group` (OCI `additionalGids`).
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// OCI: explicit effective set (default: `capabilities` for root, empty otherwise).
+    #[serde(default)]
+    pub effective: Option<CapSet>,
+    /// OCI: explicit permitted set (same default as `effective`).
+    #[serde(default)]
+    pub permitted: Option<CapSet>,
     /// The app revision (empty for `berth run`).
     pub revision: String,
 }
@@ -283,6 +296,10 @@ impl ContainerSpec {
             network: Network::Private,
             app: String::new(),
             revision: String::new(),
+            default_mounts: true,
+            additional_gids: Vec::new(),
+            effective: None,
+            permitted: None,
         }
     }
 
@@ -391,6 +408,10 @@ impl ContainerSpec {
         }
         Ok(())
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn invalid(field: &'static str, reason: String) -> RuntimeError {

@@ -147,8 +147,15 @@ pub fn prepare_process(
     if spec.no_new_privs {
         caps::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
     }
-    caps::switch_user(&ids, spec.capabilities, spec.inheritable, spec.ambient)
-        .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
+    caps::switch_user_with(
+        &ids,
+        spec.capabilities,
+        spec.effective,
+        spec.permitted,
+        spec.inheritable,
+        spec.ambient,
+    )
+    .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
 
     std::env::set_current_dir(&spec.cwd).map_err(|e| format!("cwd {}: {e}", spec.cwd))?;
     verify_cwd(&spec.cwd)?;
