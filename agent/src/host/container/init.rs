@@ -146,6 +146,10 @@ pub fn prepare_process(
         .map_err(|e| format!("drop bounding capabilities: {e}"))?;
     if spec.no_new_privs {
         caps::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+    } else {
+        // Without no_new_privs the filter can only be installed while CAP_SYS_ADMIN is
+        // still effective, i.e. before the capability sets shrink (OCI bundles only).
+        apply_seccomp(spec)?;
     }
     caps::switch_user_with(
         &ids,
@@ -165,7 +169,8 @@ pub fn prepare_process(
 /// Builds and installs the default seccomp filter (`host::seccomp`) when the spec asks for
 /// it: the last step before exec, after no_new_privs and the capability changes.
 pub fn apply_seccomp(spec: &ContainerSpec) -> Result<(), String> {
-    if !spec.seccomp {
+    static APPLIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !spec.seccomp || APPLIED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
     use crate::host::seccomp;

@@ -247,6 +247,15 @@ impl Store {
         write_atomic(&self.dir(&state.spec.id), "state.json", &bytes, durable)
     }
 
+    /// Makes the container's state dir durable (fsync of `state.json` and the dir).
+    pub fn sync(&self, id: &str) -> Result<(), ContainerError> {
+        let dir = self.dir(id);
+        File::open(dir.join("state.json"))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| File::open(&dir).and_then(|d| d.sync_all()))
+            .map_err(ContainerError::io("fsync", dir.display()))
+    }
+
     /// The exit record the reaper wrote, if any.
     pub fn read_exit(&self, id: &str) -> Option<Exit> {
         let bytes = std::fs::read(self.dir(id).join("exit.json")).ok()?;
@@ -634,7 +643,8 @@ fn start_shim(
             bundle: bundle.map(Path::to_path_buf),
             exit: None,
         };
-        store.write(&st, true)?;
+        // Not durable: if the host dies now, there is no container to account for.
+        store.write(&st, false)?;
         if bundle.is_some() {
             let fifo = shim::start_fifo(&dir);
             let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
@@ -801,6 +811,12 @@ pub fn remove(
             libc::SIGKILL,
             std::time::Duration::from_secs(0),
         )?;
+    }
+    // The shim may still be writing its final record: let it finish first.
+    if let Some(shim) = st.shim {
+        wait_until(std::time::Duration::from_secs(5), || {
+            !state::same_process(shim, store.start_time(shim.pid))
+        });
     }
     let _lock = store.lock(&id)?;
     cgroups.remove(&st.spec)?;

@@ -253,11 +253,22 @@ fn run(
         pid: me,
         start_time,
     });
-    store.write(&st, true).map_err(fail(None))?;
+    // Visible at once (rename), durable right after the CLI is told: the start latency
+    // does not wait for the disk, and a crash in between loses only a record whose init
+    // dies with the host anyway.
+    store.write(&st, false).map_err(fail(None))?;
+    if pipes.is_some() {
+        // The log exists once the CLI returns, so `berth logs -f` right after finds it.
+        let _ = open_log(&log_path(&dir));
+    }
     if let Some(r) = report {
         let _ = sys::write_all_fd(r.as_fd(), format!("R{pid}").as_bytes());
         drop(r);
     }
+    let _ = store.sync(id);
+    // The shim lives as long as the container: give back what setup allocated.
+    // SAFETY: malloc_trim only releases free heap memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
     if ready == spawn::Ready::Created
         && spawned.wait_exec(id).is_ok()
         && let Ok(mut now) = store.read(id)
