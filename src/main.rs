@@ -31,6 +31,20 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run berth all-in-one on this host (controller with embedded store + agent)
     Up(cmd::up::Args),
+    /// Run the controller: git sync, revisions, the agent and CLI API
+    Controller(cmd::controller::Args),
+    /// Show apps, hosts and the git source
+    Status(cmd::status::Args),
+    /// List apps with their revision and ready instances
+    Apps(cmd::apps::Args),
+    /// Show an app's revision history
+    Revisions(cmd::revisions::Args),
+    /// Pin an app to an earlier revision until its manifest changes
+    Rollback(cmd::rollback::Args),
+    /// Follow rollouts (`berth rollout status APP --wait`)
+    Rollout(cmd::rollout::Args),
+    /// Show what happened and why (`-f` to follow)
+    Events(cmd::events::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +62,13 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),
         Command::Plan(args) => cmd::plan::run(&cli.global, args),
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Controller(args) => cmd::controller::run(&cli.global, args),
+        Command::Status(args) => cmd::status::run(&cli.global, args),
+        Command::Apps(args) => cmd::apps::run(&cli.global, args),
+        Command::Revisions(args) => cmd::revisions::run(&cli.global, args),
+        Command::Rollback(args) => cmd::rollback::run(&cli.global, args),
+        Command::Rollout(args) => cmd::rollout::run(&cli.global, args),
+        Command::Events(args) => cmd::events::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

@@ -7,6 +7,15 @@ pub mod plan;
 pub mod up;
 pub mod validate;
 
+pub mod apps;
+pub mod controller;
+pub mod events;
+mod remote;
+pub mod revisions;
+pub mod rollback;
+pub mod rollout;
+pub mod status;
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 
