@@ -14,20 +14,13 @@ use std::collections::BTreeMap;
 
 use berth_manifests::App;
 use berth_manifests::wire::{AppReport, RevisionState, RolloutState};
-use sha2::{Digest, Sha256};
 
 use crate::model::{AppHistory, AppRecord, StoredRevision};
 
-/// The revision identity of a normalized app: `sha256:<hex>` of its canonical JSON.
-///
-/// The same function as `App::revision` on the manifests branch (schema prefix included), so
-/// switching to it when it reaches main keeps every stored hash.
+/// The revision identity of a normalized app (`App::revision`: sha256 of its canonical
+/// JSON), as stored in revisions.
 pub fn spec_hash(app: &App) -> String {
-    let json = serde_json::to_vec(app).unwrap_or_else(|e| e.to_string().into_bytes());
-    let mut h = Sha256::new();
-    h.update(b"berth.app.v1\n");
-    h.update(&json);
-    format!("sha256:{}", hex::encode(h.finalize()))
+    app.revision().to_string()
 }
 
 /// What a valid commit asks for one app.
@@ -359,7 +352,7 @@ mod tests {
     const V3: &str = "app: web\nimage: busybox:3\n";
 
     #[test]
-    fn spec_hash_matches_the_manifests_revision_scheme() {
+    fn spec_hash_is_the_manifests_revision() {
         let h = spec_hash(&app(V1));
         assert!(h.starts_with("sha256:") && h.len() == 71, "{h}");
         assert_eq!(

@@ -5,6 +5,8 @@
 //! `crate::validate`). Pure.
 
 use crate::app::{Metric, NetworkMode, RestartPolicy};
+use std::collections::BTreeSet;
+
 use crate::error::{Diagnostics, Location, ManifestError, quoted};
 use crate::reference::ImageRef;
 use crate::signal::Signal;
@@ -110,6 +112,9 @@ pub struct RawLogs {
 pub struct RawApp {
     /// Where the document's mapping starts.
     pub location: Location,
+    /// Fields written with a value that could not be decoded (and was reported): rules about
+    /// missing fields skip them, so one mistake gives one error.
+    pub invalid: BTreeSet<String>,
     pub app: Option<At<String>>,
     pub image: Option<At<ImageRef>>,
     pub command: Option<At<Vec<String>>>,
@@ -155,6 +160,8 @@ pub(crate) struct Decoder<'a> {
     pub path: &'a str,
     pub source: &'a str,
     pub errors: &'a mut Diagnostics,
+    /// Fields of the current document written with an unusable value (already reported).
+    pub invalid: BTreeSet<String>,
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -219,6 +226,7 @@ impl Decoder<'_> {
     }
 
     fn invalid(&mut self, n: &Node, field: &str, expected: impl Into<String>) {
+        self.invalid.insert(field.to_owned());
         let got = self.got(n);
         self.error(
             n,
@@ -453,6 +461,7 @@ impl Decoder<'_> {
                 location: s.location,
             }),
             Err(e) => {
+                self.invalid.insert(field.to_owned());
                 let got = quoted(&s.value);
                 self.error(
                     n,
@@ -517,8 +526,10 @@ impl Decoder<'_> {
             APP_KEYS,
             "a mapping with at least `app` and `image`",
         )?;
+        self.invalid.clear();
         let mut raw = RawApp {
             location: self.loc(root),
+            invalid: BTreeSet::new(),
             app: None,
             image: None,
             command: None,
@@ -568,6 +579,7 @@ impl Decoder<'_> {
                 _ => {}
             }
         }
+        raw.invalid = std::mem::take(&mut self.invalid);
         Some(raw)
     }
 

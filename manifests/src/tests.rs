@@ -150,3 +150,210 @@ fn wrong_types_name_the_type_that_was_written() {
         ]
     );
 }
+
+fn load_many(files: &[(&str, &str)]) -> Vec<String> {
+    let sources: Vec<Source<'_>> = files
+        .iter()
+        .map(|(p, s)| Source {
+            path: p,
+            bytes: s.as_bytes(),
+        })
+        .collect();
+    match load(&sources) {
+        Ok(_) => vec![],
+        Err(d) => d.0.iter().map(ToString::to_string).collect(),
+    }
+}
+
+#[test]
+fn duplicate_apps_across_files_are_reported_at_both_places() {
+    let errs = load_many(&[
+        ("a.yaml", "app: web\nimage: busybox\n"),
+        (
+            "b/c.yaml",
+            "---\napp: other\nimage: busybox\n---\n\napp: web\nimage: nginx\n",
+        ),
+    ]);
+    assert_eq!(
+        errs,
+        [
+            "a.yaml:1:6: app `web` is defined twice (also at b/c.yaml:6:6); app names must be unique",
+            "b/c.yaml:6:6: app `web` is defined twice (also at a.yaml:1:6); app names must be unique",
+        ]
+    );
+}
+
+#[test]
+fn exposed_port_clashes_are_reported_at_both_apps() {
+    let errs = load_many(&[
+        (
+            "a.yaml",
+            "app: a\nimage: busybox\nport: 80\nexpose: { port: 8000 }\n",
+        ),
+        (
+            "b.yaml",
+            "app: b\nimage: busybox\nport: 80\nexpose:\n  port: 8000\n",
+        ),
+        (
+            "c.yaml",
+            "app: c\nimage: busybox\nport: 8000\nnetwork: host\n",
+        ),
+    ]);
+    assert_eq!(
+        errs,
+        [
+            "a.yaml:4:17: expose.port: host port 8000 is also used by app `b` (b.yaml:5:9)",
+            "b.yaml:5:9: expose.port: host port 8000 is also used by app `a` (a.yaml:4:17)",
+            "c.yaml:3:7: port: host port 8000 is also used by app `a` (a.yaml:4:17)",
+        ]
+    );
+}
+
+#[test]
+fn replicas_and_autoscale_exclude_each_other() {
+    let errs = errors("app: web\nimage: busybox\nreplicas: 2\nautoscale: { max: 3 }\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:4:12: autoscale: replicas (line 3) and autoscale exclude each other: keep one"
+        ]
+    );
+}
+
+#[test]
+fn autoscale_min_above_max_is_reported_at_min() {
+    let errs = errors("app: web\nimage: busybox\nautoscale:\n  min: 5\n  max: 2\n");
+    assert_eq!(
+        errs,
+        ["apps/web.yaml:4:8: autoscale.min: 5 is greater than autoscale.max 2"]
+    );
+}
+
+#[test]
+fn scale_to_zero_needs_a_request_metric_and_expose() {
+    let errs = errors("app: web\nimage: busybox\nautoscale: { min: 0, max: 2 }\n");
+    assert_eq!(errs.len(), 1);
+    assert!(
+        errs[0].contains("needs metric rps or concurrency"),
+        "{errs:?}"
+    );
+    let errs = errors(
+        "app: web\nimage: busybox\nautoscale: { min: 0, max: 2, metric: rps, target: 10 }\n",
+    );
+    assert!(errs[0].contains("needs `expose`"), "{errs:?}");
+    assert!(errors("app: web\nimage: busybox\nport: 80\nexpose: {port: 81}\nautoscale: { min: 0, max: 2, metric: rps, target: 10 }\n").is_empty());
+}
+
+#[test]
+fn absurd_values_are_refused_naming_the_field() {
+    let errs = errors(
+        "app: web\nimage: busybox\nresources: { cpu: 5000, memory: 1Ei, pids: 0 }\nreplicas: 100000\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:3:19: resources.cpu: must be from 0.01 to 1024, got 5000",
+            "apps/web.yaml:3:33: resources.memory: must be from 6Mi to 4Ti, got 1Ei",
+            "apps/web.yaml:3:44: resources.pids: must be from 1 to 4194304, got 0",
+            "apps/web.yaml:4:11: replicas: must be from 0 to 1000, got 100000",
+        ]
+    );
+    let errs = errors("app: web\nimage: busybox\nresources: { cpu: -1, memory: -5 }\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert!(errs[0].contains("resources.cpu: expected cpu cores like 0.5 or millicores like 500m (must not be negative), got an integer -1"), "{errs:?}");
+}
+
+#[test]
+fn probes_are_checked() {
+    let errs = errors("app: web\nimage: busybox\nport: 80\nhealth: { http: up }\n");
+    assert_eq!(
+        errs,
+        [r#"apps/web.yaml:4:17: health.http: "up" must be a request path starting with /"#]
+    );
+    let errs = errors("app: web\nimage: busybox\nhealth: { http: /up }\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:3:17: health.http: needs `port`: the probe requests the port the app listens on"
+        ]
+    );
+    let errs = errors("app: web\nimage: busybox\nhealth: { tcp: 0 }\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:3:16: health.tcp: expected a port number from 1 to 65535, got an integer 0"
+        ]
+    );
+    let errs = errors("app: web\nimage: busybox\nhealth: { exec: [] }\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:3:17: health.exec: must not be empty; give the command to run, like [\"/bin/check\"]"
+        ]
+    );
+    let errs = errors("app: web\nimage: busybox\nhealth: { exec: [x], tcp: 80 }\n");
+    assert_eq!(
+        errs,
+        ["apps/web.yaml:3:27: health: has more than one probe: keep one of http, tcp, exec"]
+    );
+    let errs = errors("app: web\nimage: busybox\nhealth: { interval: 1s }\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:3:9: health: needs a probe: one of http (a path), tcp (a port) or exec (a command)"
+        ]
+    );
+}
+
+#[test]
+fn volumes_need_absolute_paths_without_dot_dot_and_unique_names() {
+    let errs = errors(
+        "app: web\nimage: busybox\nvolumes:\n  - { name: data, path: var/lib }\n  - { name: data, path: /a/../etc }\n  - { name: Logs, path: /logs }\n",
+    );
+    assert_eq!(
+        errs,
+        [
+            r#"apps/web.yaml:4:25: volumes[0].path: "var/lib" must be an absolute path (start with /)"#,
+            r#"apps/web.yaml:5:13: volumes[1].name: volume "data" is already defined on line 4"#,
+            r#"apps/web.yaml:5:25: volumes[1].path: "/a/../etc" must not contain `.` or `..` components"#,
+            r#"apps/web.yaml:6:13: volumes[2].name: "Logs" is not a DNS label (lowercase letters, digits, `-`)"#,
+        ]
+    );
+}
+
+#[test]
+fn env_keys_must_be_valid_names_and_port_is_reserved() {
+    let errs =
+        errors("app: web\nimage: busybox\nport: 80\nenv:\n  1BAD: x\n  PORT: \"81\"\n  EMPTY:\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:5:3: env.1BAD: invalid variable name: use letters, digits and `_`, not starting with a digit",
+            "apps/web.yaml:6:3: env.PORT: is set by berth to `port` (80); remove it here",
+            "apps/web.yaml:7:8: env.EMPTY: expected a string (write \"\" for an empty value), got nothing (null)",
+        ]
+    );
+}
+
+#[test]
+fn bad_image_references_say_why() {
+    let errs = errors("app: web\nimage: \"Web:latest\"\n");
+    assert_eq!(
+        errs,
+        [
+            r#"apps/web.yaml:2:8: image: expected an image reference like registry.example/web:1.4 (repository `Web` must be lowercase), got "Web:latest""#
+        ]
+    );
+}
+
+#[test]
+fn expose_needs_port_and_update_needs_room_to_roll() {
+    let errs = errors("app: web\nimage: busybox\nexpose: { port: 80 }\nupdate: { max_surge: 0 }\n");
+    assert_eq!(
+        errs,
+        [
+            "apps/web.yaml:3:9: expose: needs `port`: the proxy forwards to the port the app listens on",
+            "apps/web.yaml:4:9: update: max_surge and max_unavailable cannot both be 0: a rollout could never start a new instance",
+        ]
+    );
+}
