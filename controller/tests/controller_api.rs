@@ -400,3 +400,82 @@ async fn state_survives_a_controller_restart_and_shutdown_ends_long_polls() {
     );
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_host_shows_not_ready_after_the_grace_period_and_keeps_its_apps() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let fx = Fixture::new();
+    fx.push("web.yaml", &web("busybox:1"), "add web");
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let mut config = Config::new(
+        fx.dir.path().join("data"),
+        format!("file://{}", fx.bare.display()),
+        "main".into(),
+        Arc::new(FakeResolver::new()),
+    );
+    config.listen = "127.0.0.1:0".parse().unwrap();
+    config.poll_interval = Duration::from_secs(3600);
+    config.host_grace = Duration::from_secs(30);
+    let clock = now.clone();
+    config.clock = Arc::new(move || clock.load(Ordering::SeqCst));
+    let handle = Controller::start(config).await.unwrap();
+    let client = Client::new(&handle.url(), handle.token()).unwrap();
+    client.sync().await.unwrap();
+    client.register(&host("h1")).await.unwrap();
+    assert!(client.status().await.unwrap().hosts[0].ready);
+    now.fetch_add(31_000, Ordering::SeqCst);
+    let status = client.status().await.unwrap();
+    assert!(!status.hosts[0].ready);
+    let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        a.apps.len(),
+        1,
+        "a silent host keeps its apps (no rescheduling yet)"
+    );
+    // a report is a heartbeat
+    client
+        .report(&report("h1", a.version, 1, RolloutState::Progressing))
+        .await
+        .unwrap();
+    assert!(client.status().await.unwrap().hosts[0].ready);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_streams_new_events_as_they_happen() {
+    let fx = Fixture::new();
+    fx.push("web.yaml", &web("busybox:1"), "add web");
+    let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
+    client.sync().await.unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let follower = {
+        let client = client.clone();
+        tokio::spawn(async move { client.events(true, |e| tx.send(e).is_ok()).await })
+    };
+    // the stored history comes first
+    let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.reason, "RevisionCreated");
+    fx.push("web.yaml", &web("busybox:2"), "web 2");
+    client.sync().await.unwrap();
+    let mut seen = Vec::new();
+    while !seen.iter().any(|m: &String| m.contains("revision 2")) {
+        let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("the followed stream did not deliver the new revision")
+            .unwrap();
+        seen.push(e.message);
+    }
+    // shutdown ends the stream
+    tokio::time::timeout(Duration::from_secs(10), handle.shutdown())
+        .await
+        .expect("shutdown hung on an event stream")
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), follower)
+        .await
+        .expect("the follower did not end")
+        .unwrap()
+        .unwrap();
+}
