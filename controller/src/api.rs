@@ -17,6 +17,9 @@
 //! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
 //!
+//! `POST /v1/sync` is also the git hosting webhook: besides the bearer token it accepts
+//! GitLab's `X-Gitlab-Token` and GitHub/Gitea's HMAC-SHA256 body signatures keyed by the token.
+//!
 //! Errors are `{"error": "...", "kind": "..."}` with the status of their class. This module
 //! holds no state of its own: it translates HTTP to [`Core`] calls.
 
@@ -151,21 +154,72 @@ async fn auth<S: Store>(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
-    if !constant_time_eq(given.trim().as_bytes(), state.token.as_bytes()) {
-        let body = wire::ApiError {
-            error: "missing or wrong token; pass --token or BERTH_TOKEN (the controller's \
-                    is in <data-dir>/controller/token)"
-                .into(),
-            kind: ErrorKind::InvalidInput,
-        };
-        return (
-            StatusCode::UNAUTHORIZED,
-            [(header::WWW_AUTHENTICATE, "Bearer")],
-            Json(body),
-        )
-            .into_response();
+    if constant_time_eq(given.trim().as_bytes(), state.token.as_bytes()) {
+        return next.run(request).await;
     }
-    next.run(request).await
+    if request.method() == axum::http::Method::POST && request.uri().path() == "/v1/sync" {
+        match webhook_auth(&state.token, &headers, request).await {
+            Ok(Some(request)) => return next.run(request).await,
+            Ok(None) => {}
+            Err(response) => return response,
+        }
+    }
+    let body = wire::ApiError {
+        error: "missing or wrong token; pass --token or BERTH_TOKEN (the controller's \
+                is in <data-dir>/controller/token)"
+            .into(),
+        kind: ErrorKind::InvalidInput,
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// Largest webhook payload read to check its signature (GitHub caps them at 25 MB).
+pub const MAX_WEBHOOK_BYTES: usize = 25 << 20;
+
+/// Accepts git hosting webhooks, which cannot send our bearer header: GitLab's
+/// `X-Gitlab-Token` (the token itself), GitHub's and Gitea's `X-Hub-Signature-256:
+/// sha256=<hex>` and Gitea's `X-Gitea-Signature: <hex>` (HMAC-SHA256 of the body with the
+/// token as secret). `Ok(None)`: not a valid webhook.
+async fn webhook_auth(
+    token: &str,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Option<Request>, Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(t) = header("x-gitlab-token") {
+        return Ok(constant_time_eq(t.trim().as_bytes(), token.as_bytes()).then_some(request));
+    }
+    let signature = header("x-hub-signature-256")
+        .and_then(|s| s.strip_prefix("sha256="))
+        .or_else(|| header("x-gitea-signature"))
+        .map(|s| s.trim().to_ascii_lowercase());
+    let Some(signature) = signature else {
+        return Ok(None);
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_WEBHOOK_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorKind::ResourceExhausted,
+                format!("webhook payload larger than {MAX_WEBHOOK_BYTES} bytes"),
+            )
+            .into_response());
+        }
+    };
+    let expected = hex::encode(crate::token::hmac_sha256(token.as_bytes(), &bytes));
+    if !constant_time_eq(signature.as_bytes(), expected.as_bytes()) {
+        return Ok(None);
+    }
+    Ok(Some(Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    )))
 }
 
 async fn timeout(request: Request, next: Next) -> Response {

@@ -507,8 +507,11 @@ impl<S: Store> Core<S> {
                         failure: None,
                         completed_ms: None,
                     };
-                    let mut message =
-                        format!("revision {number} ({} {digest}) from {cause}", app.image);
+                    let image = match app.image.digest() {
+                        Some(_) => app.image.to_string(),
+                        None => format!("{} = {digest}", app.image),
+                    };
+                    let mut message = format!("revision {number} ({image}) from {cause}");
                     if was_pinned {
                         message.push_str("; the manifest changed, so the pin is cleared");
                     }
@@ -888,6 +891,7 @@ fn app_counts(
 ) -> (u32, u32) {
     let mut desired = 0u32;
     let mut ready = 0u32;
+    let mut placed = false;
     for host in hosts {
         let name = &host.registration.name;
         let Some(assigned) = assignments
@@ -896,6 +900,7 @@ fn app_counts(
         else {
             continue;
         };
+        placed = true;
         let report = host
             .last_report
             .as_ref()
@@ -913,6 +918,13 @@ fn app_counts(
                 });
             }
         }
+    }
+    if !placed {
+        // on no host yet: what the spec asks for, so `0/3` shows the gap
+        desired = h.revision(number).map_or(0, |r| match &r.spec.autoscale {
+            Some(auto) => auto.min,
+            None => r.spec.replicas.unwrap_or(1),
+        });
     }
     (desired, ready)
 }

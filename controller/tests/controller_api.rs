@@ -479,3 +479,54 @@ async fn events_follow_streams_new_events_as_they_happen() {
         .unwrap()
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_webhook_accepts_signed_payloads_and_refuses_bad_signatures() {
+    let fx = Fixture::new();
+    fx.push("web.yaml", &web("busybox:1"), "add web");
+    let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/sync", handle.url());
+    let payload = br#"{"ref":"refs/heads/main"}"#.to_vec();
+    let mac = berth_controller::token::hmac_sha256(handle.token().as_bytes(), &payload);
+    let resp = http
+        .post(&url)
+        .header(
+            "x-hub-signature-256",
+            format!("sha256={}", hex_encode(&mac)),
+        )
+        .body(payload.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(client.revisions("web").await.unwrap().len(), 1);
+    let resp = http
+        .post(&url)
+        .header("x-hub-signature-256", format!("sha256={}", "0".repeat(64)))
+        .body(payload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = http
+        .post(&url)
+        .header("x-gitlab-token", handle.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // the webhook headers open only the sync route
+    let resp = http
+        .get(format!("{}/v1/status", handle.url()))
+        .header("x-gitlab-token", handle.token())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    handle.shutdown().await.unwrap();
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -112,11 +112,10 @@ fn progress(s: &RolloutStatus) -> String {
                     _ => format!("{} waiting", h.host),
                 })
                 .collect();
-            let hosts = if hosts.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", hosts.join(", "))
-            };
+            if hosts.is_empty() {
+                return format!("{} revision {}: waiting: {}", s.app, s.revision, s.message);
+            }
+            let hosts = { format!(" [{}]", hosts.join(", ")) };
             format!(
                 "{} revision {}: waiting, {} of {} instances ready{hosts}",
                 s.app, s.revision, s.ready, s.desired
