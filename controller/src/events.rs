@@ -88,3 +88,40 @@ impl<S: Store> EventLog<S> {
         self.tx.subscribe()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::store::redb::RedbStore;
+
+    fn ev(n: u64) -> Event {
+        Event {
+            time_ms: n,
+            object: "sync".into(),
+            reason: "Test".into(),
+            message: format!("event {n}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn keeps_the_newest_events_and_continues_numbering_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        {
+            let store = Arc::new(RedbStore::open(&path).unwrap());
+            let log = EventLog::open(store, 3).await.unwrap();
+            let mut rx = log.subscribe();
+            log.append((1..=5).map(ev).collect()).await.unwrap();
+            let seqs: Vec<u64> = log.list(0).await.unwrap().iter().map(|(s, _)| *s).collect();
+            assert_eq!(seqs, [3, 4, 5]);
+            assert_eq!(log.list(4).await.unwrap()[0].1, ev(5));
+            assert_eq!(rx.recv().await.unwrap().0, 1);
+        }
+        let store = Arc::new(RedbStore::open(&path).unwrap());
+        let log = EventLog::open(store, 3).await.unwrap();
+        log.append(vec![ev(6)]).await.unwrap();
+        let seqs: Vec<u64> = log.list(0).await.unwrap().iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, [4, 5, 6]);
+    }
+}

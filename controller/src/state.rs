@@ -449,34 +449,20 @@ impl<S: Store> Core<S> {
         commit: &CommitInfo,
         apps: &[App],
     ) -> Result<Result<(), Vec<String>>, CoreError> {
+        // resolve new revisions' digests before taking the write lock (registries can be
+        // slow); a failure refuses the whole commit
+        let mut digests = BTreeMap::new();
+        let (early, _) = plan_of(&self.histories().await?, apps);
+        let errors = self.resolve_new(&early, &mut digests).await;
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
         let _write = self.write.lock().await;
         let now = self.now_ms();
         let stored = self.histories().await?;
-        let plain: BTreeMap<String, AppHistory> = stored
-            .iter()
-            .map(|(k, (h, _))| (k.clone(), h.clone()))
-            .collect();
-        let (actions, removed) = revisions::plan_sync(&plain, apps);
-        // resolve every new revision's digest first: a failure refuses the whole commit
-        let mut digests = BTreeMap::new();
-        let mut errors = Vec::new();
-        for (app, action) in &actions {
-            if let SyncAction::NewRevision { .. } = action {
-                match digest_of(self.resolver.as_ref(), &app.image).await {
-                    Ok(d) => {
-                        digests.insert(app.app.clone(), d);
-                    }
-                    Err(e) => {
-                        let mark = if e.kind() == crate::ErrorKind::Unavailable {
-                            RETRY_MARK
-                        } else {
-                            ""
-                        };
-                        errors.push(format!("{mark}app {}: {e}", app.app));
-                    }
-                }
-            }
-        }
+        let (actions, removed) = plan_of(&stored, apps);
+        // another writer may have changed the apps meanwhile: resolve what is still missing
+        let errors = self.resolve_new(&actions, &mut digests).await;
         if !errors.is_empty() {
             return Ok(Err(errors));
         }
@@ -492,7 +478,10 @@ impl<S: Store> Core<S> {
                     None => continue,
                 },
                 SyncAction::NewRevision { number, spec_hash } => {
-                    let digest = digests.remove(&app.app).unwrap_or_default();
+                    let digest = digests
+                        .get(&app.image.to_string())
+                        .cloned()
+                        .unwrap_or_default();
                     let was_pinned = old.is_some_and(|(h, _)| h.record.pinned);
                     let rev = StoredRevision {
                         app: app.app.clone(),
@@ -551,6 +540,36 @@ impl<S: Store> Core<S> {
         self.events.append(events).await?;
         self.reassign().await?;
         Ok(Ok(()))
+    }
+
+    /// Resolves the image digest of every new revision in `actions` not in `digests` (keyed
+    /// by image reference); returns the error lines of the failures.
+    async fn resolve_new(
+        &self,
+        actions: &[(App, SyncAction)],
+        digests: &mut BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (app, action) in actions {
+            let key = app.image.to_string();
+            if !matches!(action, SyncAction::NewRevision { .. }) || digests.contains_key(&key) {
+                continue;
+            }
+            match digest_of(self.resolver.as_ref(), &app.image).await {
+                Ok(d) => {
+                    digests.insert(key, d);
+                }
+                Err(e) => {
+                    let mark = if e.kind() == crate::ErrorKind::Unavailable {
+                        RETRY_MARK
+                    } else {
+                        ""
+                    };
+                    errors.push(format!("{mark}app {}: {e}", app.app));
+                }
+            }
+        }
+        errors
     }
 
     /// Registers (or re-registers) a host; its assignment keeps its version.
@@ -876,6 +895,15 @@ impl<S: Store> Core<S> {
             hosts: per_host,
         })
     }
+}
+
+/// [`revisions::plan_sync`] over stored histories.
+fn plan_of(stored: &Histories, apps: &[App]) -> (Vec<(App, SyncAction)>, Vec<String>) {
+    let plain: BTreeMap<String, AppHistory> = stored
+        .iter()
+        .map(|(k, (h, _))| (k.clone(), h.clone()))
+        .collect();
+    revisions::plan_sync(&plain, apps)
 }
 
 /// Marks resolution errors worth retrying at the next poll (stripped before display).

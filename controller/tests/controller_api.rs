@@ -530,3 +530,35 @@ async fn sync_webhook_accepts_signed_payloads_and_refuses_bad_signatures() {
 fn hex_encode(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unresolvable_image_refuses_the_whole_commit() {
+    let fx = Fixture::new();
+    fx.push("web.yaml", &web("busybox:1"), "add web");
+    let resolver = Arc::new(FakeResolver::new());
+    resolver.set("docker.io/library/busybox:9", "missing");
+    let (handle, client) = fx.start(resolver).await;
+    client.sync().await.unwrap();
+    fx.push("api.yaml", "app: api\nimage: busybox:2\n", "add api");
+    fx.push(
+        "web.yaml",
+        &web("busybox:9"),
+        "web to a tag that does not exist",
+    );
+    let sync = client.sync().await.unwrap();
+    assert!(
+        sync.errors
+            .iter()
+            .any(|e| e.contains("app web") && e.contains("not found")),
+        "{:?}",
+        sync.errors
+    );
+    let status = client.status().await.unwrap();
+    assert_eq!(
+        status.apps.len(),
+        1,
+        "api was applied from a refused commit"
+    );
+    assert_eq!(client.revisions("web").await.unwrap().len(), 1);
+    handle.shutdown().await.unwrap();
+}
