@@ -804,14 +804,17 @@ impl<S: Store> Core<S> {
         Ok(out)
     }
 
-    /// `GET /v1/apps/{app}/rollout`: how revision `revision` (default: the newest) stands.
+    /// `GET /v1/apps/{app}/rollout`: how revision `revision` (default: the pinned one while
+    /// pinned, else the newest) stands.
     pub async fn rollout(
         &self,
         app: &str,
         revision: Option<u64>,
     ) -> Result<RolloutStatus, CoreError> {
         let (h, _) = self.history(app).await?;
+        // default: the newest revision, or the pinned one while a rollback pins the app
         let number = revision
+            .or(h.record.pinned.then_some(h.record.target))
             .or(h.newest().map(|r| r.number))
             .unwrap_or_default();
         let rev = h.revision(number).ok_or_else(|| {

@@ -278,6 +278,12 @@ async fn deploy_loop_through_the_api() {
     let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
     assert!(a.apps[0].pinned);
     assert_eq!(a.apps[0].target.number, 1);
+    // while pinned, rollout status follows the pinned revision
+    assert_eq!(client.rollout("web", None).await.unwrap().revision, 1);
+    assert_eq!(
+        client.rollout("web", Some(3)).await.unwrap().phase,
+        RolloutPhase::Superseded
+    );
     // rollback to a failed revision is refused with a conflict
     let err = client.rollback("web", Some(2)).await.unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 409, .. }), "{err}");
@@ -297,6 +303,16 @@ async fn deploy_loop_through_the_api() {
     let a2 = client.assignment("h2", None, Duration::ZERO).await.unwrap();
     let mut r1 = report("h1", a1.version, 4, RolloutState::Complete);
     r1.apps[0].desired = 2;
+    r1.instances.push(berth_manifests::wire::InstanceReport {
+        id: "web-4-ab12".into(),
+        app: "web".into(),
+        revision: 4,
+        state: berth_manifests::wire::InstanceState::Ready,
+        restarts: 1,
+        last_exit_code: Some(137),
+        message: String::new(),
+        started_at_ms: 5,
+    });
     client.report(&r1).await.unwrap();
     assert_eq!(
         client.rollout("web", None).await.unwrap().phase,
@@ -308,6 +324,13 @@ async fn deploy_loop_through_the_api() {
     client.report(&r2).await.unwrap();
     let rollout = client.rollout("web", None).await.unwrap();
     assert_eq!(rollout.phase, RolloutPhase::Complete, "{rollout:?}");
+    let instances = client.instances().await.unwrap();
+    assert_eq!(instances.len(), 1);
+    assert_eq!(
+        (instances[0].host.as_str(), instances[0].revision),
+        ("h1", 4)
+    );
+    assert_eq!(instances[0].restarts, 1);
     assert_eq!((rollout.desired, rollout.ready), (3, 3));
 
     // removing the app from git removes it from assignments but keeps its history
