@@ -146,6 +146,7 @@ impl Controller {
                 reason: e.to_string(),
             })??;
         let source = GitSource::new(&config.repo, &config.branch, &dir.join("mirror"))?;
+        let watched = source.clone();
         let grace = u64::try_from(config.host_grace.as_millis()).unwrap_or(u64::MAX);
         let core = Arc::new(
             Core::open(
@@ -181,7 +182,12 @@ impl Controller {
                 })
                 .await
         });
-        let poller = tokio::spawn(poll(core.clone(), config.poll_interval, shutdown_rx));
+        let poller = tokio::spawn(poll(
+            core.clone(),
+            watched,
+            config.poll_interval,
+            shutdown_rx,
+        ));
         tracing::info!(%addr, repo = %config.repo, branch = %config.branch, "controller listening");
         Ok(ControllerHandle {
             addr,
@@ -194,7 +200,18 @@ impl Controller {
     }
 }
 
-async fn poll(core: Arc<Core<RedbStore>>, interval: Duration, mut shutdown: watch::Receiver<bool>) {
+/// How often a repository on this machine has its ref files checked for pushes.
+const LOCAL_WATCH: Duration = Duration::from_millis(200);
+
+/// Syncs every `interval`, and as soon as a push moves the branch of a repository on this
+/// machine (its ref files are checked every [`LOCAL_WATCH`]).
+async fn poll(
+    core: Arc<Core<RedbStore>>,
+    source: GitSource,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut watched = source.local_head();
     loop {
         match core.sync().await {
             Ok(s) if !s.errors.is_empty() => {
@@ -203,9 +220,25 @@ async fn poll(core: Arc<Core<RedbStore>>, interval: Duration, mut shutdown: watc
             Ok(_) => {}
             Err(e) => tracing::warn!(error = %e, "sync failed"),
         }
-        tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = shutdown.wait_for(|s| *s) => return,
+        let next = tokio::time::Instant::now() + interval;
+        loop {
+            let tick = if watched.is_some() {
+                (tokio::time::Instant::now() + LOCAL_WATCH).min(next)
+            } else {
+                next
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(tick) => {}
+                _ = shutdown.wait_for(|s| *s) => return,
+            }
+            if tokio::time::Instant::now() >= next {
+                break;
+            }
+            let head = source.local_head();
+            if head != watched {
+                watched = head;
+                break;
+            }
         }
     }
 }

@@ -585,3 +585,43 @@ async fn an_unresolvable_image_refuses_the_whole_commit() {
     assert_eq!(client.revisions("web").await.unwrap().len(), 1);
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_to_a_local_repository_is_applied_without_poll_or_webhook() {
+    let fx = Fixture::new();
+    fx.push("web.yaml", &web("busybox:1"), "add web");
+    // poll interval 1h: only the ref watch can notice the push
+    let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
+    let mut applied = false;
+    for _ in 0..100 {
+        if client.status().await.unwrap().apps.len() == 1 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "the first sync at start did not apply the head");
+    // packed refs are read too
+    git(&fx.bare, &["pack-refs", "--all"]);
+    fx.push("web.yaml", &web("busybox:2"), "web 2");
+    let mut revision = 0;
+    for _ in 0..100 {
+        revision = client.status().await.unwrap().apps[0].revision;
+        if revision == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(revision, 2, "the push was not noticed");
+    let source = berth_controller::git::GitSource::new(
+        fx.bare.to_str().unwrap(),
+        "main",
+        &fx.dir.path().join("unused-mirror"),
+    )
+    .unwrap();
+    let head = git(&fx.work, &["rev-parse", "HEAD"]);
+    assert_eq!(source.local_head().as_deref(), Some(head.trim()));
+    git(&fx.bare, &["pack-refs", "--all", "--prune"]);
+    assert_eq!(source.local_head().as_deref(), Some(head.trim()));
+    handle.shutdown().await.unwrap();
+}
