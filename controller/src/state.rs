@@ -184,9 +184,14 @@ impl<S: Store> Core<S> {
     }
 
     async fn histories(&self) -> Result<Histories, CoreError> {
+        self.histories_under("apps/").await
+    }
+
+    /// The histories stored under `prefix` (`apps/` for all, `apps/<app>/` for one).
+    async fn histories_under(&self, prefix: &str) -> Result<Histories, CoreError> {
         let mut out: Histories = BTreeMap::new();
         let mut revisions: BTreeMap<String, Vec<StoredRevision>> = BTreeMap::new();
-        for (key, entry) in self.store.list("apps/").await? {
+        for (key, entry) in self.store.list(prefix).await? {
             let mut parts = key.splitn(3, '/').skip(1);
             let (Some(app), Some(rest)) = (parts.next(), parts.next()) else {
                 continue;
@@ -220,7 +225,7 @@ impl<S: Store> Core<S> {
     }
 
     async fn history(&self, app: &str) -> Result<(AppHistory, u64), CoreError> {
-        self.histories()
+        self.histories_under(&format!("apps/{app}/"))
             .await?
             .remove(app)
             .ok_or_else(|| CoreError::NoSuchApp {
@@ -647,7 +652,17 @@ impl<S: Store> Core<S> {
             })?;
         let mut record: HostRecord = decode(&key, &entry.value)?;
         let mut events = std::mem::take(&mut report.events);
-        let stored = self.histories().await?;
+        // a host speaks only for the apps assigned to it
+        let assigned = self.assignment(host).await?;
+        let mut stored = Histories::new();
+        for app in &report.apps {
+            let mine = assigned
+                .as_ref()
+                .is_some_and(|a| a.apps.iter().any(|x| x.target.app == app.app));
+            if mine && !stored.contains_key(&app.app) {
+                stored.extend(self.histories_under(&format!("apps/{}/", app.app)).await?);
+            }
+        }
         let mut txn = Txn::new();
         let mut retarget = false;
         for app in &report.apps {

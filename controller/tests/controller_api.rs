@@ -562,11 +562,12 @@ async fn an_unresolvable_image_refuses_the_whole_commit() {
     resolver.set("docker.io/library/busybox:9", "missing");
     let (handle, client) = fx.start(resolver).await;
     client.sync().await.unwrap();
-    fx.push("api.yaml", "app: api\nimage: busybox:2\n", "add api");
+    // one commit adds api and moves web to a tag that does not exist
+    std::fs::write(fx.work.join("api.yaml"), "app: api\nimage: busybox:2\n").unwrap();
     fx.push(
         "web.yaml",
         &web("busybox:9"),
-        "web to a tag that does not exist",
+        "add api; web to a missing tag",
     );
     let sync = client.sync().await.unwrap();
     assert!(
@@ -623,5 +624,54 @@ async fn a_push_to_a_local_repository_is_applied_without_poll_or_webhook() {
     assert_eq!(source.local_head().as_deref(), Some(head.trim()));
     git(&fx.bare, &["pack-refs", "--all", "--prune"]);
     assert_eq!(source.local_head().as_deref(), Some(head.trim()));
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cannot_fail_a_revision_of_an_app_it_does_not_run() {
+    let fx = Fixture::new();
+    let placed =
+        |image: &str| format!("app: web\nimage: {image}\nplacement:\n  labels:\n    role: web\n");
+    fx.push("web.yaml", &placed("busybox:1"), "add web");
+    let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
+    client.sync().await.unwrap();
+    let labelled = |name: &str, role: &str| Registration {
+        labels: [("role".to_string(), role.to_string())].into(),
+        ..host(name)
+    };
+    client.register(&labelled("db1", "db")).await.unwrap();
+    client.register(&labelled("web1", "web")).await.unwrap();
+    assert!(
+        client
+            .assignment("db1", None, Duration::ZERO)
+            .await
+            .unwrap()
+            .apps
+            .is_empty()
+    );
+    fx.push("web.yaml", &placed("busybox:2"), "web 2");
+    client.sync().await.unwrap();
+    let failed = |host: &str| {
+        report(
+            host,
+            1,
+            2,
+            RolloutState::RolledBack {
+                to: 1,
+                reason: format!("reported by {host}"),
+            },
+        )
+    };
+    client.report(&failed("db1")).await.unwrap();
+    let revs = client.revisions("web").await.unwrap();
+    assert_eq!(
+        revs[1].state,
+        RevisionState::Active,
+        "db1 failed web's revision"
+    );
+    client.report(&failed("web1")).await.unwrap();
+    let revs = client.revisions("web").await.unwrap();
+    assert_eq!(revs[1].state, RevisionState::Failed);
+    assert_eq!(revs[1].failure.as_deref(), Some("reported by web1"));
     handle.shutdown().await.unwrap();
 }
