@@ -47,6 +47,8 @@ pub const MAX_BODY_BYTES: usize = 1 << 20;
 pub const MAX_WAIT_SECS: u64 = 60;
 /// Deadline of an ordinary request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of `POST /v1/sync` (a git fetch has 120 s of its own, then validation).
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(150);
 
 /// What the handlers share.
 pub struct ApiState<S: Store> {
@@ -120,12 +122,16 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollout", get(rollout::<S>))
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
-        .route("/v1/sync", post(sync::<S>))
         .layer(axum::middleware::from_fn(timeout));
+    // a sync may fetch a large repository: its own, longer deadline
+    let syncing = Router::new()
+        .route("/v1/sync", post(sync::<S>))
+        .layer(axum::middleware::from_fn(sync_timeout));
     let long = Router::new()
         .route("/v1/agents/{host}/assignment", get(assignment::<S>))
         .route("/v1/events", get(events::<S>));
     timed
+        .merge(syncing)
         .merge(long)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(
@@ -223,12 +229,20 @@ async fn webhook_auth(
 }
 
 async fn timeout(request: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+    deadline(REQUEST_TIMEOUT, request, next).await
+}
+
+async fn sync_timeout(request: Request, next: Next) -> Response {
+    deadline(SYNC_TIMEOUT, request, next).await
+}
+
+async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
         Ok(r) => r,
         Err(_) => ApiError {
             status: StatusCode::SERVICE_UNAVAILABLE,
             body: wire::ApiError {
-                error: format!("request took longer than {REQUEST_TIMEOUT:?}; retry"),
+                error: format!("request took longer than {limit:?}; retry"),
                 kind: ErrorKind::Unavailable,
             },
         }
