@@ -13,7 +13,8 @@ packages=(
   protobuf-compiler # etcd-client's build script needs protoc
   prometheus        # promtool and the real-scrape test
   iproute2          # ip netns / veth for networking tests
-  curl jq ca-certificates
+  apache2-utils     # htpasswd for the basic-auth registry fixture
+  curl jq ca-certificates python3
 )
 if [[ "${1:-}" == "--bench" ]]; then
   packages+=(runc crun skopeo umoci containerd wrk hyperfine)

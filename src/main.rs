@@ -6,6 +6,7 @@
 //! 2 usage errors. `berth run` passes the container's own exit code through.
 
 mod cmd;
+#[allow(dead_code, reason = "printing helpers are used as verbs land")]
 mod output;
 
 use std::process::ExitCode;

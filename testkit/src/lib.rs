@@ -1,0 +1,245 @@
+//! berth-testkit: fixtures for tests only (a dev-dependency; never linked into `berth`).
+//!
+//! - [`Registry`]: a real CNCF Distribution registry (Debian's `docker-registry`) on a free
+//!   127.0.0.1 port with its storage in a temp dir, optionally behind basic auth; dropped, it
+//!   stops the process it started (by pid) and removes its storage.
+//! - [`push_test_images`]: builds and pushes the `berth-test/*` images with
+//!   `scripts/test-images.sh` (one implementation shared with the shell fixtures).
+//! - [`busybox_rootfs`]: a minimal root filesystem from Debian's busybox-static.
+//!
+//! It must not touch anything it did not create. Panics are allowed here: it is test code.
+#![allow(clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The repository's root directory (where `scripts/` lives).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The `berth-test/*` images [`push_test_images`] pushes.
+pub const TEST_IMAGES: &[&str] = &["hello", "sleeper", "crasher", "burner", "layers", "multi"];
+
+/// A running Distribution registry owned by the test.
+pub struct Registry {
+    child: Child,
+    addr: String,
+    auth: Option<(String, String)>,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts an anonymous registry.
+    pub fn start() -> std::io::Result<Registry> {
+        Self::spawn(None)
+    }
+
+    /// Starts a registry that requires HTTP basic auth (htpasswd, bcrypt).
+    pub fn start_with_basic_auth(user: &str, password: &str) -> std::io::Result<Registry> {
+        Self::spawn(Some((user.to_string(), password.to_string())))
+    }
+
+    fn spawn(auth: Option<(String, String)>) -> std::io::Result<Registry> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-registry-")
+            .tempdir()?;
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage)?;
+        let port = free_port()?;
+        let addr = format!("127.0.0.1:{port}");
+        let mut config = format!(
+            "version: 0.1\nlog: {{ level: warn, accesslog: {{ disabled: true }} }}\n\
+             storage:\n  filesystem: {{ rootdirectory: {} }}\n  delete: {{ enabled: true }}\n\
+             http: {{ addr: {addr}, secret: berth-test-secret }}\n",
+            storage.display()
+        );
+        if let Some((user, password)) = &auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()?;
+            if !out.status.success() {
+                return Err(std::io::Error::other(
+                    "htpasswd failed: install apache2-utils",
+                ));
+            }
+            let htpasswd = dir.path().join("htpasswd");
+            std::fs::write(&htpasswd, out.stdout)?;
+            config.push_str(&format!(
+                "auth: {{ htpasswd: {{ realm: berth-test, path: {} }} }}\n",
+                htpasswd.display()
+            ));
+        }
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config)?;
+        let log = std::fs::File::create(dir.path().join("registry.log"))?;
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start docker-registry ({e}): run scripts/install-deps.sh"
+                ))
+            })?;
+        let mut registry = Registry {
+            child,
+            addr,
+            auth,
+            dir,
+        };
+        registry.wait_ready()?;
+        Ok(registry)
+    }
+
+    fn wait_ready(&mut self) -> std::io::Result<()> {
+        for _ in 0..200 {
+            if let Some(status) = self.child.try_wait()? {
+                let log = std::fs::read_to_string(self.dir.path().join("registry.log"))
+                    .unwrap_or_default();
+                return Err(std::io::Error::other(format!(
+                    "registry exited ({status}): {log}"
+                )));
+            }
+            if let Ok(200 | 401) = http_status(&self.addr, "/v2/") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other(format!(
+            "registry on {} did not become ready",
+            self.addr
+        )))
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The registry's storage root: blobs live under
+    /// `docker/registry/v2/blobs/sha256/<first 2 hex>/<hex>/data`.
+    pub fn storage_dir(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Path of a blob's bytes in the registry's storage (to corrupt it in tests).
+    pub fn blob_path(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.storage_dir()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2.min(hex.len())])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Builds and pushes the given test images (all of [`TEST_IMAGES`] when empty).
+    pub fn push_test_images(&self, names: &[&str]) -> std::io::Result<()> {
+        push_test_images_to(&self.addr, self.auth.as_ref(), names)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        // Our own child, by pid; the temp dir then removes the storage.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Builds and pushes test images to `addr` (`127.0.0.1:PORT`) with `scripts/test-images.sh`.
+pub fn push_test_images(addr: &str, names: &[&str]) -> std::io::Result<()> {
+    push_test_images_to(addr, None, names)
+}
+
+fn push_test_images_to(
+    addr: &str,
+    auth: Option<&(String, String)>,
+    names: &[&str],
+) -> std::io::Result<()> {
+    let mut cmd = Command::new("bash");
+    cmd.arg(repo_root().join("scripts/test-images.sh"))
+        .arg("push")
+        .arg(addr)
+        .args(names);
+    if let Some((user, password)) = auth {
+        cmd.env("BERTH_TEST_REGISTRY_AUTH", format!("{user}:{password}"));
+    }
+    let out = cmd.stdin(Stdio::null()).output()?;
+    if !out.status.success() {
+        return Err(std::io::Error::other(format!(
+            "scripts/test-images.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+/// Writes a minimal root filesystem into `dir`: `/bin/busybox` with a symlink per applet,
+/// `/etc/passwd` and `/etc/group` (root, app 1000, nobody), and empty `proc dev sys tmp`.
+pub fn busybox_rootfs(dir: &Path) -> std::io::Result<()> {
+    for sub in [
+        "bin", "etc", "proc", "dev", "sys", "tmp", "root", "home/app",
+    ] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let busybox = dir.join("bin/busybox");
+    std::fs::copy("/bin/busybox", &busybox)?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let link = dir.join("bin").join(applet);
+        if applet != "busybox" && !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    std::fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\napp:x:1000:1000:app:/home/app:/bin/sh\n\
+         nobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    std::fs::write(
+        dir.join("etc/group"),
+        "root:x:0:\napp:x:1000:\nnogroup:x:65534:\n",
+    )?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.join("tmp"), std::fs::Permissions::from_mode(0o1777))?;
+    std::os::unix::fs::chown(dir.join("home/app"), Some(1000), Some(1000))?;
+    Ok(())
+}
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// The status code of a plain `GET path` against `addr` (HTTP/1.0, no body read).
+pub fn http_status(addr: &str, path: &str) -> std::io::Result<u16> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head)?;
+    let text = String::from_utf8_lossy(&head);
+    text.get(9..12)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP response: {text:?}")))
+}
+
+/// `GET path` against `addr` (HTTP/1.0); the body as text.
+pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
