@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use futures_util::{StreamExt, TryStreamExt};
+use futures_util::StreamExt;
 use oci_spec::image::ImageConfiguration;
 use tokio::sync::mpsc;
 
@@ -629,8 +629,12 @@ impl ImageStore {
             }
         }))
         .buffered(options.max_parallel.max(1))
-        .try_collect()
-        .await?;
+        // Every layer runs to its end (committed or cleaned up) before the pull returns, so
+        // a failed pull leaves no work behind in tmp/.
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
 
         let record = ImageRecord {
             manifest_digest: digest.clone(),

@@ -367,16 +367,11 @@ impl RegistryClient {
             .pull_blob_stream(&oci_ref, &desc)
             .await
             .map_err(|e| self.map_err(reference, format!("blob {digest}"), e))?;
-        Ok(sized.stream.filter_map(|item| async move {
-            match item {
-                Err(e)
-                    if e.get_ref()
-                        .is_some_and(|inner| inner.is::<oci_client::errors::DigestError>()) =>
-                {
-                    None
-                }
-                other => Some(other),
-            }
+        // take_while, not filter_map: the stream must end at that error, as polling oci-client's
+        // verifying stream again after it never returns.
+        Ok(sized.stream.take_while(|item| {
+            let digest_error = matches!(item, Err(e) if e.get_ref().is_some_and(|inner| inner.is::<oci_client::errors::DigestError>()));
+            std::future::ready(!digest_error)
         }))
     }
 }
