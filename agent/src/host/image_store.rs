@@ -655,6 +655,20 @@ impl ImageStore {
         self.image_from(record, image_config)
     }
 
+    /// The local image when the store has it (by digest, or the tag as last pulled), else a
+    /// pull: what `berth run IMAGE` does.
+    pub async fn ensure(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+        progress: &dyn PullProgress,
+    ) -> Result<Image, ImageError> {
+        match self.get(&reference.to_string()) {
+            Err(ImageError::NotFound { .. }) => self.pull(reference, options, progress).await,
+            other => other,
+        }
+    }
+
     /// Makes sure the snapshot of `layer` exists, downloading and unpacking it if not.
     async fn ensure_snapshot(
         &self,
