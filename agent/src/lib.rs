@@ -7,3 +7,4 @@
 //! desired state: that comes from the controller (or from `berth up`'s embedded controller).
 
 pub mod host;
+pub mod image;

@@ -4,4 +4,8 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod cgroup;
+pub mod content;
+pub mod image_store;
+pub mod registry;
 pub mod seccomp;
+pub mod unpack;
