@@ -357,3 +357,101 @@ fn expose_needs_port_and_update_needs_room_to_roll() {
         ]
     );
 }
+
+#[test]
+fn docs_mirror_the_defaults() {
+    let docs = include_str!("../../docs/manifest.md");
+    let d = |v: &dyn std::fmt::Display| v.to_string();
+    let expected: Vec<(&str, String)> = vec![
+        ("resources.cpu", d(&defaults::CPU)),
+        ("resources.memory", d(&defaults::MEMORY)),
+        ("resources.pids", d(&defaults::PIDS)),
+        ("replicas", d(&defaults::REPLICAS)),
+        ("autoscale.min", d(&defaults::AUTOSCALE_MIN)),
+        (
+            "autoscale.metric",
+            defaults::AUTOSCALE_METRIC.as_str().to_owned(),
+        ),
+        ("autoscale.target", d(&defaults::AUTOSCALE_CPU_TARGET)),
+        ("autoscale.scale_up_window", d(&defaults::SCALE_UP_WINDOW)),
+        (
+            "autoscale.scale_down_window",
+            d(&defaults::SCALE_DOWN_WINDOW),
+        ),
+        ("health.interval", d(&defaults::HEALTH_INTERVAL)),
+        ("health.timeout", d(&defaults::HEALTH_TIMEOUT)),
+        ("health.failures", d(&defaults::HEALTH_FAILURES)),
+        ("health.start_period", d(&defaults::HEALTH_START_PERIOD)),
+        ("update.max_surge", d(&defaults::MAX_SURGE)),
+        ("update.max_unavailable", d(&defaults::MAX_UNAVAILABLE)),
+        ("update.deadline", d(&defaults::UPDATE_DEADLINE)),
+        ("update.auto_rollback", d(&defaults::AUTO_ROLLBACK)),
+        ("stop.signal", d(&defaults::STOP_SIGNAL)),
+        ("stop.grace", d(&defaults::STOP_GRACE)),
+        (
+            "restart.policy",
+            defaults::RESTART_POLICY.as_str().to_owned(),
+        ),
+        ("restart.backoff_max", d(&defaults::RESTART_BACKOFF_MAX)),
+        ("volumes[].read_only", d(&defaults::VOLUME_READ_ONLY)),
+        ("placement.spread", d(&defaults::PLACEMENT_SPREAD)),
+        ("network", defaults::NETWORK.as_str().to_owned()),
+        ("logs.max_size", d(&defaults::LOGS_MAX_SIZE)),
+        ("logs.max_files", d(&defaults::LOGS_MAX_FILES)),
+    ];
+    for (field, default) in expected {
+        let row = docs
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{field}` |")))
+            .unwrap_or_else(|| panic!("docs/manifest.md has no row for {field}"));
+        let cells: Vec<&str> = row.split(" | ").collect();
+        assert!(
+            cells[2].starts_with(&format!("`{default}`")),
+            "docs/manifest.md: {field} default is `{default}` in defaults.rs, row says: {row}"
+        );
+    }
+    for (limit, value) in [
+        (
+            "file size",
+            format!(
+                "{} ({} bytes)",
+                ByteSize::from_bytes(defaults::MAX_FILE_BYTES as u64),
+                defaults::MAX_FILE_BYTES
+            ),
+        ),
+        ("documents per file", defaults::MAX_DOCUMENTS.to_string()),
+        (
+            "nesting depth (block and flow)",
+            defaults::MAX_DEPTH.to_string(),
+        ),
+        (
+            "YAML nodes, aliases expanded",
+            defaults::MAX_NODES.to_string(),
+        ),
+        ("alias uses", defaults::MAX_ALIASES.to_string()),
+        (
+            "events replayed from aliases",
+            defaults::MAX_ALIAS_REPLAYED_EVENTS.to_string(),
+        ),
+    ] {
+        assert!(
+            docs.contains(&format!("| {limit} | {value} |")),
+            "docs/manifest.md: limit {limit} should be {value}"
+        );
+    }
+}
+
+#[test]
+fn apps_round_trip_through_json_for_the_wire() {
+    let set = load_one(FULL).unwrap();
+    let app = &set.manifests[0].app;
+    let json = serde_json::to_string(app).unwrap();
+    let back: App = serde_json::from_str(&json).unwrap();
+    assert_eq!(&back, app);
+    assert_eq!(back.revision(), app.revision());
+    assert!(
+        json.contains(r#""memory":"128Mi""#)
+            && json.contains(r#""image":"registry.example/web:1.4""#),
+        "{json}"
+    );
+}

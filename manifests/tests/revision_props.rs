@@ -935,6 +935,10 @@ proptest! {
         prop_assert_eq!(&a1, &app, "{}", y1);
         prop_assert_eq!(&a2, &app, "{}", y2);
         prop_assert_eq!(a1.revision(), a2.revision());
+        // The wire form (JSON) round-trips to the same app and revision.
+        let wire: App = serde_json::from_str(&serde_json::to_string(&app).unwrap()).unwrap();
+        prop_assert_eq!(wire.revision(), app.revision());
+        prop_assert_eq!(wire, app);
     }
 
     #[test]
