@@ -391,3 +391,29 @@ fn up_from_a_git_repo_is_refused_honestly_and_needs_a_source() {
     assert_eq!(run(&["up"]).code, 2);
     assert_eq!(run(&["up", "--manifests", "a", "--repo", "b"]).code, 2);
 }
+
+#[test]
+fn validate_accepts_a_single_file_and_extension_keys_for_anchors() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "apps.yaml",
+        "x-limits: &limits { memory: 64Mi, cpu: 0.25 }\napp: a\nimage: busybox\nresources: *limits\n---\napp: b\nimage: busybox\nresources:\n  <<: *limits\n  pids: 10\n",
+    );
+    let file = dir.path().join("apps.yaml");
+    let r = run(&["validate", file.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(r.code, 1, "anchors do not cross documents: {}", r.stdout);
+    assert!(r.stdout.contains("apps.yaml"), "{}", r.stdout);
+    write(
+        dir.path(),
+        "apps.yaml",
+        "x-limits: &limits { memory: 64Mi, cpu: 0.25 }\napp: a\nimage: busybox\nresources:\n  <<: *limits\n  pids: 10\n",
+    );
+    let r = run(&["validate", file.to_str().unwrap()]);
+    assert_eq!(
+        (r.code, r.stdout.as_str()),
+        (0, "1 app in 1 file ok\n"),
+        "{}",
+        r.stderr
+    );
+}

@@ -455,3 +455,15 @@ fn apps_round_trip_through_json_for_the_wire() {
         "{json}"
     );
 }
+
+#[test]
+fn anchors_merge_keys_and_extension_keys_work_within_a_document() {
+    let set = load_one("x-limits: &limits { memory: 64Mi, cpu: 0.25 }\napp: a\nimage: busybox\nresources:\n  <<: *limits\n  pids: 10\n").unwrap();
+    let r = &set.manifests[0].app.resources;
+    assert_eq!(
+        (r.memory, r.cpu, r.pids),
+        (ByteSize::mib(64), Cpu::from_millis(250), 10)
+    );
+    let errs = errors("app: a\nimage: busybox\nresources:\n  x-note: hi\n");
+    assert_eq!(errs.len(), 1, "x- keys are only free at the top: {errs:?}");
+}

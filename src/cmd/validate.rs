@@ -21,7 +21,7 @@ const MAX_FILES: usize = 10_000;
 /// Arguments of `berth validate`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// Directory of manifests (searched recursively for *.yaml and *.yml)
+    /// Directory of manifests (searched recursively for *.yaml and *.yml), or one file
     pub dir: PathBuf,
 }
 
@@ -33,12 +33,28 @@ pub struct File {
     pub bytes: Vec<u8>,
 }
 
-/// Reads every `*.yaml`/`*.yml` file under `dir`, sorted by path. Hidden entries (`.git`) are
+/// Reads every `*.yaml`/`*.yml` file under `dir` (or `dir` itself when it is a file), sorted
+/// by path. Hidden entries (`.git`) are
 /// skipped; symlinks to files are followed, symlinks to directories are not (no loops).
 pub fn read_tree(dir: &Path) -> anyhow::Result<Vec<File>> {
     let meta =
         std::fs::metadata(dir).with_context(|| format!("manifest directory {}", dir.display()))?;
-    anyhow::ensure!(meta.is_dir(), "{} is not a directory", dir.display());
+    if meta.is_file() {
+        // One file: its name is the path in messages.
+        let name = dir.file_name().map_or_else(
+            || dir.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        return Ok(vec![File {
+            path: name,
+            bytes: read_capped(dir)?,
+        }]);
+    }
+    anyhow::ensure!(
+        meta.is_dir(),
+        "{} is not a directory or a file",
+        dir.display()
+    );
     let mut files = Vec::new();
     walk(dir, "", &mut files)?;
     files.sort_by(|a, b| a.path.cmp(&b.path));
@@ -83,16 +99,25 @@ fn walk(dir: &Path, prefix: &str, files: &mut Vec<File>) -> anyhow::Result<()> {
             files.len() < MAX_FILES,
             "more than {MAX_FILES} manifest files under the directory; is it the right one?"
         );
-        let mut bytes = Vec::new();
-        std::fs::File::open(&path)
-            .and_then(|f| {
-                f.take(defaults::MAX_FILE_BYTES as u64 + 1)
-                    .read_to_end(&mut bytes)
-            })
-            .with_context(|| format!("reading {}", path.display()))?;
-        files.push(File { path: rel, bytes });
+        files.push(File {
+            path: rel,
+            bytes: read_capped(&path)?,
+        });
     }
     Ok(())
+}
+
+/// Reads at most one byte more than the per-file limit: enough to report a file too large
+/// without reading a huge one.
+fn read_capped(path: &Path) -> anyhow::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(defaults::MAX_FILE_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+        })
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Reads and loads the tree under `dir`: all apps, or every error.
