@@ -958,6 +958,21 @@ proptest! {
     }
 
     #[test]
+    fn damaged_manifests_never_panic(app in app(), seed in 1u64.., edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..8)) {
+        let mut bytes = emit(&app, &mut Rng(seed)).into_bytes();
+        for (at, op, byte) in edits {
+            if bytes.is_empty() { break; }
+            let i = at.index(bytes.len());
+            match op {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, b"-:[]{}&*!|>'\"#\n\t ,?"[usize::from(byte) % 17]),
+                _ => { bytes.remove(i); }
+            }
+        }
+        let _ = load(&[Source { path: "f.yaml", bytes: &bytes }]);
+    }
+
+    #[test]
     fn random_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
         let _ = load(&[Source { path: "f.yaml", bytes: &bytes }]);
     }
