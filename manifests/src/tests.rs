@@ -467,3 +467,13 @@ fn anchors_merge_keys_and_extension_keys_work_within_a_document() {
     let errs = errors("app: a\nimage: busybox\nresources:\n  x-note: hi\n");
     assert_eq!(errs.len(), 1, "x- keys are only free at the top: {errs:?}");
 }
+
+#[test]
+fn unknown_yaml_tags_are_refused() {
+    let errs = errors("app: web\nimage: !include other.yaml\n");
+    assert_eq!(
+        errs,
+        ["apps/web.yaml:2:17: yaml syntax: unsupported tag `!include`"]
+    );
+    assert!(errors("app: web\nimage: !!str busybox\nreplicas: !!int 2\n").is_empty());
+}
