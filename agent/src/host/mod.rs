@@ -3,7 +3,9 @@
 //! Kernel paths (cgroup roots, data dirs) are parameters, so each adapter can be tested on a
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
+pub mod cgroup;
 pub mod content;
 pub mod image_store;
 pub mod registry;
+pub mod seccomp;
 pub mod unpack;
