@@ -8,6 +8,15 @@ pub mod images;
 pub mod plan;
 pub mod pull;
 pub mod rmi;
+pub mod exec;
+pub mod inspect;
+pub mod kill;
+pub mod logs;
+pub mod ps;
+pub mod rm;
+pub mod run;
+pub mod runtime_init;
+pub mod stop;
 pub mod up;
 pub mod validate;
 
@@ -81,6 +90,18 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+    }
+}
+
+/// The cgroup backend for container verbs.
+pub fn cgroups() -> Box<dyn berth_agent::host::container::Cgroups> {
+    use berth_agent::host::container::{HostCgroups, NoCgroups};
+    match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
+        Ok(host) => Box::new(host),
+        Err(e) => {
+            tracing::warn!("no cgroups: {e}; containers run without limits");
+            Box::new(NoCgroups)
         }
     }
 }
