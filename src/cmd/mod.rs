@@ -3,17 +3,17 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod exec;
 pub mod image;
 pub mod images;
-pub mod plan;
-pub mod pull;
-pub mod rmi;
-pub mod exec;
 pub mod inspect;
 pub mod kill;
 pub mod logs;
+pub mod plan;
 pub mod ps;
+pub mod pull;
 pub mod rm;
+pub mod rmi;
 pub mod run;
 pub mod runtime_init;
 pub mod stop;

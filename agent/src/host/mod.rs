@@ -5,11 +5,11 @@
 
 pub mod caps;
 pub mod cgroup;
+pub mod container;
 pub mod content;
 pub mod image_store;
 pub mod registry;
-pub mod seccomp;
-pub mod unpack;
-pub mod container;
 pub mod rootfs;
+pub mod seccomp;
 pub mod sys;
+pub mod unpack;
