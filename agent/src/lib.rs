@@ -7,3 +7,5 @@
 //! desired state: that comes from the controller (or from `berth up`'s embedded controller).
 
 pub mod host;
+pub mod image;
+pub mod runtime;
