@@ -2,3 +2,6 @@
 //! (namespaces, mounts, cgroupfs, seccomp, the image store's files, local state files).
 //! Kernel paths (cgroup roots, data dirs) are parameters, so each adapter can be tested on a
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
+
+pub mod agentstate;
+pub mod probe;
