@@ -60,6 +60,10 @@ pub struct Outcome {
     pub errors: Vec<EffectError>,
 }
 
+/// After a pass that changed something, look again this soon (a started instance gets its
+/// first probe, a stopped one is removed) instead of waiting for the resync.
+pub const AFTER_STEPS_MS: u64 = 50;
+
 /// Longest backoff after transient errors.
 pub const RETRY_MAX_MS: u64 = 60_000;
 
@@ -172,8 +176,11 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
             out.errors.push(err);
         }
     }
-    if !failed_transient && !plan.steps.is_empty() && out.errors.is_empty() {
-        history.retry = Default::default();
+    if !failed_transient && !plan.steps.is_empty() {
+        requeue_ms = requeue_ms.min(AFTER_STEPS_MS);
+        if out.errors.is_empty() {
+            history.retry = Default::default();
+        }
     }
     out.requeue_after = Duration::from_millis(requeue_ms.max(1));
     out
