@@ -31,6 +31,28 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run berth all-in-one on this host (controller with embedded store + agent)
     Up(cmd::up::Args),
+    /// Run the controller: git sync, revisions, the agent and CLI API
+    Controller(cmd::controller::Args),
+    /// Show apps, hosts and the git source
+    Status(cmd::status::Args),
+    /// List apps with their revision and ready instances
+    Apps(cmd::apps::Args),
+    /// Show an app's revision history
+    Revisions(cmd::revisions::Args),
+    /// Pin an app to an earlier revision until its manifest changes
+    Rollback(cmd::rollback::Args),
+    /// Follow rollouts (`berth rollout status APP --wait`)
+    Rollout(cmd::rollout::Args),
+    /// Show what happened and why (`-f` to follow)
+    Events(cmd::events::Args),
+    /// Pull an image into the local store (a progress bar per layer)
+    Pull(cmd::pull::Args),
+    /// List the images in the local store
+    Images(cmd::images::Args),
+    /// Remove images from the local store (refused while in use unless -f)
+    Rmi(cmd::rmi::Args),
+    /// Manage the local image store: prune, du
+    Image(cmd::image::Args),
     /// Run one container on this host (like `docker run`); the exit code is the container's
     Run(Box<cmd::run::Args>),
     /// List containers on this host (`-a` includes stopped ones)
@@ -85,6 +107,17 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),
         Command::Plan(args) => cmd::plan::run(&cli.global, args),
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Controller(args) => cmd::controller::run(&cli.global, args),
+        Command::Status(args) => cmd::status::run(&cli.global, args),
+        Command::Apps(args) => cmd::apps::run(&cli.global, args),
+        Command::Revisions(args) => cmd::revisions::run(&cli.global, args),
+        Command::Rollback(args) => cmd::rollback::run(&cli.global, args),
+        Command::Rollout(args) => cmd::rollout::run(&cli.global, args),
+        Command::Events(args) => cmd::events::run(&cli.global, args),
+        Command::Pull(args) => cmd::pull::run(&cli.global, args),
+        Command::Images(args) => cmd::images::run(&cli.global, args),
+        Command::Rmi(args) => cmd::rmi::run(&cli.global, args),
+        Command::Image(args) => cmd::image::run(&cli.global, args),
         Command::Run(args) => cmd::run::run(&cli.global, *args),
         Command::Ps(args) => cmd::ps::run(&cli.global, args),
         Command::Inspect(args) => cmd::inspect::run(&cli.global, args),

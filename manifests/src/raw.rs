@@ -258,6 +258,9 @@ impl Decoder<'_> {
         for (k, v) in entries {
             match &k.kind {
                 Kind::Str(key) if keys.contains(&key.as_str()) => out.push((key.as_str(), v)),
+                // Extension keys at the top (as in Docker Compose): a place for YAML anchors
+                // that berth ignores.
+                Kind::Str(key) if field.is_empty() && key.starts_with("x-") => {}
                 _ => {
                     let name = match &k.kind {
                         Kind::Str(s) => s.clone(),
@@ -500,7 +503,11 @@ impl Decoder<'_> {
     /// A mapping of string keys to scalar values (`env`, `placement.labels`).
     fn pairs(&mut self, n: &Node, field: &str) -> Option<At<Pairs>> {
         let Kind::Map(entries) = &n.kind else {
-            self.invalid(n, field, "a mapping of names to values");
+            self.invalid(
+                n,
+                field,
+                "a mapping of names to values like { NAME: value }",
+            );
             return None;
         };
         let mut out = Vec::new();

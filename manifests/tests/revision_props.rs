@@ -935,6 +935,10 @@ proptest! {
         prop_assert_eq!(&a1, &app, "{}", y1);
         prop_assert_eq!(&a2, &app, "{}", y2);
         prop_assert_eq!(a1.revision(), a2.revision());
+        // The wire form (JSON) round-trips to the same app and revision.
+        let wire: App = serde_json::from_str(&serde_json::to_string(&app).unwrap()).unwrap();
+        prop_assert_eq!(wire.revision(), app.revision());
+        prop_assert_eq!(wire, app);
     }
 
     #[test]
@@ -951,6 +955,21 @@ proptest! {
             let loaded = load_yaml(&yaml).map_err(|e| TestCaseError::fail(format!("{field}: {e}\n---\n{yaml}")))?;
             prop_assert_eq!(loaded.revision(), changed.revision(), "{}", field);
         }
+    }
+
+    #[test]
+    fn damaged_manifests_never_panic(app in app(), seed in 1u64.., edits in prop::collection::vec((any::<prop::sample::Index>(), 0u8..3, any::<u8>()), 1..8)) {
+        let mut bytes = emit(&app, &mut Rng(seed)).into_bytes();
+        for (at, op, byte) in edits {
+            if bytes.is_empty() { break; }
+            let i = at.index(bytes.len());
+            match op {
+                0 => bytes[i] = byte,
+                1 => bytes.insert(i, b"-:[]{}&*!|>'\"#\n\t ,?"[usize::from(byte) % 17]),
+                _ => { bytes.remove(i); }
+            }
+        }
+        let _ = load(&[Source { path: "f.yaml", bytes: &bytes }]);
     }
 
     #[test]

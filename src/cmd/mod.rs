@@ -4,18 +4,31 @@
 //! lives in the library crates.
 
 pub mod exec;
+pub mod image;
+pub mod images;
 pub mod inspect;
 pub mod kill;
 pub mod logs;
 pub mod plan;
 pub mod ps;
+pub mod pull;
 pub mod rm;
+pub mod rmi;
 pub mod run;
 pub mod runtime;
 pub mod runtime_init;
 pub mod stop;
 pub mod up;
 pub mod validate;
+
+pub mod apps;
+pub mod controller;
+pub mod events;
+mod remote;
+pub mod revisions;
+pub mod rollback;
+pub mod rollout;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,26 +1,10 @@
-//! Errors of the cgroup adapter, and the error class shared by the host adapters.
+//! Errors of the cgroup adapter.
 
 use std::io;
 use std::path::PathBuf;
 
-/// The class of an error: it drives retries, HTTP status codes and the `kind` metric label
-/// (containerd's `errdefs`). Defined here until a crate-wide home exists; the seccomp module
-/// uses it too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// The caller asked for something malformed; retrying will not help.
-    InvalidInput,
-    /// A file, cgroup or process that was expected is gone.
-    NotFound,
-    /// The object is in a state that forbids the operation (e.g. a cgroup still has processes).
-    Conflict,
-    /// The host lacks a needed facility (controller not mounted, unsupported architecture).
-    Unavailable,
-    /// A kernel limit was hit.
-    ResourceExhausted,
-    /// An unexpected failure of the kernel interface.
-    Internal,
-}
+/// The class of an error, shared by every crate (containerd's `errdefs`).
+pub use berth_manifests::ErrorKind;
 
 /// Everything that can go wrong while managing a cgroup.
 #[derive(Debug, thiserror::Error)]
