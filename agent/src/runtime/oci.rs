@@ -214,15 +214,23 @@ pub fn to_spec(
     spec.resources.cpu_period = res["cpu"]["period"].as_u64().filter(|v| *v > 0);
     spec.resources.cpu_shares = res["cpu"]["shares"].as_u64().filter(|v| *v > 0);
     spec.resources.pids = res["pids"]["limit"].as_i64().filter(|v| *v > 0);
+    spec.cgroup_parent = "berth-runtime".into();
     if let Some(path) = linux["cgroupsPath"].as_str().filter(|p| !p.is_empty()) {
-        // runc's systemd form `slice:prefix:name` is not supported: take it as a path.
-        let p = path.trim_start_matches('/');
-        let (parent, _) = p.rsplit_once('/').unwrap_or(("", p));
-        spec.cgroup_parent = parent.to_string();
-    } else {
-        spec.cgroup_parent = "berth-runtime".into();
+        // Absolute: relative to each hierarchy's mount point; relative paths are taken the
+        // same way (berth has no cgroup of its own to nest under). runc's systemd form
+        // `slice:prefix:name` is not supported.
+        spec.cgroup_path = Some(path.trim_start_matches('/').to_string());
     }
     spec.seccomp = !linux["seccomp"].is_null();
+    if let Some(map) = linux["sysctl"].as_object() {
+        spec.sysctl = map
+            .iter()
+            .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+            .collect();
+    }
+    spec.oom_score_adj = process["oomScoreAdj"]
+        .as_i64()
+        .and_then(|v| i32::try_from(v).ok());
     let h = &config["hooks"];
     let mut hk = Hooks {
         create_runtime: hooks(&h["prestart"]),

@@ -85,6 +85,15 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     };
     rootfs::pivot(root.as_fd(), spec.readonly_rootfs).map_err(|e| e.to_string())?;
     drop(root);
+    // Namespaced sysctls (validated: only the container's own ipc/net namespaces) and the
+    // OOM score, through the container's procfs.
+    for (key, value) in &spec.sysctl {
+        set_sysctl(key, value)?;
+    }
+    if let Some(adj) = spec.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
+    }
 
     if spec.namespaces.uts {
         sys::sethostname(spec.effective_hostname()).map_err(|e| format!("set hostname: {e}"))?;
@@ -193,6 +202,34 @@ fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
     sys::setns(fd.as_fd(), flag)
         .map_err(|e| format!("join {kind} namespace {}: {e}", path.display()))
+}
+
+/// Writes one namespaced sysctl. `/proc/sys` may be a read-only bind by now, so the value
+/// is written through a private, temporary procfs mount of the container's pid namespace.
+fn set_sysctl(key: &str, value: &str) -> Result<(), String> {
+    let rel = key.replace('.', "/");
+    let direct = format!("/proc/sys/{rel}");
+    if std::fs::write(&direct, value).is_ok() {
+        return Ok(());
+    }
+    let tmp = "/dev/.berth-sysctl";
+    std::fs::create_dir_all(tmp).map_err(|e| format!("sysctl {key}: {e}"))?;
+    let r = sys::mount(
+        Some("proc"),
+        tmp,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(|e| format!("sysctl {key}: mount proc: {e}"))
+    .and_then(|()| {
+        let w = std::fs::write(format!("{tmp}/sys/{rel}"), value)
+            .map_err(|e| format!("sysctl {key}={value}: {e}"));
+        let _ = sys::umount2(tmp, libc::MNT_DETACH);
+        w
+    });
+    let _ = std::fs::remove_dir(tmp);
+    r
 }
 
 /// Closes every fd above 2 except `keep`.
