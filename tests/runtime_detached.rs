@@ -83,9 +83,8 @@ fn detached_container_outlives_a_killed_cli_and_reports_its_exit() {
             .any(|c| c["name"] == "survivor" && c["state"] == "running")
     });
     // kill -9 the CLI and everything in its process group.
-    let _ = Command::new("kill")
-        .args(["-9", &format!("-{pgid}")])
-        .status();
+    // Through kill(2) directly: procps-ng 4.0.2's `kill -9 -PGID` is not to be trusted.
+    let _ = berth_agent::host::sys::kill(-pgid, 9);
     let _ = child.wait();
     let c = ps_json(&env)
         .into_iter()
