@@ -31,6 +31,16 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run berth all-in-one on this host (controller with embedded store + agent)
     Up(cmd::up::Args),
+    /// Pull an image into the local store (a progress bar per layer)
+    Pull(cmd::pull::Args),
+    /// List the images in the local store
+    Images(cmd::images::Args),
+    /// Remove images from the local store (refused while in use unless -f)
+    Rmi(cmd::rmi::Args),
+    /// Manage the local image store: prune, du
+    Image(cmd::image::Args),
+    /// Run the per-host agent: long-poll the controller, run the assignment, report
+    Agent(cmd::agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -48,6 +58,11 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),
         Command::Plan(args) => cmd::plan::run(&cli.global, args),
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Pull(args) => cmd::pull::run(&cli.global, args),
+        Command::Images(args) => cmd::images::run(&cli.global, args),
+        Command::Rmi(args) => cmd::rmi::run(&cli.global, args),
+        Command::Image(args) => cmd::image::run(&cli.global, args),
+        Command::Agent(args) => cmd::agent::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

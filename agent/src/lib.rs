@@ -9,6 +9,7 @@
 pub mod daemon;
 pub mod health;
 pub mod host;
+pub mod image;
 pub mod reconcile;
 pub mod restart;
 pub mod rollout;

@@ -61,7 +61,7 @@ impl fmt::Display for Location {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManifestError {
     /// The file is bigger than the per-file limit.
-    #[error("file is larger than the limit of {limit} bytes; split it into several files")]
+    #[error("file is larger than the limit of {} ({limit} bytes); split it into several files", crate::units::ByteSize::from_bytes(*limit as u64))]
     FileTooLarge {
         /// The limit in bytes.
         limit: usize,

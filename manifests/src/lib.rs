@@ -13,17 +13,22 @@ pub mod app;
 pub mod defaults;
 pub mod error;
 mod normalize;
+pub mod plan;
 pub mod raw;
 pub mod reference;
+pub mod revision;
 pub mod signal;
 pub mod units;
+mod validate;
 pub mod wire;
 mod yaml;
 
 pub use app::App;
 pub use error::{Diagnostic, Diagnostics, ErrorKind, Location, ManifestError};
 pub use normalize::{is_dns_label, is_env_name, normalize_path};
+pub use plan::{Plan, plan};
 pub use reference::{ImageRef, ReferenceError};
+pub use revision::Revision;
 pub use signal::Signal;
 pub use units::{ByteSize, Cpu, Duration, UnitError};
 
@@ -43,6 +48,8 @@ pub struct Manifest {
     pub app: App,
     /// Where its document starts.
     pub location: Location,
+    /// Its revision identity (content hash).
+    pub revision: Revision,
 }
 
 /// All apps of a manifest tree, valid together, sorted by name.
@@ -74,6 +81,7 @@ pub fn parse_source(source: Source<'_>, errors: &mut Diagnostics) -> Vec<raw::Ra
         path: source.path,
         source: &text,
         errors,
+        invalid: Default::default(),
     };
     docs.iter().filter_map(|doc| decoder.app(doc)).collect()
 }
@@ -89,6 +97,7 @@ pub fn load(sources: &[Source<'_>]) -> Result<ManifestSet, Diagnostics> {
             }
         }
     }
+    validate::across(&apps, &mut errors);
     if !errors.is_empty() {
         errors.sort();
         return Err(errors);
@@ -96,6 +105,7 @@ pub fn load(sources: &[Source<'_>]) -> Result<ManifestSet, Diagnostics> {
     let mut manifests: Vec<Manifest> = apps
         .into_iter()
         .map(|(raw, app)| Manifest {
+            revision: app.revision(),
             app,
             location: raw.location,
         })

@@ -75,6 +75,8 @@ pub fn normalize_path(p: &str) -> Result<String, &'static str> {
 
 struct Rules<'a> {
     errors: &'a mut Diagnostics,
+    /// Fields already reported as unusable: not reported again as missing.
+    invalid: &'a std::collections::BTreeSet<String>,
 }
 
 impl Rules<'_> {
@@ -89,6 +91,9 @@ impl Rules<'_> {
     }
 
     fn missing(&mut self, location: &Location, field: &str, hint: &str) {
+        if self.invalid.contains(field) {
+            return;
+        }
         self.errors.push(
             location.clone(),
             ManifestError::Missing {
@@ -188,7 +193,10 @@ impl Rules<'_> {
 /// Applies defaults and per-app rules; `None` when `app` or `image` is missing or unusable
 /// (the errors are in `errors` then).
 pub(crate) fn normalize(raw: &RawApp, errors: &mut Diagnostics) -> Option<App> {
-    let mut r = Rules { errors };
+    let mut r = Rules {
+        errors,
+        invalid: &raw.invalid,
+    };
     let name = match &raw.app {
         Some(a) if is_dns_label(&a.value) => Some(a.value.clone()),
         Some(a) => {
@@ -563,6 +571,11 @@ fn health(r: &mut Rules<'_>, h: &At<crate::raw::RawHealth>, port: Option<u16>) -
         Some(Probe::Exec {
             command: exec.value.clone(),
         })
+    } else if ["health.http", "health.tcp", "health.exec"]
+        .iter()
+        .any(|f| r.invalid.contains(*f))
+    {
+        None
     } else {
         r.rule(
             &h.location,

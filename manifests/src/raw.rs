@@ -5,6 +5,8 @@
 //! `crate::validate`). Pure.
 
 use crate::app::{Metric, NetworkMode, RestartPolicy};
+use std::collections::BTreeSet;
+
 use crate::error::{Diagnostics, Location, ManifestError, quoted};
 use crate::reference::ImageRef;
 use crate::signal::Signal;
@@ -110,6 +112,9 @@ pub struct RawLogs {
 pub struct RawApp {
     /// Where the document's mapping starts.
     pub location: Location,
+    /// Fields written with a value that could not be decoded (and was reported): rules about
+    /// missing fields skip them, so one mistake gives one error.
+    pub invalid: BTreeSet<String>,
     pub app: Option<At<String>>,
     pub image: Option<At<ImageRef>>,
     pub command: Option<At<Vec<String>>>,
@@ -155,6 +160,8 @@ pub(crate) struct Decoder<'a> {
     pub path: &'a str,
     pub source: &'a str,
     pub errors: &'a mut Diagnostics,
+    /// Fields of the current document written with an unusable value (already reported).
+    pub invalid: BTreeSet<String>,
 }
 
 fn join(parent: &str, key: &str) -> String {
@@ -219,6 +226,7 @@ impl Decoder<'_> {
     }
 
     fn invalid(&mut self, n: &Node, field: &str, expected: impl Into<String>) {
+        self.invalid.insert(field.to_owned());
         let got = self.got(n);
         self.error(
             n,
@@ -250,6 +258,9 @@ impl Decoder<'_> {
         for (k, v) in entries {
             match &k.kind {
                 Kind::Str(key) if keys.contains(&key.as_str()) => out.push((key.as_str(), v)),
+                // Extension keys at the top (as in Docker Compose): a place for YAML anchors
+                // that berth ignores.
+                Kind::Str(key) if field.is_empty() && key.starts_with("x-") => {}
                 _ => {
                     let name = match &k.kind {
                         Kind::Str(s) => s.clone(),
@@ -453,6 +464,7 @@ impl Decoder<'_> {
                 location: s.location,
             }),
             Err(e) => {
+                self.invalid.insert(field.to_owned());
                 let got = quoted(&s.value);
                 self.error(
                     n,
@@ -491,7 +503,11 @@ impl Decoder<'_> {
     /// A mapping of string keys to scalar values (`env`, `placement.labels`).
     fn pairs(&mut self, n: &Node, field: &str) -> Option<At<Pairs>> {
         let Kind::Map(entries) = &n.kind else {
-            self.invalid(n, field, "a mapping of names to values");
+            self.invalid(
+                n,
+                field,
+                "a mapping of names to values like { NAME: value }",
+            );
             return None;
         };
         let mut out = Vec::new();
@@ -517,8 +533,10 @@ impl Decoder<'_> {
             APP_KEYS,
             "a mapping with at least `app` and `image`",
         )?;
+        self.invalid.clear();
         let mut raw = RawApp {
             location: self.loc(root),
+            invalid: BTreeSet::new(),
             app: None,
             image: None,
             command: None,
@@ -568,6 +586,7 @@ impl Decoder<'_> {
                 _ => {}
             }
         }
+        raw.invalid = std::mem::take(&mut self.invalid);
         Some(raw)
     }
 

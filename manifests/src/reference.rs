@@ -56,6 +56,13 @@ pub enum ReferenceError {
     Digest(String),
 }
 
+impl ReferenceError {
+    /// Always invalid input: the reference as written is wrong.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidInput
+    }
+}
+
 fn is_domain_component(s: &str) -> bool {
     !s.is_empty()
         && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')

@@ -71,6 +71,13 @@ impl Signal {
 #[error("unknown signal {0:?}")]
 pub struct UnknownSignal(pub String);
 
+impl UnknownSignal {
+    /// Always invalid input.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidInput
+    }
+}
+
 impl FromStr for Signal {
     type Err = UnknownSignal;
 

@@ -48,6 +48,13 @@ pub enum UnitError {
     Negative,
 }
 
+impl UnitError {
+    /// Always invalid input: the value as written is wrong.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::InvalidInput
+    }
+}
+
 /// Splits `12.5Mi` into ("12", Some("5"), "Mi"); rejects signs, exponents and empty numbers.
 fn split_number(s: &str) -> Result<(&str, Option<&str>, &str), UnitError> {
     let s = s.trim();

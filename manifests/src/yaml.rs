@@ -145,6 +145,9 @@ fn options() -> serde_saphyr::Options {
     serde_saphyr::options! {
         // `yes`/`on` stay strings: the schema, not YAML 1.1, decides what is a boolean.
         strict_booleans: true,
+        // Tags mean nothing in a manifest: `!include`, `!Ref` or `!!binary` are refused
+        // rather than silently read as plain values.
+        reject_unsupported_tags: true,
         with_snippet: false,
         budget: serde_saphyr::budget! {
             max_documents: defaults::MAX_DOCUMENTS,

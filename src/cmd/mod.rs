@@ -3,7 +3,12 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod agent;
+pub mod image;
+pub mod images;
 pub mod plan;
+pub mod pull;
+pub mod rmi;
 pub mod up;
 pub mod validate;
 

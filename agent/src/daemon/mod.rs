@@ -17,7 +17,7 @@
 //! remembers their restarts and probes). The loop owns no container or file code itself: it
 //! acts through the traits in [`crate::reconcile::traits`].
 
-pub mod client;
+pub mod no_runtime;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

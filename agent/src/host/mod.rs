@@ -4,4 +4,12 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod agentstate;
+pub mod cgroup;
+pub mod content;
+pub mod controller_client;
+pub mod deploy_images;
+pub mod image_store;
 pub mod probe;
+pub mod registry;
+pub mod seccomp;
+pub mod unpack;
