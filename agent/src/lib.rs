@@ -13,3 +13,4 @@ pub mod image;
 pub mod reconcile;
 pub mod restart;
 pub mod rollout;
+pub mod runtime;

@@ -4,12 +4,16 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod agentstate;
+pub mod caps;
 pub mod cgroup;
+pub mod container;
 pub mod content;
 pub mod controller_client;
 pub mod deploy_images;
 pub mod image_store;
 pub mod probe;
 pub mod registry;
+pub mod rootfs;
 pub mod seccomp;
+pub mod sys;
 pub mod unpack;
