@@ -192,14 +192,36 @@ async fn rolls_out_rolls_back_and_the_controller_marks_the_revision_failed() {
     eventually("revision 2 gone", || async { running(&runtime, 2) == 0 }).await;
 
     // The next manifest change rolls out.
+    // Measured, not asserted (no test asserts a duration): commit → a revision-3 instance
+    // ready on the host, with the fake runtime (so: sync, assignment, long-poll, reconcile,
+    // first probe). Printed for `--no-capture`.
+    let t0 = tokio::time::Instant::now();
     repo.push(&web("busybox:3"), "fix web");
     client.sync().await.unwrap();
+    let ready3 = || {
+        handle
+            .report()
+            .instances
+            .iter()
+            .any(|i| i.revision == 3 && i.state == berth_manifests::wire::InstanceState::Ready)
+    };
+    while !ready3() && t0.elapsed() < Duration::from_secs(20) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    eprintln!(
+        "measure: commit -> first revision-3 instance ready: {} ms",
+        t0.elapsed().as_millis()
+    );
     eventually("revision 3 complete", || {
         let state = rollout(&handle);
         let (r3, r1) = (running(&runtime, 3), running(&runtime, 1));
         async move { state == Some(RolloutState::Complete) && r3 == 2 && r1 == 0 }
     })
     .await;
+    eprintln!(
+        "measure: commit -> rollout of 2 instances complete: {} ms",
+        t0.elapsed().as_millis()
+    );
 
     stop.send(()).unwrap();
     task.await.unwrap();
