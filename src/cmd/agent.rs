@@ -8,11 +8,12 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use berth_agent::daemon::no_runtime::NoRuntime;
 use berth_agent::daemon::{Agent, AgentConfig, Clock};
 use berth_agent::host::agentstate::FileState;
+use berth_agent::host::container::{Cgroups, HostCgroups, NoCgroups};
 use berth_agent::host::controller_client::HttpController;
 use berth_agent::host::deploy_images::StoreImages;
+use berth_agent::host::deploy_runtime::ContainerRuntime;
 use berth_agent::host::image_store::ImageStore;
 use berth_agent::host::probe::NetProber;
 use berth_agent::reconcile::exec::Effects;
@@ -61,8 +62,10 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
         let images = ImageStore::open(&global.data_dir).context("opening the image store")?;
         let controller = HttpController::new(&global.controller, global.token.clone())
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
+            .map_err(|e| anyhow::anyhow!(e.chain()))?;
         let fx = Effects {
-            runtime: Arc::new(NoRuntime),
+            runtime: Arc::new(runtime),
             images: Arc::new(StoreImages::new(images, options)),
             prober: Arc::new(NetProber::new().context("building the probe client")?),
             traffic: Arc::new(NoTraffic),
@@ -79,6 +82,16 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
+    match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
+        Ok(host) => Arc::new(host),
+        Err(e) => {
+            tracing::warn!("no cgroups: {e}; instances run without limits");
+            Arc::new(NoCgroups)
+        }
+    }
 }
 
 async fn stop_signal() {

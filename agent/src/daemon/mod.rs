@@ -17,8 +17,6 @@
 //! remembers their restarts and probes). The loop owns no container or file code itself: it
 //! acts through the traits in [`crate::reconcile::traits`].
 
-pub mod no_runtime;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -10,6 +10,7 @@ pub mod container;
 pub mod content;
 pub mod controller_client;
 pub mod deploy_images;
+pub mod deploy_runtime;
 pub mod image_store;
 pub mod probe;
 pub mod registry;
