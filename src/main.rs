@@ -93,6 +93,12 @@ fn main() -> ExitCode {
     if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
         return cmd::runtime_init::shim();
     }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__probe_exec")
+    {
+        return cmd::agent::probe_exec();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {

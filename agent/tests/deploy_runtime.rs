@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
 use berth_agent::host::deploy_images::StoreImages;
-use berth_agent::host::deploy_runtime::ContainerRuntime;
+use berth_agent::host::deploy_runtime::{ContainerRuntime, PROBE_EXEC_VERB, probe_exec_main};
 use berth_agent::host::image_store::{ImageStore, NoProgress, PullOptions};
 use berth_agent::host::probe::NetProber;
 use berth_agent::host::registry::RegistryConfig;
@@ -47,6 +47,10 @@ fn main() -> ExitCode {
         }
         Some("__init") => return ExitCode::from(container::init::main()),
         Some("__exec") => return ExitCode::from(container::exec::main()),
+        Some(PROBE_EXEC_VERB) => {
+            let cg = cgroups();
+            return ExitCode::from(probe_exec_main(&args[2..], cg.as_ref()));
+        }
         _ => {}
     }
     // Listing for nextest: one test.
@@ -78,10 +82,21 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn revision(image: &str, digest: &str, number: u64, port: u16, command: &str) -> RevisionSpec {
+const HTTP: &str = "http: /index.html";
+/// An exec probe inside the container (the www root is in the image).
+const EXEC: &str = "exec: [/bin/busybox, test, -f, /www/index.html]";
+
+fn revision(
+    image: &str,
+    digest: &str,
+    number: u64,
+    port: u16,
+    command: &str,
+    probe: &str,
+) -> RevisionSpec {
     let yaml = format!(
         "app: web\nimage: {image}\ncommand: {command}\nport: {port}\nnetwork: host\n\
-         health: {{ http: /index.html, interval: 1s, timeout: 1s, failures: 2 }}\n\
+         health: {{ {probe}, interval: 1s, timeout: 2s, failures: 2 }}\n\
          update: {{ deadline: 20s }}\nstop: {{ grace: 2s }}\nresources: {{ memory: 64Mi }}\n"
     );
     let set = load(&[Source {
@@ -212,8 +227,8 @@ async fn runs_rolls_and_stops_real_containers() {
     let image = format!("{name}:latest");
     let httpd = |port: u16| format!("[/bin/busybox, httpd, -f, -p, '127.0.0.1:{port}', -h, /www]");
     let (p1, p2) = (free_port(), free_port());
-    let r1 = revision(&image, &digest, 1, p1, &httpd(p1));
-    let r2 = revision(&image, &digest, 2, p2, &httpd(p2));
+    let r1 = revision(&image, &digest, 1, p1, &httpd(p1), HTTP);
+    let r2 = revision(&image, &digest, 2, p2, &httpd(p2), EXEC);
     let one = |target: RevisionSpec, fallback: Option<RevisionSpec>| AssignedApp {
         target,
         fallback,
@@ -228,7 +243,8 @@ async fn runs_rolls_and_stops_real_containers() {
     let body = get(p1).await.expect("revision 1 answers");
     assert!(body.contains("hello from berth"), "{body}");
 
-    // A rolling update to revision 2: revision 1 serves until revision 2 is ready.
+    // A rolling update to revision 2 (exec probe inside the container): revision 1 serves
+    // until revision 2 is ready.
     let want2 = one(r2.clone(), Some(r1.clone()));
     until(
         &fx,
@@ -252,6 +268,30 @@ async fn runs_rolls_and_stops_real_containers() {
     .await;
     assert!(get(p2).await.unwrap().contains("hello from berth"));
     assert!(get(p1).await.is_none(), "revision 1 stopped");
+    let id = fx.runtime.list().await.unwrap()[0].id.clone();
+    let run = |cmd: &[&str]| cmd.iter().map(|s| (*s).to_string()).collect::<Vec<_>>();
+    let t = Duration::from_secs(5);
+    assert_eq!(
+        fx.runtime
+            .exec(&id, &run(&["/bin/busybox", "true"]), t)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        fx.runtime
+            .exec(&id, &run(&["/bin/busybox", "false"]), t)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        fx.runtime
+            .exec(&id, &run(&["/bin/sh", "-c", "exit 7"]), t)
+            .await
+            .unwrap(),
+        7
+    );
 
     // A crash loop shows the container's own last log lines and exit code.
     let crash = revision(
@@ -260,6 +300,7 @@ async fn runs_rolls_and_stops_real_containers() {
         3,
         p1,
         "[/bin/sh, -c, 'echo config missing; exit 3']",
+        HTTP,
     );
     let want3 = one(crash, Some(r2.clone()));
     let mut seen = None;

@@ -84,6 +84,17 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `berth __probe_exec <data-dir> <id> -- CMD…`: the agent's exec-probe helper (re-executed
+/// by the agent; not for people).
+pub fn probe_exec() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let cgroups = cgroups();
+    ExitCode::from(berth_agent::host::deploy_runtime::probe_exec_main(
+        &args,
+        cgroups.as_ref(),
+    ))
+}
+
 fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
     match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
         Ok(host) => Arc::new(host),

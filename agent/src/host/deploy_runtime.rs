@@ -9,10 +9,11 @@
 //! containers and ignores those that `berth run` started.
 //!
 //! The runtime's calls block (fork, wait, file locks): each runs on tokio's blocking pool.
-//! Not yet: exec (the runtime's exec installs process-wide signal forwarding, fine for the
-//! `berth exec` CLI but not inside the agent; exec probes answer `unavailable` until the
-//! runtime offers an exec without it), and addresses of private-network instances (no veth
-//! yet: http/tcp probes reach only `network: host` instances, on loopback).
+//! Exec probes run in a child process, the current binary re-executed as
+//! [`PROBE_EXEC_VERB`] ([`probe_exec_main`]): the runtime's exec installs process-wide
+//! signal forwarding, right for the `berth exec` CLI but not inside the agent, so it happens in
+//! that child. Not yet: addresses of private-network instances (no veth yet: http/tcp probes
+//! reach only `network: host` instances, on loopback).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -50,6 +51,36 @@ pub struct ContainerRuntime {
     cgroups: Arc<dyn Cgroups + Send + Sync>,
     labels_dir: PathBuf,
     cgroup_parent: String,
+    data_dir: PathBuf,
+}
+
+/// The hidden verb the agent re-executes itself as for exec probes:
+/// `<binary> __probe_exec <data-dir> <id> -- <command…>`.
+pub const PROBE_EXEC_VERB: &str = "__probe_exec";
+/// The helper's exit code when it could not run the command at all.
+pub const PROBE_EXEC_SETUP_FAILED: i32 = 125;
+
+/// Entry point of [`PROBE_EXEC_VERB`] (`args` after the verb): runs the command in the
+/// container and returns its exit code, or [`PROBE_EXEC_SETUP_FAILED`].
+pub fn probe_exec_main(args: &[String], cgroups: &dyn Cgroups) -> u8 {
+    let (Some(data_dir), Some(id), Some("--")) =
+        (args.first(), args.get(1), args.get(2).map(String::as_str))
+    else {
+        return 125;
+    };
+    let command = args[3..].to_vec();
+    if command.is_empty() {
+        return 125;
+    }
+    let store = Store::new(std::path::Path::new(data_dir));
+    let request = container::exec::ExecRequest {
+        args: command,
+        ..Default::default()
+    };
+    match container::exec::exec(&store, cgroups, id, request) {
+        Ok(code) => u8::try_from(code).unwrap_or(125),
+        Err(_) => 125,
+    }
 }
 
 impl std::fmt::Debug for ContainerRuntime {
@@ -87,6 +118,7 @@ impl ContainerRuntime {
             cgroups,
             labels_dir,
             cgroup_parent: "berth".into(),
+            data_dir: data_dir.to_path_buf(),
         })
     }
 
@@ -287,15 +319,42 @@ impl Runtime for ContainerRuntime {
     async fn exec(
         &self,
         id: &str,
-        _command: &[String],
-        _timeout: Duration,
+        command: &[String],
+        timeout: Duration,
     ) -> Result<i32, EffectError> {
-        Err(EffectError::new(
-            "exec",
-            id,
-            ErrorKind::Unavailable,
-            "exec probes need a runtime exec without process-wide signal forwarding",
-        ))
+        let mut child = tokio::process::Command::new("/proc/self/exe")
+            .arg(PROBE_EXEC_VERB)
+            .arg(&self.data_dir)
+            .arg(id)
+            .arg("--")
+            .args(command)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| EffectError::new("exec", id, ErrorKind::Unavailable, e))?;
+        match tokio::time::timeout(timeout, child.wait()).await {
+            Ok(Ok(status)) => match status.code() {
+                Some(PROBE_EXEC_SETUP_FAILED) | None => Err(EffectError::new(
+                    "exec",
+                    id,
+                    ErrorKind::Unavailable,
+                    "the exec helper could not run the command in the container",
+                )),
+                Some(code) => Ok(code),
+            },
+            Ok(Err(e)) => Err(EffectError::new("exec", id, ErrorKind::Unavailable, e)),
+            Err(_) => {
+                let _ = child.start_kill();
+                Err(EffectError::new(
+                    "exec",
+                    id,
+                    ErrorKind::Unavailable,
+                    "timed out",
+                ))
+            }
+        }
     }
 
     async fn log_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, EffectError> {
