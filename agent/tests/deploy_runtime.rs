@@ -293,6 +293,50 @@ async fn runs_rolls_and_stops_real_containers() {
         7
     );
 
+    // An agent restart (new adapter, history lost): the running container is adopted as it
+    // is, not restarted or duplicated.
+    let before = fx.runtime.list().await.unwrap();
+    let restarted: Fx = Effects {
+        runtime: Arc::new(
+            ContainerRuntime::new(
+                data.path(),
+                ImageStore::open(data.path()).unwrap(),
+                cgroups(),
+            )
+            .unwrap()
+            .with_cgroup_parent(format!("berth-test-{}-deploy", std::process::id())),
+        ),
+        images: fx.images.clone(),
+        prober: fx.prober.clone(),
+        traffic: fx.traffic.clone(),
+    };
+    let mut fresh = AppHistory::default();
+    until(
+        &restarted,
+        Some(&want2),
+        &mut fresh,
+        "adopt",
+        |_| {},
+        complete,
+    )
+    .await;
+    for _ in 0..3 {
+        until(
+            &restarted,
+            Some(&want2),
+            &mut fresh,
+            "steady",
+            |_| {},
+            complete,
+        )
+        .await;
+    }
+    assert_eq!(
+        restarted.runtime.list().await.unwrap(),
+        before,
+        "adopted untouched"
+    );
+
     // A crash loop shows the container's own last log lines and exit code.
     let crash = revision(
         &image,
