@@ -6,6 +6,7 @@
 //! traits, so the rest of the crate is testable without root. The agent never decides the
 //! desired state: that comes from the controller (or from `berth up`'s embedded controller).
 
+pub mod autoscale;
 pub mod daemon;
 pub mod health;
 pub mod host;

@@ -117,7 +117,8 @@ pub struct Core<S: Store> {
     clock: Clock,
     host_grace_ms: u64,
     write: Mutex<()>,
-    sync_lock: Mutex<Option<String>>,
+    /// The last head processed and the error lines it gave (empty: applied).
+    sync_lock: Mutex<Option<(String, Vec<String>)>>,
     assignments: watch::Sender<u64>,
 }
 
@@ -371,12 +372,19 @@ impl<S: Store> Core<S> {
         };
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
-        if last_seen.as_deref() == Some(head.as_str())
-            || (status.commit.as_deref() == Some(head.as_str()) && status.errors.is_empty())
-        {
+        // a head already processed: show its outcome again (a fetch error is over)
+        let seen = match last_seen.as_ref() {
+            Some((h, errors)) if h == head.as_str() => Some(errors.clone()),
+            _ if status.commit.as_deref() == Some(head.as_str()) && status.errors.is_empty() => {
+                Some(Vec::new())
+            }
+            _ => None,
+        };
+        if let Some(errors) = seen {
+            status.errors = errors;
             self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
                 .await?;
-            *last_seen = Some(head.to_string());
+            *last_seen = Some((head.to_string(), status.errors.clone()));
             return Ok(status);
         }
         let source = self.source.clone();
@@ -392,7 +400,7 @@ impl<S: Store> Core<S> {
             Ok(()) => {
                 status.commit = Some(head.to_string());
                 status.errors.clear();
-                *last_seen = Some(head.to_string());
+                *last_seen = Some((head.to_string(), Vec::new()));
             }
             Err(errors) => {
                 let retry = errors.iter().any(|e| e.starts_with(RETRY_MARK));
@@ -416,10 +424,14 @@ impl<S: Store> Core<S> {
                         )])
                         .await?;
                 }
-                status.errors = lines;
                 // a registry outage is retried at the next poll; invalid manifests wait
                 // for a new commit
-                *last_seen = if retry { None } else { Some(head.to_string()) };
+                *last_seen = if retry {
+                    None
+                } else {
+                    Some((head.to_string(), lines.clone()))
+                };
+                status.errors = lines;
             }
         }
         self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")

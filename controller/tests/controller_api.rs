@@ -675,3 +675,29 @@ async fn a_host_cannot_fail_a_revision_of_an_app_it_does_not_run() {
     assert_eq!(revs[1].failure.as_deref(), Some("reported by web1"));
     handle.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_repository_shows_in_status_until_it_is_back() {
+    let fx = Fixture::new();
+    fx.push("web.yaml", &web("busybox:1"), "add web");
+    let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
+    assert!(client.sync().await.unwrap().errors.is_empty());
+    let moved = fx.dir.path().join("moved.git");
+    std::fs::rename(&fx.bare, &moved).unwrap();
+    let sync = client.sync().await.unwrap();
+    assert_eq!(sync.errors.len(), 1, "{:?}", sync.errors);
+    assert!(
+        sync.errors[0].contains("git fetch failed"),
+        "{:?}",
+        sync.errors
+    );
+    assert_eq!(
+        client.status().await.unwrap().apps[0].revision,
+        1,
+        "apps kept"
+    );
+    std::fs::rename(&moved, &fx.bare).unwrap();
+    let sync = client.sync().await.unwrap();
+    assert!(sync.errors.is_empty(), "stale error: {:?}", sync.errors);
+    handle.shutdown().await.unwrap();
+}
