@@ -1,5 +1,6 @@
 //! `berth agent --name N [--labels k=v,…]`: the per-host daemon. Talks to the controller at
-//! the global `--controller` with the global `--token`, keeps its state under
+//! the global `--controller` with the global `--token` (else the token file of a controller
+//! sharing the data dir), keeps its state under
 //! `<data-dir>/agent/`, its images under `<data-dir>/images/`. Runs until SIGINT/SIGTERM;
 //! containers keep running after it exits. (`--join` with mTLS is the multi-host issue.)
 
@@ -60,8 +61,16 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
         let state = FileState::open(global.data_dir.join("agent"))
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
         let images = ImageStore::open(&global.data_dir).context("opening the image store")?;
-        let controller = HttpController::new(&global.controller, global.token.clone())
-            .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        // Without --token, the token file of a controller sharing this data dir (`berth up`'s
+        // layout, and a controller and agent on one host).
+        let controller = match &global.token {
+            Some(t) => HttpController::new(&global.controller, Some(t.clone())),
+            None => HttpController::with_token_file(
+                &global.controller,
+                berth_controller::token::token_path(&global.data_dir),
+            ),
+        }
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
         let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
             .map_err(|e| anyhow::anyhow!(e.chain()))?;
         let fx = Effects {
