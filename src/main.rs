@@ -80,6 +80,8 @@ enum Command {
     /// A `berth exec` helper (berth re-executed by itself; not for people)
     #[command(name = "__exec", hide = true)]
     ExecHelper,
+    /// Run the per-host agent: long-poll the controller, run the assignment, report
+    Agent(cmd::agent::Args),
 }
 
 fn main() -> ExitCode {
@@ -92,6 +94,12 @@ fn main() -> ExitCode {
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
         return cmd::runtime_init::shim();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__probe_exec")
+    {
+        return cmd::agent::probe_exec();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -130,6 +138,7 @@ fn main() -> ExitCode {
         Command::Init => Ok(cmd::runtime_init::init()),
         Command::Shim => Ok(cmd::runtime_init::shim()),
         Command::ExecHelper => Ok(cmd::runtime_init::exec()),
+        Command::Agent(args) => cmd::agent::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

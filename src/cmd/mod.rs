@@ -3,6 +3,7 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod agent;
 pub mod exec;
 pub mod image;
 pub mod images;
