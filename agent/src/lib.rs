@@ -8,3 +8,4 @@
 
 pub mod host;
 pub mod image;
+pub mod net;
