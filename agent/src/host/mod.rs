@@ -6,6 +6,7 @@
 pub mod cgroup;
 pub mod content;
 pub mod image_store;
+pub mod net;
 pub mod registry;
 pub mod seccomp;
 pub mod unpack;
