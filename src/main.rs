@@ -39,6 +39,8 @@ enum Command {
     Rmi(cmd::rmi::Args),
     /// Manage the local image store: prune, du
     Image(cmd::image::Args),
+    /// Run the long-lived per-host proxy the agent configures over a unix socket
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -60,6 +62,7 @@ fn main() -> ExitCode {
         Command::Images(args) => cmd::images::run(&cli.global, args),
         Command::Rmi(args) => cmd::rmi::run(&cli.global, args),
         Command::Image(args) => cmd::image::run(&cli.global, args),
+        Command::Proxy(args) => cmd::proxy::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

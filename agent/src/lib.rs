@@ -9,3 +9,4 @@
 pub mod host;
 pub mod image;
 pub mod net;
+pub mod proxy;

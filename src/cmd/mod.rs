@@ -6,6 +6,7 @@
 pub mod image;
 pub mod images;
 pub mod plan;
+pub mod proxy;
 pub mod pull;
 pub mod rmi;
 pub mod up;
