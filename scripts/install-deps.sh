@@ -13,6 +13,7 @@ packages=(
   protobuf-compiler # etcd-client's build script needs protoc
   prometheus        # promtool and the real-scrape test
   iproute2          # ip netns / veth for networking tests
+  gcc libc6-dev     # the runtime tests compile a static syscall probe into their rootfs
   apache2-utils     # htpasswd for the basic-auth registry fixture
   curl jq ca-certificates python3
 )

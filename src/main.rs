@@ -31,6 +31,20 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run berth all-in-one on this host (controller with embedded store + agent)
     Up(cmd::up::Args),
+    /// Run the controller: git sync, revisions, the agent and CLI API
+    Controller(cmd::controller::Args),
+    /// Show apps, hosts and the git source
+    Status(cmd::status::Args),
+    /// List apps with their revision and ready instances
+    Apps(cmd::apps::Args),
+    /// Show an app's revision history
+    Revisions(cmd::revisions::Args),
+    /// Pin an app to an earlier revision until its manifest changes
+    Rollback(cmd::rollback::Args),
+    /// Follow rollouts (`berth rollout status APP --wait`)
+    Rollout(cmd::rollout::Args),
+    /// Show what happened and why (`-f` to follow)
+    Events(cmd::events::Args),
     /// Pull an image into the local store (a progress bar per layer)
     Pull(cmd::pull::Args),
     /// List the images in the local store
@@ -39,11 +53,46 @@ enum Command {
     Rmi(cmd::rmi::Args),
     /// Manage the local image store: prune, du
     Image(cmd::image::Args),
+    /// Run one container on this host (like `docker run`); the exit code is the container's
+    Run(Box<cmd::run::Args>),
+    /// List containers on this host (`-a` includes stopped ones)
+    Ps(cmd::ps::Args),
+    /// Show one container's record as JSON
+    Inspect(cmd::inspect::Args),
+    /// Print a container's output (`-f` follows)
+    Logs(cmd::logs::Args),
+    /// Stop a container: the stop signal, a grace period, then SIGKILL
+    Stop(cmd::stop::Args),
+    /// Send a signal to a container
+    Kill(cmd::kill::Args),
+    /// Remove stopped containers (`-f` kills running ones first)
+    Rm(cmd::rm::Args),
+    /// Run a program in a running container (same namespaces, cgroup and profile)
+    Exec(cmd::exec::Args),
+    /// A container's init (berth re-executed by itself; not for people)
+    #[command(name = "__init", hide = true)]
+    Init,
+    /// A container's shim (berth re-executed by itself; not for people)
+    #[command(name = "__shim", hide = true)]
+    Shim,
+    /// A `berth exec` helper (berth re-executed by itself; not for people)
+    #[command(name = "__exec", hide = true)]
+    ExecHelper,
     /// Run the long-lived per-host proxy the agent configures over a unix socket
     Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
+    // A container's init must start fast and touch nothing else: dispatch before parsing.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
+        return cmd::runtime_init::init();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__exec") {
+        return cmd::runtime_init::exec();
+    }
+    if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
+        return cmd::runtime_init::shim();
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
@@ -58,10 +107,28 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),
         Command::Plan(args) => cmd::plan::run(&cli.global, args),
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Controller(args) => cmd::controller::run(&cli.global, args),
+        Command::Status(args) => cmd::status::run(&cli.global, args),
+        Command::Apps(args) => cmd::apps::run(&cli.global, args),
+        Command::Revisions(args) => cmd::revisions::run(&cli.global, args),
+        Command::Rollback(args) => cmd::rollback::run(&cli.global, args),
+        Command::Rollout(args) => cmd::rollout::run(&cli.global, args),
+        Command::Events(args) => cmd::events::run(&cli.global, args),
         Command::Pull(args) => cmd::pull::run(&cli.global, args),
         Command::Images(args) => cmd::images::run(&cli.global, args),
         Command::Rmi(args) => cmd::rmi::run(&cli.global, args),
         Command::Image(args) => cmd::image::run(&cli.global, args),
+        Command::Run(args) => cmd::run::run(&cli.global, *args),
+        Command::Ps(args) => cmd::ps::run(&cli.global, args),
+        Command::Inspect(args) => cmd::inspect::run(&cli.global, args),
+        Command::Logs(args) => cmd::logs::run(&cli.global, args),
+        Command::Stop(args) => cmd::stop::run(&cli.global, args),
+        Command::Kill(args) => cmd::kill::run(&cli.global, args),
+        Command::Rm(args) => cmd::rm::run(&cli.global, args),
+        Command::Exec(args) => cmd::exec::run(&cli.global, args),
+        Command::Init => Ok(cmd::runtime_init::init()),
+        Command::Shim => Ok(cmd::runtime_init::shim()),
+        Command::ExecHelper => Ok(cmd::runtime_init::exec()),
         Command::Proxy(args) => cmd::proxy::run(&cli.global, args),
     };
     cmd::exit_code(result)

@@ -6,7 +6,14 @@
 //! traits, so the rest of the crate is testable without root. The agent never decides the
 //! desired state: that comes from the controller (or from `berth up`'s embedded controller).
 
+pub mod autoscale;
+pub mod daemon;
+pub mod health;
 pub mod host;
 pub mod image;
 pub mod net;
 pub mod proxy;
+pub mod reconcile;
+pub mod restart;
+pub mod rollout;
+pub mod runtime;

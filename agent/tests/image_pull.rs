@@ -129,6 +129,21 @@ async fn pulls_by_tag_then_by_digest_reusing_the_snapshots() {
     );
     assert_eq!(store.list().unwrap().len(), 1);
     assert!(tmp_is_empty(&store));
+
+    // `ensure` uses the local copy: it works with the registry gone.
+    let tagged = reference(&reg, "hello");
+    drop(reg);
+    let (_d2, empty) = self::store();
+    let err = empty
+        .ensure(&tagged, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(!matches!(err, ImageError::NotFound { .. }), "{err:?}");
+    let local = store
+        .ensure(&tagged, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(local.digest(), by_tag.digest());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

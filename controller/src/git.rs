@@ -525,6 +525,32 @@ impl GitSource {
     }
 }
 
+impl GitSource {
+    /// For a repository on this machine (a path or `file://` URL): the branch's head as the
+    /// repository's ref files say, read without running git (cheap enough to check several
+    /// times a second, so a `git push` into it is seen at once). `None` for remote URLs or when
+    /// the ref cannot be read (the regular fetch then reports why).
+    pub fn local_head(&self) -> Option<String> {
+        let path = self.url.strip_prefix("file://").unwrap_or(&self.url);
+        if !path.starts_with('/') {
+            return None;
+        }
+        let mut dir = PathBuf::from(path);
+        if dir.join(".git").is_dir() {
+            dir = dir.join(".git");
+        }
+        let name = format!("refs/heads/{}", self.branch);
+        if let Ok(text) = std::fs::read_to_string(dir.join(&name)) {
+            return Some(text.trim().to_string());
+        }
+        let packed = std::fs::read_to_string(dir.join("packed-refs")).ok()?;
+        packed.lines().find_map(|line| {
+            let (id, r) = line.split_once(' ')?;
+            (r == name).then(|| id.to_string())
+        })
+    }
+}
+
 /// Whether a repository path names a manifest file.
 pub fn is_manifest_path(path: &str) -> bool {
     let lower = path.to_ascii_lowercase();

@@ -4,8 +4,19 @@
 //!
 //! It never touches a container, an image or a host's kernel state: that is the agent's job.
 
+pub mod api;
+pub mod assign;
+pub mod client;
+pub mod events;
 pub mod git;
+pub mod model;
 pub mod process;
+pub mod resolve;
+pub mod revisions;
+pub mod server;
+pub mod state;
 pub mod store;
+pub mod token;
 
 pub use berth_manifests::ErrorKind;
+pub use server::{Config, Controller, ControllerHandle, StartError};

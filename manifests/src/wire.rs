@@ -248,6 +248,10 @@ pub struct AppStatus {
     /// The last failure (rollout or sync) concerning the app, if any.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// The newest revision git defines (differs from `revision` while pinned or after a
+    /// failed rollout).
+    #[serde(default)]
+    pub head: u64,
 }
 
 /// One host in `berth status`.
@@ -281,6 +285,9 @@ pub struct SyncStatus {
     /// When the source was last fetched (Unix ms).
     #[serde(default)]
     pub fetched_at_ms: u64,
+    /// The newest commit fetched, applied or refused.
+    #[serde(default)]
+    pub head: Option<String>,
 }
 
 /// A revision in `berth revisions APP -o json`.
@@ -341,4 +348,67 @@ pub struct InstanceInfo {
     /// Why it is not ready or last exited.
     #[serde(default)]
     pub message: String,
+}
+
+/// `GET /v1/apps/{app}/rollout?revision=N` and `berth rollout status APP -o json`: how the
+/// rollout of one revision (default: the app's newest) stands over all hosts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutStatus {
+    /// The app.
+    pub app: String,
+    /// The revision whose rollout this is.
+    pub revision: u64,
+    /// The revision the cluster should run now.
+    pub target: u64,
+    /// Where the rollout stands.
+    pub phase: RolloutPhase,
+    /// Instances wanted (sum over hosts).
+    pub desired: u32,
+    /// Instances of `revision` ready (sum over hosts).
+    pub ready: u32,
+    /// For people: why it failed, or what it waits for.
+    pub message: String,
+    /// Every host the app is assigned to, with its newest report.
+    pub hosts: Vec<HostRollout>,
+}
+
+/// One host's part of a rollout.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRollout {
+    /// The host.
+    pub host: String,
+    /// Its newest report for the app, if any.
+    #[serde(default)]
+    pub report: Option<AppReport>,
+}
+
+/// A rollout's state over the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RolloutPhase {
+    /// Not every host runs the revision ready yet.
+    Progressing,
+    /// Every host the app is assigned to runs the revision, all instances ready.
+    Complete,
+    /// The revision failed (rolled back, or nothing to roll back to).
+    Failed,
+    /// Another revision replaced it before it completed (a newer commit, or a rollback).
+    Superseded,
+}
+
+/// An API error body: `{"error": "...", "kind": "not_found"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// What went wrong, for people.
+    pub error: String,
+    /// Its class.
+    pub kind: crate::ErrorKind,
+}
+
+/// `POST /v1/apps/{app}/rollback` body.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    /// The revision to pin; default: the previous good one.
+    #[serde(default)]
+    pub to: Option<u64>,
 }

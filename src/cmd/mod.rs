@@ -3,14 +3,32 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod exec;
 pub mod image;
 pub mod images;
+pub mod inspect;
+pub mod kill;
+pub mod logs;
 pub mod plan;
 pub mod proxy;
+pub mod ps;
 pub mod pull;
+pub mod rm;
 pub mod rmi;
+pub mod run;
+pub mod runtime_init;
+pub mod stop;
 pub mod up;
 pub mod validate;
+
+pub mod apps;
+pub mod controller;
+pub mod events;
+mod remote;
+pub mod revisions;
+pub mod rollback;
+pub mod rollout;
+pub mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +100,18 @@ pub fn exit_code(result: anyhow::Result<ExitCode>) -> ExitCode {
             } else {
                 ExitCode::from(1)
             }
+        }
+    }
+}
+
+/// The cgroup backend for container verbs.
+pub fn cgroups() -> Box<dyn berth_agent::host::container::Cgroups> {
+    use berth_agent::host::container::{HostCgroups, NoCgroups};
+    match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
+        Ok(host) => Box::new(host),
+        Err(e) => {
+            tracing::warn!("no cgroups: {e}; containers run without limits");
+            Box::new(NoCgroups)
         }
     }
 }

@@ -655,6 +655,20 @@ impl ImageStore {
         self.image_from(record, image_config)
     }
 
+    /// The local image when the store has it (by digest, or the tag as last pulled), else a
+    /// pull: what `berth run IMAGE` does.
+    pub async fn ensure(
+        &self,
+        reference: &Reference,
+        options: &PullOptions,
+        progress: &dyn PullProgress,
+    ) -> Result<Image, ImageError> {
+        match self.get(&reference.to_string()) {
+            Err(ImageError::NotFound { .. }) => self.pull(reference, options, progress).await,
+            other => other,
+        }
+    }
+
     /// Makes sure the snapshot of `layer` exists, downloading and unpacking it if not.
     async fn ensure_snapshot(
         &self,
@@ -1241,4 +1255,100 @@ fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+    fn parse(json: &str) -> Result<Parsed, ImageError> {
+        let r: Reference = "reg.example/app:1".parse().unwrap();
+        parse_manifest(json.as_bytes(), &r, &Digest::of(json.as_bytes()))
+    }
+
+    fn manifest(config_type: &str, layer_type: &str, extra: &str) -> String {
+        format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{{"mediaType":"{config_type}","digest":"{D}","size":2}},
+            "layers":[{{"mediaType":"{layer_type}","digest":"{D}","size":2{extra}}}]}}"#
+        )
+    }
+
+    #[test]
+    fn accepts_oci_and_docker_schema2_manifests_and_indexes() {
+        let oci = manifest(
+            "application/vnd.oci.image.config.v1+json",
+            "application/vnd.oci.image.layer.v1.tar+zstd",
+            "",
+        );
+        assert!(matches!(parse(&oci), Ok(Parsed::Manifest { .. })));
+        let docker = manifest(
+            "application/vnd.docker.container.image.v1+json",
+            "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            "",
+        )
+        .replace(
+            "application/vnd.oci.image.manifest.v1+json",
+            "application/vnd.docker.distribution.manifest.v2+json",
+        );
+        assert!(matches!(parse(&docker), Ok(Parsed::Manifest { .. })));
+        let list = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.list.v2+json",
+            "manifests":[{{"mediaType":"application/vnd.docker.distribution.manifest.v2+json","digest":"{D}","size":1,
+            "platform":{{"architecture":"arm","os":"linux","variant":"v7","os.features":[]}}}}]}}"#
+        );
+        match parse(&list) {
+            Ok(Parsed::Index(entries)) => {
+                assert_eq!(
+                    entries[0].platform.as_ref().unwrap().to_string(),
+                    "linux/arm/v7"
+                )
+            }
+            _ => panic!("list not parsed"),
+        }
+    }
+
+    #[test]
+    fn refuses_confusing_or_foreign_manifests() {
+        let cases = [
+            // both an index and a manifest (CVE-2021-41190)
+            format!(
+                r#"{{"schemaVersion":2,"manifests":[],"config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{D}","size":1}},"layers":[]}}"#
+            ),
+            // schema 1
+            r#"{"schemaVersion":1,"name":"x","tag":"y","fsLayers":[]}"#.to_string(),
+            // an artifact, not a container image
+            manifest(
+                "application/vnd.cncf.helm.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar",
+                "",
+            ),
+            // foreign / non-distributable layers
+            manifest(
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
+                "",
+            ),
+            manifest(
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+                r#","urls":["http://169.254.169.254/x"]"#,
+            ),
+            // a manifest body under an index media type
+            manifest(
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar",
+                "",
+            )
+            .replace("image.manifest.v1+json", "image.index.v1+json"),
+            "not json".to_string(),
+        ];
+        for c in &cases {
+            let err = parse(c).err().unwrap_or_else(|| panic!("accepted: {c}"));
+            assert!(matches!(err, ImageError::BadImage { .. }), "{err:?}");
+            assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        }
+    }
 }

@@ -3,10 +3,16 @@
 //! Kernel paths (cgroup roots, data dirs) are parameters, so each adapter can be tested on a
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
+pub mod agentstate;
+pub mod caps;
 pub mod cgroup;
+pub mod container;
 pub mod content;
 pub mod image_store;
 pub mod net;
+pub mod probe;
 pub mod registry;
+pub mod rootfs;
 pub mod seccomp;
+pub mod sys;
 pub mod unpack;

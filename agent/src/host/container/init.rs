@@ -1,0 +1,232 @@
+//! The container's init: berth re-executed as `berth __init` by [`super::spawn`], already
+//! pid 1 of the container's new pid namespace and in its new mount, uts, ipc and network
+//! namespaces, running from a read-only bind of the berth binary (so a container that runs
+//! `/proc/self/exe` or opens `/proc/1/exe` finds a file it cannot write: CVE-2019-5736).
+//!
+//! It reads its [`InitConfig`] from fd 3, reports on fd 4 (`E<message>` on failure, `R`
+//! when set up and waiting for `start`; the fd is close-on-exec, so EOF means the program
+//! was exec'd), builds the filesystem view ([`crate::host::rootfs`]), sets hostname,
+//! loopback, rlimits, user, capabilities and no_new_privs, closes every other fd, checks the
+//! cwd, applies seccomp last, and execs the program. It never forks and never returns on
+//! success.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::{caps, rootfs, sys};
+use crate::runtime::spec::{ContainerSpec, Network};
+
+/// The fd the init reads its config from.
+pub const CONFIG_FD: i32 = 3;
+/// The fd the init reports on.
+pub const STATUS_FD: i32 = 4;
+
+/// What the init needs besides the spec.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct InitConfig {
+    /// The container.
+    pub spec: ContainerSpec,
+    /// The container's state dir (overlay upper/work live here).
+    pub state_dir: PathBuf,
+    /// Where the rootfs is mounted before `pivot_root` (inside the init's mount namespace).
+    pub rootfs_mount: PathBuf,
+    /// A FIFO to open for writing before exec: blocks until `runtime start` reads it.
+    pub start_fifo: Option<PathBuf>,
+}
+
+/// Entry point of `berth __init`. Returns the exit code to use when setup fails; on success
+/// the process has become the container's program.
+pub fn main() -> u8 {
+    // SAFETY: fd 4 was set up by the spawner as the status pipe and nothing else owns it.
+    let status = unsafe { OwnedFd::from_raw_fd(STATUS_FD) };
+    let _ = sys::set_cloexec(STATUS_FD);
+    let err = match run(&status) {
+        Ok(never) => match never {},
+        Err(e) => e,
+    };
+    let _ = sys::write_all_fd(status.as_fd(), format!("E{err}").as_bytes());
+    1
+}
+
+enum Never {}
+
+fn run(status: &OwnedFd) -> Result<Never, String> {
+    caps::set_non_dumpable().map_err(|e| format!("make init non-dumpable: {e}"))?;
+    let mut raw = Vec::new();
+    // SAFETY: fd 3 is the config pipe the spawner made for us.
+    let mut cfg_file = unsafe { std::fs::File::from_raw_fd(CONFIG_FD) };
+    cfg_file
+        .read_to_end(&mut raw)
+        .map_err(|e| format!("read init config: {e}"))?;
+    drop(cfg_file);
+    let cfg: InitConfig =
+        serde_json::from_slice(&raw).map_err(|e| format!("parse init config: {e}"))?;
+    let spec = &cfg.spec;
+
+    for (kind, path) in &spec.namespaces.join {
+        join_namespace(kind, path)?;
+    }
+    if spec.namespaces.cgroup {
+        sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| format!("new cgroup namespace: {e}"))?;
+    }
+
+    let root =
+        rootfs::mount_rootfs(spec, &cfg.rootfs_mount, &cfg.state_dir).map_err(|e| e.to_string())?;
+    rootfs::setup_mounts(root.as_fd(), spec).map_err(|e| e.to_string())?;
+    let fifo = match &cfg.start_fifo {
+        Some(p) => Some(
+            sys::open(p, libc::O_PATH)
+                .map_err(|e| format!("open start fifo {}: {e}", p.display()))?,
+        ),
+        None => None,
+    };
+    rootfs::pivot(root.as_fd(), spec.readonly_rootfs).map_err(|e| e.to_string())?;
+    drop(root);
+
+    if spec.namespaces.uts {
+        sys::sethostname(spec.effective_hostname()).map_err(|e| format!("set hostname: {e}"))?;
+    }
+    if spec.namespaces.net && spec.network == Network::Private {
+        sys::loopback_up().map_err(|e| format!("bring loopback up: {e}"))?;
+    }
+    let fifo_fd = fifo.as_ref().map(|f| f.as_raw_fd());
+    let (program, env) = prepare_process(spec, &[STATUS_FD], fifo_fd)?;
+
+    if let Some(fifo) = fifo {
+        let _ = sys::write_all_fd(status.as_fd(), b"R");
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(sys::fd_path(fifo.as_fd()))
+            .map_err(|e| format!("wait for start: {e}"))?;
+        let _ = f.write_all(b"0");
+    }
+
+    apply_seccomp(spec)?;
+    let err = sys::execve(&program, &spec.args, &env);
+    Err(format!("exec {}: {err}", spec.args[0]))
+}
+
+/// The process half of the profile, shared by the init and `berth exec`: rlimits, user
+/// (names from the container's files: call after entering its root), `HOME`/`HOSTNAME`,
+/// program lookup, closing every fd but stdio and `keep` (`extra` too, if given), the
+/// bounding set, no_new_privs, user switch with the capability sets, and cwd (verified).
+/// Returns the program path and environment; the caller applies seccomp and execs.
+pub fn prepare_process(
+    spec: &ContainerSpec,
+    keep: &[i32],
+    extra: Option<i32>,
+) -> Result<(String, Vec<String>), String> {
+    for r in &spec.rlimits {
+        sys::setrlimit(r.resource, r.soft, r.hard)
+            .map_err(|e| format!("set rlimit {}: {e}", r.resource))?;
+    }
+    let passwd = std::fs::read_to_string("/etc/passwd").ok();
+    let group = std::fs::read_to_string("/etc/group").ok();
+    let ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
+        .map_err(|e| e.to_string())?;
+    let mut env = spec.env.clone();
+    if !env.iter().any(|e| e.starts_with("HOME=")) {
+        env.push(format!("HOME={}", ids.home));
+    }
+    if !env.iter().any(|e| e.starts_with("HOSTNAME=")) {
+        env.push(format!("HOSTNAME={}", spec.effective_hostname()));
+    }
+    let program = find_program(&spec.args[0], &env)?;
+
+    // Only stdio and the (close-on-exec) report fds survive: the program starts with stdio
+    // only (CVE-2024-21626).
+    let mut keep: Vec<i32> = keep.to_vec();
+    keep.extend(extra);
+    close_others(&keep)?;
+
+    caps::drop_bounding(spec.capabilities, caps::last_cap())
+        .map_err(|e| format!("drop bounding capabilities: {e}"))?;
+    if spec.no_new_privs {
+        caps::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+    }
+    caps::switch_user(&ids, spec.capabilities, spec.inheritable, spec.ambient)
+        .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
+
+    std::env::set_current_dir(&spec.cwd).map_err(|e| format!("cwd {}: {e}", spec.cwd))?;
+    verify_cwd(&spec.cwd)?;
+    Ok((program, env))
+}
+
+/// Builds and installs the default seccomp filter (`host::seccomp`) when the spec asks for
+/// it: the last step before exec, after no_new_privs and the capability changes.
+pub fn apply_seccomp(spec: &ContainerSpec) -> Result<(), String> {
+    if !spec.seccomp {
+        return Ok(());
+    }
+    use crate::host::seccomp;
+    let filter = seccomp::Arch::native()
+        .and_then(seccomp::default_filter)
+        .map_err(|e| format!("build seccomp filter: {e}"))?;
+    seccomp::apply(&filter).map_err(|e| format!("apply seccomp filter: {e}"))
+}
+
+fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {
+    let flag = match kind {
+        "network" | "net" => libc::CLONE_NEWNET,
+        "ipc" => libc::CLONE_NEWIPC,
+        "uts" => libc::CLONE_NEWUTS,
+        "mount" | "mnt" => libc::CLONE_NEWNS,
+        "cgroup" => libc::CLONE_NEWCGROUP,
+        other => return Err(format!("joining a {other} namespace is not supported")),
+    };
+    let fd = sys::open(path, libc::O_RDONLY)
+        .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    sys::setns(fd.as_fd(), flag)
+        .map_err(|e| format!("join {kind} namespace {}: {e}", path.display()))
+}
+
+/// Closes every fd above 2 except `keep`.
+fn close_others(keep: &[i32]) -> Result<(), String> {
+    let hi = keep.iter().copied().max().unwrap_or(2);
+    for fd in 3..hi {
+        if !keep.contains(&fd) && sys::fd_is_open(fd) {
+            // SAFETY: we own every fd of this process except stdio and `keep`.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
+        }
+    }
+    let first = u32::try_from(hi + 1).unwrap_or(u32::MAX);
+    sys::close_from(first).map_err(|e| format!("close inherited fds: {e}"))
+}
+
+/// After chdir, the cwd must be reachable from the container's root (getcwd fails or
+/// reports `(unreachable)` for a directory outside it, e.g. reached through a leaked fd).
+fn verify_cwd(wanted: &str) -> Result<(), String> {
+    match std::env::current_dir() {
+        Ok(p) if p.is_absolute() && !p.to_string_lossy().starts_with("(unreachable)") => Ok(()),
+        _ => Err(format!(
+            "cwd {wanted} is outside the container's root: refusing to start"
+        )),
+    }
+}
+
+/// Finds `arg0` in the container's `PATH` (when it has no `/`).
+pub fn find_program(arg0: &str, env: &[String]) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    if arg0.contains('/') {
+        return Ok(arg0.to_string());
+    }
+    let path = env
+        .iter()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    for dir in path.split(':').filter(|d| !d.is_empty()) {
+        let candidate = Path::new(dir).join(arg0);
+        if let Ok(meta) = std::fs::metadata(&candidate)
+            && meta.is_file()
+            && meta.permissions().mode() & 0o111 != 0
+        {
+            return Ok(candidate.display().to_string());
+        }
+    }
+    Err(format!(
+        "exec {arg0}: not found in the container's PATH ({path})"
+    ))
+}

@@ -1,0 +1,177 @@
+//! The seam between the runtime and the cgroup backends (`host::cgroup`, written
+//! separately): the runtime asks for a container's cgroup to be created with its
+//! [`Resources`](crate::runtime::spec::Resources), for the init to be moved into it before
+//! its cgroup namespace is made, whether it saw an OOM kill, to signal every process in it,
+//! and to remove it.
+
+use super::ContainerError;
+use crate::runtime::spec::ContainerSpec;
+
+/// What the runtime needs from cgroups. Every method is idempotent.
+pub trait Cgroups {
+    /// The container's cgroup path relative to each hierarchy's root, if it gets one.
+    fn path(&self, spec: &ContainerSpec) -> Option<String>;
+    /// Creates the container's cgroup with its limits.
+    fn create(&self, spec: &ContainerSpec) -> Result<(), ContainerError>;
+    /// Moves `pid` into the container's cgroup.
+    fn add(&self, spec: &ContainerSpec, pid: i32) -> Result<(), ContainerError>;
+    /// Whether the kernel OOM-killed a process of the container.
+    fn oom_killed(&self, spec: &ContainerSpec) -> bool;
+    /// Sends `signal` to every process in the container's cgroup; false if unsupported.
+    fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError>;
+    /// Removes the container's cgroup (after its processes are gone).
+    fn remove(&self, spec: &ContainerSpec) -> Result<(), ContainerError>;
+}
+
+/// No cgroups: containers without limits still run (the pid namespace bounds their
+/// processes: when pid 1 dies the kernel kills the rest). Limits are refused.
+#[derive(Debug, Default)]
+pub struct NoCgroups;
+
+impl Cgroups for NoCgroups {
+    fn path(&self, _spec: &ContainerSpec) -> Option<String> {
+        None
+    }
+
+    fn create(&self, spec: &ContainerSpec) -> Result<(), ContainerError> {
+        if spec.resources.any() {
+            return Err(ContainerError::Cgroup {
+                path: spec.cgroup_parent.clone(),
+                message: "cgroup limits are not available in this build yet".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn add(&self, _spec: &ContainerSpec, _pid: i32) -> Result<(), ContainerError> {
+        Ok(())
+    }
+
+    fn oom_killed(&self, _spec: &ContainerSpec) -> bool {
+        false
+    }
+
+    fn signal_all(&self, _spec: &ContainerSpec, _signal: i32) -> Result<bool, ContainerError> {
+        Ok(false)
+    }
+
+    fn remove(&self, _spec: &ContainerSpec) -> Result<(), ContainerError> {
+        Ok(())
+    }
+}
+
+/// The host's cgroups (v1, v2 or hybrid, from `mountinfo`): each container gets
+/// `<cgroup_parent>/<id>` with its limits and the default device allow-list (so CAP_MKNOD
+/// cannot open host devices).
+#[derive(Debug)]
+pub struct HostCgroups {
+    layout: crate::host::cgroup::CgroupLayout,
+}
+
+impl HostCgroups {
+    /// Detects the layout from `mountinfo` (normally `/proc/self/mountinfo`).
+    pub fn detect(mountinfo: &std::path::Path) -> Result<HostCgroups, ContainerError> {
+        let layout = crate::host::cgroup::CgroupLayout::detect(mountinfo).map_err(|e| {
+            ContainerError::Cgroup {
+                path: mountinfo.display().to_string(),
+                message: e.to_string(),
+            }
+        })?;
+        Ok(HostCgroups { layout })
+    }
+
+    fn cgroup(&self, spec: &ContainerSpec) -> Result<crate::host::cgroup::Cgroup, ContainerError> {
+        let path = self.path(spec).unwrap_or_default();
+        let cg_path = crate::host::cgroup::CgroupPath::new(&path).map_err(|e| cg_err(&path, e))?;
+        Ok(self.layout.cgroup(&cg_path))
+    }
+}
+
+fn cg_err(path: &str, e: impl std::fmt::Display) -> ContainerError {
+    ContainerError::Cgroup {
+        path: path.to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// The cgroup limits for a spec's resources.
+pub fn cgroup_resources(r: &crate::runtime::spec::Resources) -> crate::host::cgroup::Resources {
+    crate::host::cgroup::Resources {
+        cpu_millicores: match (r.cpu_quota, r.cpu_period) {
+            (Some(q), Some(p)) if p > 0 => Some((q.saturating_mul(1000) / p).max(1)),
+            (Some(q), None) => Some((q.saturating_mul(1000) / 100_000).max(1)),
+            _ => None,
+        },
+        cpu_period_us: r.cpu_period,
+        cpu_shares: r.cpu_shares,
+        memory_bytes: r.memory,
+        pids_max: r.pids.and_then(|p| u64::try_from(p).ok()),
+    }
+}
+
+impl Cgroups for HostCgroups {
+    fn path(&self, spec: &ContainerSpec) -> Option<String> {
+        let parent = spec.cgroup_parent.trim_matches('/');
+        Some(if parent.is_empty() {
+            spec.id.clone()
+        } else {
+            format!("{parent}/{}", spec.id)
+        })
+    }
+
+    fn create(&self, spec: &ContainerSpec) -> Result<(), ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let cg = self.cgroup(spec)?;
+        let path = self.path(spec).unwrap_or_default();
+        cg.create().map_err(|e| cg_err(&path, e))?;
+        let applied = cg
+            .apply(&cgroup_resources(&spec.resources))
+            .and_then(|()| cg.apply_devices(&crate::host::cgroup::default_device_rules()));
+        if let Err(e) = applied {
+            let _ = cg.delete();
+            return Err(cg_err(&path, e));
+        }
+        Ok(())
+    }
+
+    fn add(&self, spec: &ContainerSpec, pid: i32) -> Result<(), ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let path = self.path(spec).unwrap_or_default();
+        let pid = u32::try_from(pid).map_err(|e| cg_err(&path, e))?;
+        self.cgroup(spec)?
+            .add_pid(pid)
+            .map_err(|e| cg_err(&path, e))
+    }
+
+    fn oom_killed(&self, spec: &ContainerSpec) -> bool {
+        use crate::host::cgroup::CgroupManager;
+        self.cgroup(spec)
+            .ok()
+            .and_then(|cg| cg.stats().ok())
+            .is_some_and(|s| s.oom_kills > 0)
+    }
+
+    fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let path = self.path(spec).unwrap_or_default();
+        let cg = self.cgroup(spec)?;
+        if signal == libc::SIGKILL {
+            cg.kill_all().map_err(|e| cg_err(&path, e))?;
+        } else {
+            let sig = nix::sys::signal::Signal::try_from(signal).map_err(|e| cg_err(&path, e))?;
+            cg.signal_all(sig).map_err(|e| cg_err(&path, e))?;
+        }
+        Ok(true)
+    }
+
+    fn remove(&self, spec: &ContainerSpec) -> Result<(), ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let path = self.path(spec).unwrap_or_default();
+        let cg = self.cgroup(spec)?;
+        // Processes left behind (a `berth exec` still running when pid 1 ended) go first.
+        if cg.pids().map(|p| !p.is_empty()).unwrap_or(false) {
+            let _ = cg.kill_all();
+        }
+        cg.delete().map_err(|e| cg_err(&path, e))
+    }
+}

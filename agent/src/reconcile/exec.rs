@@ -1,0 +1,244 @@
+//! The executor: one reconcile pass of one app. Observe (list instances), probe the running
+//! ones that are due, read the last log lines of fresh exits, ask the planner, apply its steps
+//! through the traits, and apply the error policy:
+//!
+//! - transient errors (`unavailable`, `resource exhausted`, `internal`): no new instance is
+//!   started before a backoff with jitter (1 s doubling to 60 s, 50–100 %), then retried;
+//! - invalid input (`invalid input`, `not found`, `conflict`) while starting a revision: the
+//!   revision is marked failed here (the planner rolls back, or reports `Failed`) and is not
+//!   retried until the assignment names another revision: wait for change, never spin.
+//!
+//! The caller guarantees one pass per app at a time (the agent loop runs one task per app).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_manifests::Signal;
+use berth_manifests::wire::{AppReport, AssignedApp, Event, InstanceReport, RevisionSpec};
+
+use super::history::{AppHistory, revision_key};
+use super::plan::{self, LOG_LINES, Observation, Step};
+use super::traits::{EffectError, Images, InstanceSpec, Prober, RunState, Runtime, Traffic};
+use crate::health;
+
+/// The effects one agent acts through.
+#[derive(Debug)]
+pub struct Effects<R, I, P, T> {
+    /// Containers.
+    pub runtime: Arc<R>,
+    /// Images.
+    pub images: Arc<I>,
+    /// Network probes.
+    pub prober: Arc<P>,
+    /// The traffic hook.
+    pub traffic: Arc<T>,
+}
+
+impl<R, I, P, T> Clone for Effects<R, I, P, T> {
+    fn clone(&self) -> Self {
+        Self {
+            runtime: self.runtime.clone(),
+            images: self.images.clone(),
+            prober: self.prober.clone(),
+            traffic: self.traffic.clone(),
+        }
+    }
+}
+
+/// What one pass produced.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Rollout progress (`None`: the app is not assigned).
+    pub report: Option<AppReport>,
+    /// The app's instances.
+    pub instances: Vec<InstanceReport>,
+    /// What happened.
+    pub events: Vec<Event>,
+    /// Come back after this long at the latest.
+    pub requeue_after: Duration,
+    /// Steps that failed.
+    pub errors: Vec<EffectError>,
+}
+
+/// After a pass that changed something, look again this soon (a started instance gets its
+/// first probe, a stopped one is removed) instead of waiting for the resync.
+pub const AFTER_STEPS_MS: u64 = 50;
+
+/// Longest backoff after transient errors.
+pub const RETRY_MAX_MS: u64 = 60_000;
+
+/// The wait after `attempts` transient failures in a row: 1 s doubling up to 60 s, scaled to
+/// 50–100 % by a jitter derived from the app's name and the attempt (so hosts and apps spread
+/// out, and tests stay deterministic).
+pub fn retry_delay_ms(app: &str, attempts: u32) -> u64 {
+    let base = 1_000u64
+        .saturating_mul(1u64 << attempts.saturating_sub(1).min(16))
+        .min(RETRY_MAX_MS);
+    // FNV-1a over name and attempt: a cheap, stable spread.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in app.bytes().chain(attempts.to_le_bytes()) {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    let fraction = 500 + hash % 501; // per mille
+    base.saturating_mul(fraction) / 1000
+}
+
+/// One reconcile pass of `app` at `now` (Unix ms). `history` is updated in place; the caller
+/// saves it.
+pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
+    fx: &Effects<R, I, P, T>,
+    app: &str,
+    desired: Option<&AssignedApp>,
+    history: &mut AppHistory,
+    now: u64,
+) -> Outcome {
+    let mut out = Outcome::default();
+    let instances = match fx.runtime.list().await {
+        Ok(list) => list,
+        Err(err) => {
+            out.requeue_after = Duration::from_millis(transient(app, history, &err, now));
+            out.errors.push(err);
+            return out;
+        }
+    };
+
+    // Probe running instances that are due; fetch the last lines of fresh exits.
+    let mut logs = std::collections::BTreeMap::new();
+    for o in instances.iter().filter(|o| o.app == app) {
+        let spec = spec_of(desired, &o.spec_hash, &o.image_digest);
+        let mem = history.instances.entry(o.id.clone()).or_default();
+        if mem.kill_at_ms.is_some() {
+            continue;
+        }
+        match o.state {
+            RunState::Running => {
+                let Some(health) = spec.and_then(|s| s.spec.health.as_ref()) else {
+                    continue;
+                };
+                if mem.probe.due(now) {
+                    let verdict =
+                        health::runner::run(&*fx.runtime, &*fx.prober, &o.id, o.address, health)
+                            .await;
+                    mem.probe.record(health, o.started_at_ms, now, verdict);
+                }
+            }
+            RunState::Exited { .. } if mem.restart_at_ms.is_none() => {
+                if let Ok(lines) = fx.runtime.log_tail(&o.id, LOG_LINES).await {
+                    logs.insert(o.id.clone(), lines);
+                }
+            }
+            RunState::Exited { .. } => {}
+        }
+    }
+
+    let observation = Observation { instances, logs };
+    let plan = plan::plan(app, desired, &observation, history, now);
+    *history = plan.history;
+    out.report = plan.report;
+    out.instances = plan.instances;
+    out.events = plan.events;
+    let mut requeue_ms = plan.requeue_after_ms;
+
+    let mut failed_transient = false;
+    for step in &plan.steps {
+        if let Err(err) = apply(fx, app, step).await {
+            match step {
+                Step::Start { revision, .. } if !err.transient() => {
+                    let reason =
+                        format!("revision {} cannot start: {}", revision.number, err.chain());
+                    history.failed.insert(
+                        revision_key(&revision.spec_hash, &revision.image_digest),
+                        reason.clone(),
+                    );
+                    history.instances.remove(step.id());
+                    out.events.push(Event {
+                        time_ms: now,
+                        object: format!("app/{app}"),
+                        reason: "StartFailed".into(),
+                        message: reason,
+                    });
+                    requeue_ms = requeue_ms.min(1);
+                }
+                _ => {
+                    if err.transient() {
+                        failed_transient = true;
+                        requeue_ms = requeue_ms.min(transient(app, history, &err, now));
+                    }
+                    out.events.push(Event {
+                        time_ms: now,
+                        object: format!("instance/{}", step.id()),
+                        reason: "StepFailed".into(),
+                        message: err.chain(),
+                    });
+                }
+            }
+            out.errors.push(err);
+        }
+    }
+    if !failed_transient && !plan.steps.is_empty() {
+        requeue_ms = requeue_ms.min(AFTER_STEPS_MS);
+        if out.errors.is_empty() {
+            history.retry = Default::default();
+        }
+    }
+    out.requeue_after = Duration::from_millis(requeue_ms.max(1));
+    out
+}
+
+fn transient(app: &str, history: &mut AppHistory, err: &EffectError, now: u64) -> u64 {
+    history.retry.attempts = history.retry.attempts.saturating_add(1);
+    let wait = retry_delay_ms(app, history.retry.attempts);
+    history.retry.not_before_ms = now.saturating_add(wait);
+    history.retry.last_error = err.chain();
+    wait
+}
+
+fn spec_of<'a>(
+    desired: Option<&'a AssignedApp>,
+    spec_hash: &str,
+    digest: &str,
+) -> Option<&'a RevisionSpec> {
+    let d = desired?;
+    std::iter::once(&d.target)
+        .chain(d.fallback.as_ref())
+        .find(|r| r.spec_hash == spec_hash && r.image_digest == digest)
+}
+
+async fn apply<R: Runtime, I: Images, P: Prober, T: Traffic>(
+    fx: &Effects<R, I, P, T>,
+    app: &str,
+    step: &Step,
+) -> Result<(), EffectError> {
+    match step {
+        Step::Start {
+            id,
+            revision,
+            restarts,
+        } => {
+            let image = fx
+                .images
+                .ensure(&revision.spec.image, &revision.image_digest)
+                .await?;
+            let spec = InstanceSpec {
+                id: id.clone(),
+                revision: revision.clone(),
+                restarts: *restarts,
+            };
+            fx.runtime.create_start(&spec, &image).await
+        }
+        Step::Stop { id, signal } => {
+            fx.traffic.drain(app, id);
+            fx.runtime.signal(id, *signal).await
+        }
+        Step::Kill { id } => {
+            fx.traffic.drain(app, id);
+            fx.runtime.signal(id, Signal::KILL).await
+        }
+        Step::Remove { id } => fx.runtime.remove(id).await,
+        Step::Admit { id, address } => {
+            fx.traffic.admit(app, id, *address);
+            Ok(())
+        }
+    }
+}

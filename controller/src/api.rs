@@ -1,0 +1,456 @@
+//! The HTTP API under `/v1/` (axum): the agent endpoints and the CLI's. Every route checks
+//! the shared token (`Authorization: Bearer`, constant-time), bodies are capped (413 beyond
+//! [`MAX_BODY_BYTES`]) and requests time out, long-polls and event streams excepted (they are
+//! bounded by their own `wait`, and end at shutdown).
+//!
+//! | method and path | answer |
+//! |---|---|
+//! | `POST /v1/agents/register` | `Registered` |
+//! | `GET /v1/agents/{host}/assignment?after=V&wait=SECS` | `Assignment` (long-poll, `wait` ≤ 60) |
+//! | `POST /v1/agents/{host}/report` | 204 |
+//! | `GET /v1/status` | `ClusterStatus` |
+//! | `GET /v1/apps` | `[AppStatus]` |
+//! | `GET /v1/apps/{app}/revisions` | `[RevisionInfo]` |
+//! | `GET /v1/apps/{app}/rollout?revision=N` | `RolloutStatus` |
+//! | `POST /v1/apps/{app}/rollback` `{"to": N}` | `RevisionInfo` (now pinned) |
+//! | `GET /v1/instances` | `[InstanceInfo]` |
+//! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
+//! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
+//!
+//! `POST /v1/sync` is also the git hosting webhook: besides the bearer token it accepts
+//! GitLab's `X-Gitlab-Token` and GitHub/Gitea's HMAC-SHA256 body signatures keyed by the token.
+//!
+//! Errors are `{"error": "...", "kind": "..."}` with the status of their class. This module
+//! holds no state of its own: it translates HTTP to [`Core`] calls.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use berth_manifests::wire::{self, HostReport, Registration, RollbackRequest};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::ErrorKind;
+use crate::state::{Core, CoreError};
+use crate::store::Store;
+use crate::token::constant_time_eq;
+
+/// Largest request body.
+pub const MAX_BODY_BYTES: usize = 1 << 20;
+/// Longest long-poll wait.
+pub const MAX_WAIT_SECS: u64 = 60;
+/// Deadline of an ordinary request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Deadline of `POST /v1/sync` (a git fetch has 120 s of its own, then validation).
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(150);
+
+/// What the handlers share.
+pub struct ApiState<S: Store> {
+    /// The state machine.
+    pub core: Arc<Core<S>>,
+    /// The token every request must carry.
+    pub token: String,
+    /// Becomes true at shutdown: long-polls and streams end.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl<S: Store> Clone for ApiState<S> {
+    fn clone(&self) -> Self {
+        ApiState {
+            core: self.core.clone(),
+            token: self.token.clone(),
+            shutdown: self.shutdown.clone(),
+        }
+    }
+}
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: wire::ApiError,
+}
+
+impl ApiError {
+    fn new(kind: ErrorKind, message: String) -> ApiError {
+        let status = match kind {
+            ErrorKind::InvalidInput => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::ResourceExhausted => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError {
+            status,
+            body: wire::ApiError {
+                error: message,
+                kind,
+            },
+        }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> ApiError {
+        ApiError::new(e.kind(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The router, with its middleware; serve it with `axum::serve`.
+pub fn router<S: Store>(state: ApiState<S>) -> Router {
+    let timed = Router::new()
+        .route("/v1/agents/register", post(register::<S>))
+        .route("/v1/agents/{host}/report", post(report::<S>))
+        .route("/v1/status", get(status::<S>))
+        .route("/v1/apps", get(apps::<S>))
+        .route("/v1/apps/{app}/revisions", get(revisions::<S>))
+        .route("/v1/apps/{app}/rollout", get(rollout::<S>))
+        .route("/v1/apps/{app}/rollback", post(rollback::<S>))
+        .route("/v1/instances", get(instances::<S>))
+        .layer(axum::middleware::from_fn(timeout));
+    // a sync may fetch a large repository: its own, longer deadline
+    let syncing = Router::new()
+        .route("/v1/sync", post(sync::<S>))
+        .layer(axum::middleware::from_fn(sync_timeout));
+    let long = Router::new()
+        .route("/v1/agents/{host}/assignment", get(assignment::<S>))
+        .route("/v1/events", get(events::<S>));
+    timed
+        .merge(syncing)
+        .merge(long)
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::<S>,
+        ))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorKind::NotFound,
+        "no such API route; see docs/controller.md".into(),
+    )
+}
+
+async fn auth<S: Store>(
+    State(state): State<ApiState<S>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if constant_time_eq(given.trim().as_bytes(), state.token.as_bytes()) {
+        return next.run(request).await;
+    }
+    if request.method() == axum::http::Method::POST && request.uri().path() == "/v1/sync" {
+        match webhook_auth(&state.token, &headers, request).await {
+            Ok(Some(request)) => return next.run(request).await,
+            Ok(None) => {}
+            Err(response) => return response,
+        }
+    }
+    let body = wire::ApiError {
+        error: "missing or wrong token; pass --token or BERTH_TOKEN (the controller's \
+                is in <data-dir>/controller/token)"
+            .into(),
+        kind: ErrorKind::InvalidInput,
+    };
+    (
+        StatusCode::UNAUTHORIZED,
+        [(header::WWW_AUTHENTICATE, "Bearer")],
+        Json(body),
+    )
+        .into_response()
+}
+
+/// Largest webhook payload read to check its signature (GitHub caps them at 25 MB).
+pub const MAX_WEBHOOK_BYTES: usize = 25 << 20;
+
+/// Accepts git hosting webhooks, which cannot send our bearer header: GitLab's
+/// `X-Gitlab-Token` (the token itself), GitHub's and Gitea's `X-Hub-Signature-256:
+/// sha256=<hex>` and Gitea's `X-Gitea-Signature: <hex>` (HMAC-SHA256 of the body with the
+/// token as secret). `Ok(None)`: not a valid webhook.
+async fn webhook_auth(
+    token: &str,
+    headers: &HeaderMap,
+    request: Request,
+) -> Result<Option<Request>, Response> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(t) = header("x-gitlab-token") {
+        return Ok(constant_time_eq(t.trim().as_bytes(), token.as_bytes()).then_some(request));
+    }
+    let signature = header("x-hub-signature-256")
+        .and_then(|s| s.strip_prefix("sha256="))
+        .or_else(|| header("x-gitea-signature"))
+        .map(|s| s.trim().to_ascii_lowercase());
+    let Some(signature) = signature else {
+        return Ok(None);
+    };
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, MAX_WEBHOOK_BYTES).await {
+        Ok(b) => b,
+        Err(_) => {
+            return Err(ApiError::new(
+                ErrorKind::ResourceExhausted,
+                format!("webhook payload larger than {MAX_WEBHOOK_BYTES} bytes"),
+            )
+            .into_response());
+        }
+    };
+    let expected = hex::encode(crate::token::hmac_sha256(token.as_bytes(), &bytes));
+    if !constant_time_eq(signature.as_bytes(), expected.as_bytes()) {
+        return Ok(None);
+    }
+    Ok(Some(Request::from_parts(
+        parts,
+        axum::body::Body::from(bytes),
+    )))
+}
+
+async fn timeout(request: Request, next: Next) -> Response {
+    deadline(REQUEST_TIMEOUT, request, next).await
+}
+
+async fn sync_timeout(request: Request, next: Next) -> Response {
+    deadline(SYNC_TIMEOUT, request, next).await
+}
+
+async fn deadline(limit: Duration, request: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(request)).await {
+        Ok(r) => r,
+        Err(_) => ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            body: wire::ApiError {
+                error: format!("request took longer than {limit:?}; retry"),
+                kind: ErrorKind::Unavailable,
+            },
+        }
+        .into_response(),
+    }
+}
+
+/// A JSON body whose rejections (too large, malformed) answer in the API's error shape.
+struct Body<T>(T);
+
+impl<S2, T> axum::extract::FromRequest<S2> for Body<T>
+where
+    T: serde::de::DeserializeOwned,
+    S2: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S2) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(v)) => Ok(Body(v)),
+            Err(rejection) => {
+                let status = rejection.status();
+                let kind = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    ErrorKind::ResourceExhausted
+                } else {
+                    ErrorKind::InvalidInput
+                };
+                let mut err = ApiError::new(kind, rejection.body_text());
+                err.status = status;
+                Err(err)
+            }
+        }
+    }
+}
+
+async fn register<S: Store>(
+    State(state): State<ApiState<S>>,
+    Body(reg): Body<Registration>,
+) -> ApiResult<Json<wire::Registered>> {
+    Ok(Json(state.core.register(reg).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct AssignmentQuery {
+    #[serde(default)]
+    after: Option<u64>,
+    #[serde(default)]
+    wait: Option<u64>,
+}
+
+async fn assignment<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(host): Path<String>,
+    Query(q): Query<AssignmentQuery>,
+) -> ApiResult<Json<wire::Assignment>> {
+    let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let mut changes = state.core.assignment_changes();
+    let mut shutdown = state.shutdown.clone();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        changes.borrow_and_update();
+        let current = state.core.assignment(&host).await?;
+        let Some(current) = current else {
+            return Err(CoreError::NoSuchHost { host }.into());
+        };
+        if q.after != Some(current.version) || *shutdown.borrow() {
+            return Ok(Json(current));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(deadline) => return Ok(Json(current)),
+            r = changes.changed() => if r.is_err() { return Ok(Json(current)) },
+            _ = shutdown.changed() => return Ok(Json(current)),
+        }
+    }
+}
+
+async fn report<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(host): Path<String>,
+    Body(report): Body<HostReport>,
+) -> ApiResult<StatusCode> {
+    state.core.report(&host, report).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn status<S: Store>(
+    State(state): State<ApiState<S>>,
+) -> ApiResult<Json<wire::ClusterStatus>> {
+    Ok(Json(state.core.status().await?))
+}
+
+async fn apps<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<Vec<wire::AppStatus>>> {
+    Ok(Json(state.core.status().await?.apps))
+}
+
+async fn revisions<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(app): Path<String>,
+) -> ApiResult<Json<Vec<wire::RevisionInfo>>> {
+    Ok(Json(state.core.revisions(&app).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct RolloutQuery {
+    #[serde(default)]
+    revision: Option<u64>,
+}
+
+async fn rollout<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(app): Path<String>,
+    Query(q): Query<RolloutQuery>,
+) -> ApiResult<Json<wire::RolloutStatus>> {
+    Ok(Json(state.core.rollout(&app, q.revision).await?))
+}
+
+async fn rollback<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(app): Path<String>,
+    body: axum::body::Bytes,
+) -> ApiResult<Json<wire::RevisionInfo>> {
+    let req: RollbackRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RollbackRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::new(ErrorKind::InvalidInput, format!("rollback body: {e}")))?
+    };
+    Ok(Json(state.core.rollback(&app, req.to).await?))
+}
+
+async fn instances<S: Store>(
+    State(state): State<ApiState<S>>,
+) -> ApiResult<Json<Vec<wire::InstanceInfo>>> {
+    Ok(Json(state.core.instances().await?))
+}
+
+async fn sync<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<wire::SyncStatus>> {
+    Ok(Json(state.core.sync().await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    follow: Option<String>,
+    #[serde(default)]
+    after: Option<u64>,
+}
+
+async fn events<S: Store>(
+    State(state): State<ApiState<S>>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Response> {
+    let follow = matches!(q.follow.as_deref(), Some("1" | "true" | "yes"));
+    let rx = state.core.events().subscribe();
+    let stored = state
+        .core
+        .events()
+        .list(q.after.unwrap_or(0))
+        .await
+        .map_err(CoreError::from)?;
+    let last = stored.last().map_or(q.after.unwrap_or(0), |(s, _)| *s);
+    let lines: std::collections::VecDeque<bytes_line::Line> = stored
+        .into_iter()
+        .map(|(_, e)| bytes_line::line(&e))
+        .collect();
+    let stream = futures_util::stream::unfold(
+        (lines, Some(rx), last, state.shutdown.clone(), follow),
+        |(mut lines, mut rx, mut last, mut shutdown, follow)| async move {
+            loop {
+                if let Some(line) = lines.pop_front() {
+                    return Some((
+                        Ok::<_, std::io::Error>(line),
+                        (lines, rx, last, shutdown, follow),
+                    ));
+                }
+                if !follow || *shutdown.borrow() {
+                    return None;
+                }
+                let receiver = rx.as_mut()?;
+                tokio::select! {
+                    got = receiver.recv() => match got {
+                        Ok((seq, e)) if seq > last => {
+                            last = seq;
+                            lines.push_back(bytes_line::line(&e));
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(_) => rx = None,
+                    },
+                    _ = shutdown.changed() => return None,
+                }
+            }
+        },
+    );
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+mod bytes_line {
+    //! One NDJSON line.
+    pub type Line = Vec<u8>;
+
+    pub fn line(e: &berth_manifests::wire::Event) -> Line {
+        let mut v = serde_json::to_vec(e).unwrap_or_default();
+        v.push(b'\n');
+        v
+    }
+}

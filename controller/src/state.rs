@@ -1,0 +1,988 @@
+//! The controller's state machine over a [`Store`]: sync a commit, register hosts, take their
+//! reports, roll back, compute assignments, and answer status queries. Decisions come from
+//! the pure modules ([`revisions`](crate::revisions), [`assign`](crate::assign)); this module
+//! loads, persists (transactions with version conditions) and emits events.
+//!
+//! Writers are serialized by one lock (one controller process writes); the transactions'
+//! version conditions still guard against a second writer on the same store (a conflict is
+//! reported, never a lost write). It owns no sockets: [`api`](crate::api) serves it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use berth_manifests::wire::{
+    AppReport, AppStatus, Assignment, ClusterStatus, Event, HostReport, HostRollout, HostStatus,
+    InstanceInfo, Registered, Registration, RevisionInfo, RolloutPhase, RolloutStatus, Scale,
+    SyncStatus,
+};
+use berth_manifests::{App, Source};
+use tokio::sync::{Mutex, watch};
+
+use crate::assign::{self, HostLabels, Placeable};
+use crate::events::EventLog;
+use crate::git::{CommitInfo, GitError, GitSource, Snapshot};
+use crate::model::{
+    AppHistory, AppRecord, HostRecord, SYNC_KEY, StoredRevision, app_key, assignment_key, host_key,
+    revision_key,
+};
+use crate::resolve::{DigestResolver, digest_of};
+use crate::revisions::{self, ReportOutcome, RollbackError, SyncAction};
+use crate::store::{Outcome, Store, StoreError, Txn};
+
+/// Most events one report may carry.
+pub const MAX_REPORT_EVENTS: usize = 1000;
+
+/// What went wrong in the controller's state machine.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    /// The store failed.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    /// A stored value did not decode (a bug or a newer controller's data).
+    #[error("stored value at {key} is unreadable: {reason}")]
+    Corrupt {
+        /// The key.
+        key: String,
+        /// serde's words.
+        reason: String,
+    },
+    /// Another writer changed the same keys; retry.
+    #[error("concurrent update of {what}; retry")]
+    Conflict {
+        /// What was being written.
+        what: String,
+    },
+    /// Unknown app.
+    #[error("app {app} not found; see `berth apps`")]
+    NoSuchApp {
+        /// The app.
+        app: String,
+    },
+    /// Unknown host (not registered).
+    #[error("host {host} is not registered; register it first (POST /v1/agents/register)")]
+    NoSuchHost {
+        /// The host.
+        host: String,
+    },
+    /// Input breaks a rule.
+    #[error("{0}")]
+    Invalid(String),
+    /// A rollback was refused.
+    #[error(transparent)]
+    Rollback(#[from] RollbackError),
+    /// The git source failed.
+    #[error(transparent)]
+    Git(#[from] GitError),
+}
+
+impl CoreError {
+    /// The error's class.
+    pub fn kind(&self) -> crate::ErrorKind {
+        use crate::ErrorKind as K;
+        match self {
+            CoreError::Store(e) => e.kind(),
+            CoreError::Corrupt { .. } => K::Internal,
+            CoreError::Conflict { .. } => K::Conflict,
+            CoreError::NoSuchApp { .. } | CoreError::NoSuchHost { .. } => K::NotFound,
+            CoreError::Invalid(_) => K::InvalidInput,
+            CoreError::Rollback(e) => e.kind(),
+            CoreError::Git(e) => e.kind(),
+        }
+    }
+}
+
+/// The wall clock in Unix milliseconds; a parameter so tests control it.
+pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+/// The system clock.
+pub fn system_clock() -> Clock {
+    Arc::new(|| {
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "the controller's clock edge: event and revision times"
+        )]
+        let now = std::time::SystemTime::now();
+        now.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    })
+}
+
+/// The controller's state over a store.
+pub struct Core<S: Store> {
+    store: Arc<S>,
+    events: EventLog<S>,
+    resolver: Arc<dyn DigestResolver>,
+    source: GitSource,
+    clock: Clock,
+    host_grace_ms: u64,
+    write: Mutex<()>,
+    /// The last head processed and the error lines it gave (empty: applied).
+    sync_lock: Mutex<Option<(String, Vec<String>)>>,
+    assignments: watch::Sender<u64>,
+}
+
+fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
+    serde_json::from_slice(bytes).map_err(|e| CoreError::Corrupt {
+        key: key.to_string(),
+        reason: e.to_string(),
+    })
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn event(now: u64, object: String, reason: &str, message: String) -> Event {
+    Event {
+        time_ms: now,
+        object,
+        reason: reason.to_string(),
+        message,
+    }
+}
+
+/// Histories keyed by app, each with the store version of its record.
+type Histories = BTreeMap<String, (AppHistory, u64)>;
+
+impl<S: Store> Core<S> {
+    /// The state machine on `store`, syncing from `source`.
+    pub async fn open(
+        store: Arc<S>,
+        source: GitSource,
+        resolver: Arc<dyn DigestResolver>,
+        clock: Clock,
+        host_grace_ms: u64,
+    ) -> Result<Core<S>, CoreError> {
+        let events = EventLog::open(store.clone(), 5000).await?;
+        let (assignments, _) = watch::channel(0);
+        Ok(Core {
+            store,
+            events,
+            resolver,
+            source,
+            clock,
+            host_grace_ms,
+            write: Mutex::new(()),
+            sync_lock: Mutex::new(None),
+            assignments,
+        })
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog<S> {
+        &self.events
+    }
+
+    /// Changes whenever any host's assignment changes (long-polls wait on it).
+    pub fn assignment_changes(&self) -> watch::Receiver<u64> {
+        self.assignments.subscribe()
+    }
+
+    /// Now, in Unix ms.
+    pub fn now_ms(&self) -> u64 {
+        (self.clock)()
+    }
+
+    async fn histories(&self) -> Result<Histories, CoreError> {
+        self.histories_under("apps/").await
+    }
+
+    /// The histories stored under `prefix` (`apps/` for all, `apps/<app>/` for one).
+    async fn histories_under(&self, prefix: &str) -> Result<Histories, CoreError> {
+        let mut out: Histories = BTreeMap::new();
+        let mut revisions: BTreeMap<String, Vec<StoredRevision>> = BTreeMap::new();
+        for (key, entry) in self.store.list(prefix).await? {
+            let mut parts = key.splitn(3, '/').skip(1);
+            let (Some(app), Some(rest)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            if rest == "current" {
+                let record: AppRecord = decode(&key, &entry.value)?;
+                out.insert(
+                    app.to_string(),
+                    (
+                        AppHistory {
+                            record,
+                            revisions: Vec::new(),
+                        },
+                        entry.version,
+                    ),
+                );
+            } else if rest.starts_with("revisions/") {
+                revisions
+                    .entry(app.to_string())
+                    .or_default()
+                    .push(decode(&key, &entry.value)?);
+            }
+        }
+        for (app, mut revs) in revisions {
+            revs.sort_by_key(|r| r.number);
+            if let Some((h, _)) = out.get_mut(&app) {
+                h.revisions = revs;
+            }
+        }
+        Ok(out)
+    }
+
+    async fn history(&self, app: &str) -> Result<(AppHistory, u64), CoreError> {
+        self.histories_under(&format!("apps/{app}/"))
+            .await?
+            .remove(app)
+            .ok_or_else(|| CoreError::NoSuchApp {
+                app: app.to_string(),
+            })
+    }
+
+    /// Adds to `txn` the writes that turn `old` into `new`, conditioned on `version`.
+    fn save(txn: Txn, old: Option<&(AppHistory, u64)>, new: &AppHistory) -> Txn {
+        let name = &new.record.name;
+        let mut txn = txn.when_version(app_key(name), old.map(|(_, v)| *v));
+        if old.map(|(h, _)| &h.record) != Some(&new.record) {
+            txn = txn.put(app_key(name), encode(&new.record));
+        }
+        for rev in &new.revisions {
+            if old.and_then(|(h, _)| h.revision(rev.number)) != Some(rev) {
+                txn = txn.put(revision_key(name, rev.number), encode(rev));
+            }
+        }
+        txn
+    }
+
+    async fn commit(&self, txn: Txn, what: &str) -> Result<(), CoreError> {
+        match self.store.commit(txn).await? {
+            Outcome::Applied { .. } => Ok(()),
+            Outcome::Conflict => Err(CoreError::Conflict {
+                what: what.to_string(),
+            }),
+        }
+    }
+
+    async fn hosts(&self) -> Result<Vec<HostRecord>, CoreError> {
+        self.store
+            .list("hosts/")
+            .await?
+            .into_iter()
+            .map(|(k, e)| decode(&k, &e.value))
+            .collect()
+    }
+
+    /// The stored assignment of `host`.
+    pub async fn assignment(&self, host: &str) -> Result<Option<Assignment>, CoreError> {
+        let key = assignment_key(host);
+        match self.store.get(&key).await? {
+            Some(e) => Ok(Some(decode(&key, &e.value)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Recomputes every host's assignment from the apps' targets; writes the changed ones
+    /// with version + 1 and wakes long-polls. Call with the write lock held.
+    async fn reassign(&self) -> Result<(), CoreError> {
+        let histories = self.histories().await?;
+        let hosts = self.hosts().await?;
+        let apps: Vec<Placeable> = histories
+            .values()
+            .filter(|(h, _)| h.record.in_git)
+            .filter_map(|(h, _)| {
+                Some(Placeable {
+                    target: h.target()?.to_spec(),
+                    fallback: revisions::fallback(h).map(StoredRevision::to_spec),
+                    pinned: h.record.pinned,
+                })
+            })
+            .collect();
+        let labels: Vec<HostLabels> = hosts
+            .iter()
+            .map(|h| HostLabels {
+                name: h.registration.name.clone(),
+                labels: h.registration.labels.clone(),
+            })
+            .collect();
+        let mut txn = Txn::new();
+        let mut changed = 0;
+        for (host, apps) in assign::place(&apps, &labels) {
+            let key = assignment_key(&host);
+            let entry = self.store.get(&key).await?;
+            let previous: Option<Assignment> = match &entry {
+                Some(e) => Some(decode(&key, &e.value)?),
+                None => None,
+            };
+            if let Some(next) = assign::next_assignment(&host, previous.as_ref(), apps) {
+                txn = txn
+                    .when_version(key.clone(), entry.map(|e| e.version))
+                    .put(key, encode(&next));
+                changed += 1;
+            }
+        }
+        if changed > 0 {
+            self.commit(txn, "assignments").await?;
+            self.assignments.send_modify(|g| *g += 1);
+        }
+        Ok(())
+    }
+
+    /// The git source's stored state.
+    pub async fn sync_status(&self) -> Result<SyncStatus, CoreError> {
+        match self.store.get(SYNC_KEY).await? {
+            Some(e) => decode(SYNC_KEY, &e.value),
+            None => Ok(SyncStatus {
+                repo: self.source.url().to_string(),
+                branch: self.source.branch().to_string(),
+                ..SyncStatus::default()
+            }),
+        }
+    }
+
+    /// Fetches the branch and applies its head commit if it is new. An invalid commit changes
+    /// nothing: its errors go to the sync status and a `SyncFailed` event.
+    pub async fn sync(&self) -> Result<SyncStatus, CoreError> {
+        let mut last_seen = self.sync_lock.lock().await;
+        let now = self.now_ms();
+        let mut status = self.sync_status().await?;
+        status.repo = self.source.url().to_string();
+        status.branch = self.source.branch().to_string();
+        let source = self.source.clone();
+        let fetched = tokio::task::spawn_blocking(move || {
+            let head = source.fetch()?;
+            Ok::<_, GitError>(head)
+        })
+        .await
+        .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
+        let head = match fetched {
+            Ok(head) => head,
+            Err(err) => {
+                let message = err.to_string();
+                if status.errors.first() != Some(&message) {
+                    self.events
+                        .append(vec![event(
+                            now,
+                            "sync".into(),
+                            "SyncFailed",
+                            message.clone(),
+                        )])
+                        .await?;
+                }
+                status.errors = vec![message];
+                status.fetched_at_ms = now;
+                self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
+                    .await?;
+                return Ok(status);
+            }
+        };
+        status.fetched_at_ms = now;
+        status.head = Some(head.to_string());
+        // a head already processed: show its outcome again (a fetch error is over)
+        let seen = match last_seen.as_ref() {
+            Some((h, errors)) if h == head.as_str() => Some(errors.clone()),
+            _ if status.commit.as_deref() == Some(head.as_str()) && status.errors.is_empty() => {
+                Some(Vec::new())
+            }
+            _ => None,
+        };
+        if let Some(errors) = seen {
+            status.errors = errors;
+            self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
+                .await?;
+            *last_seen = Some((head.to_string(), status.errors.clone()));
+            return Ok(status);
+        }
+        let source = self.source.clone();
+        let commit = head.clone();
+        let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
+            .await
+            .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
+        let outcome = match snapshot {
+            Ok(snapshot) => self.apply_snapshot(&snapshot).await?,
+            Err(err) => Err(vec![err.to_string()]),
+        };
+        match outcome {
+            Ok(()) => {
+                status.commit = Some(head.to_string());
+                status.errors.clear();
+                *last_seen = Some((head.to_string(), Vec::new()));
+            }
+            Err(errors) => {
+                let retry = errors.iter().any(|e| e.starts_with(RETRY_MARK));
+                let errors: Vec<String> = errors
+                    .into_iter()
+                    .map(|e| e.trim_start_matches(RETRY_MARK).to_string())
+                    .collect();
+                let mut lines = vec![format!(
+                    "commit {}: refused, {} error(s); the last good commit stays applied",
+                    head.short(),
+                    errors.len()
+                )];
+                lines.extend(errors);
+                if status.errors != lines {
+                    self.events
+                        .append(vec![event(
+                            now,
+                            "sync".into(),
+                            "SyncFailed",
+                            lines.join("\n"),
+                        )])
+                        .await?;
+                }
+                // a registry outage is retried at the next poll; invalid manifests wait
+                // for a new commit
+                *last_seen = if retry {
+                    None
+                } else {
+                    Some((head.to_string(), lines.clone()))
+                };
+                status.errors = lines;
+            }
+        }
+        self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
+            .await?;
+        Ok(status)
+    }
+
+    /// Validates a commit's manifests and applies them. `Err` holds the lines to show.
+    async fn apply_snapshot(
+        &self,
+        snapshot: &Snapshot,
+    ) -> Result<Result<(), Vec<String>>, CoreError> {
+        let sources: Vec<Source<'_>> = snapshot
+            .files
+            .iter()
+            .map(|f| Source {
+                path: &f.path,
+                bytes: &f.bytes,
+            })
+            .collect();
+        let set = match berth_manifests::load(&sources) {
+            Ok(set) => set,
+            Err(diags) => return Ok(Err(diags.0.iter().map(ToString::to_string).collect())),
+        };
+        let apps: Vec<App> = set.manifests.into_iter().map(|m| m.app).collect();
+        self.apply_apps(&snapshot.commit, &apps).await
+    }
+
+    /// Applies a valid set of apps from `commit`: new revisions, removals, assignments.
+    pub async fn apply_apps(
+        &self,
+        commit: &CommitInfo,
+        apps: &[App],
+    ) -> Result<Result<(), Vec<String>>, CoreError> {
+        // resolve new revisions' digests before taking the write lock (registries can be
+        // slow); a failure refuses the whole commit
+        let mut digests = BTreeMap::new();
+        let (early, _) = plan_of(&self.histories().await?, apps);
+        let errors = self.resolve_new(&early, &mut digests).await;
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        let _write = self.write.lock().await;
+        let now = self.now_ms();
+        let stored = self.histories().await?;
+        let (actions, removed) = plan_of(&stored, apps);
+        // another writer may have changed the apps meanwhile: resolve what is still missing
+        let errors = self.resolve_new(&actions, &mut digests).await;
+        if !errors.is_empty() {
+            return Ok(Err(errors));
+        }
+        let cause = format!("commit {}: {}", commit.id.short(), commit.subject);
+        let mut txn = Txn::new();
+        let mut events = Vec::new();
+        for (app, action) in actions {
+            let old = stored.get(&app.app);
+            let new = match action {
+                SyncAction::Unchanged => continue,
+                SyncAction::Restore => match old {
+                    Some((h, _)) => revisions::restore(h.clone()),
+                    None => continue,
+                },
+                SyncAction::NewRevision { number, spec_hash } => {
+                    let digest = digests
+                        .get(&app.image.to_string())
+                        .cloned()
+                        .unwrap_or_default();
+                    let was_pinned = old.is_some_and(|(h, _)| h.record.pinned);
+                    let rev = StoredRevision {
+                        app: app.app.clone(),
+                        number,
+                        spec: app.clone(),
+                        spec_hash,
+                        image_digest: digest.clone(),
+                        commit: commit.id.to_string(),
+                        cause: cause.clone(),
+                        created_ms: now,
+                        state: berth_manifests::wire::RevisionState::Active,
+                        failure: None,
+                        completed_ms: None,
+                    };
+                    let image = match app.image.digest() {
+                        Some(_) => app.image.to_string(),
+                        None => format!("{} = {digest}", app.image),
+                    };
+                    let mut message = format!("revision {number} ({image}) from {cause}");
+                    if was_pinned {
+                        message.push_str("; the manifest changed, so the pin is cleared");
+                    }
+                    events.push(event(
+                        now,
+                        format!("app/{}", app.app),
+                        "RevisionCreated",
+                        message,
+                    ));
+                    revisions::add_revision(old.map(|(h, _)| h.clone()), rev)
+                }
+            };
+            txn = Self::save(txn, old, &new);
+        }
+        for name in removed {
+            let Some(old) = stored.get(&name) else {
+                continue;
+            };
+            let new = revisions::remove(old.0.clone());
+            events.push(event(
+                now,
+                format!("app/{name}"),
+                "AppRemoved",
+                format!("app {name} is no longer in the manifests ({cause}); its history is kept"),
+            ));
+            txn = Self::save(txn, Some(old), &new);
+        }
+        if !txn.ops.is_empty() {
+            self.commit(txn, "apps").await?;
+        }
+        events.push(event(
+            now,
+            "sync".into(),
+            "Synced",
+            format!("applied {cause}"),
+        ));
+        self.events.append(events).await?;
+        self.reassign().await?;
+        Ok(Ok(()))
+    }
+
+    /// Resolves the image digest of every new revision in `actions` not in `digests` (keyed
+    /// by image reference); returns the error lines of the failures.
+    async fn resolve_new(
+        &self,
+        actions: &[(App, SyncAction)],
+        digests: &mut BTreeMap<String, String>,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (app, action) in actions {
+            let key = app.image.to_string();
+            if !matches!(action, SyncAction::NewRevision { .. }) || digests.contains_key(&key) {
+                continue;
+            }
+            match digest_of(self.resolver.as_ref(), &app.image).await {
+                Ok(d) => {
+                    digests.insert(key, d);
+                }
+                Err(e) => {
+                    let mark = if e.kind() == crate::ErrorKind::Unavailable {
+                        RETRY_MARK
+                    } else {
+                        ""
+                    };
+                    errors.push(format!("{mark}app {}: {e}", app.app));
+                }
+            }
+        }
+        errors
+    }
+
+    /// Registers (or re-registers) a host; its assignment keeps its version.
+    pub async fn register(&self, reg: Registration) -> Result<Registered, CoreError> {
+        if !berth_manifests::is_dns_label(&reg.name) {
+            return Err(CoreError::Invalid(format!(
+                "host name {:?} must be a DNS label (lowercase letters, digits, dashes)",
+                reg.name
+            )));
+        }
+        let _write = self.write.lock().await;
+        let now = self.now_ms();
+        let key = host_key(&reg.name);
+        let entry = self.store.get(&key).await?;
+        let old: Option<HostRecord> = match &entry {
+            Some(e) => Some(decode(&key, &e.value)?),
+            None => None,
+        };
+        let record = HostRecord {
+            registered_ms: old.as_ref().map_or(now, |o| o.registered_ms),
+            last_report: old.as_ref().and_then(|o| o.last_report.clone()),
+            last_seen_ms: now,
+            registration: reg.clone(),
+        };
+        self.commit(
+            Txn::new()
+                .when_version(key.clone(), entry.map(|e| e.version))
+                .put(key, encode(&record)),
+            "host",
+        )
+        .await?;
+        let verb = if old.is_some() {
+            "re-registered"
+        } else {
+            "registered"
+        };
+        self.events
+            .append(vec![event(
+                now,
+                format!("host/{}", reg.name),
+                "HostRegistered",
+                format!("host {} {verb} (agent {})", reg.name, reg.agent_version),
+            )])
+            .await?;
+        self.reassign().await?;
+        let version = self.assignment(&reg.name).await?.map_or(0, |a| a.version);
+        Ok(Registered {
+            name: reg.name,
+            assignment_version: version,
+        })
+    }
+
+    /// Takes a host's report: heartbeat, instances, rollout outcomes, events.
+    pub async fn report(&self, host: &str, mut report: HostReport) -> Result<(), CoreError> {
+        if report.host != host {
+            return Err(CoreError::Invalid(format!(
+                "report names host {:?} but was sent for {host:?}",
+                report.host
+            )));
+        }
+        if report.events.len() > MAX_REPORT_EVENTS {
+            return Err(CoreError::Invalid(format!(
+                "a report carries at most {MAX_REPORT_EVENTS} events; send the rest in the next one"
+            )));
+        }
+        let _write = self.write.lock().await;
+        let now = self.now_ms();
+        let key = host_key(host);
+        let entry = self
+            .store
+            .get(&key)
+            .await?
+            .ok_or_else(|| CoreError::NoSuchHost {
+                host: host.to_string(),
+            })?;
+        let mut record: HostRecord = decode(&key, &entry.value)?;
+        let mut events = std::mem::take(&mut report.events);
+        // a host speaks only for the apps assigned to it
+        let assigned = self.assignment(host).await?;
+        let mut stored = Histories::new();
+        for app in &report.apps {
+            let mine = assigned
+                .as_ref()
+                .is_some_and(|a| a.apps.iter().any(|x| x.target.app == app.app));
+            if mine && !stored.contains_key(&app.app) {
+                stored.extend(self.histories_under(&format!("apps/{}/", app.app)).await?);
+            }
+        }
+        let mut txn = Txn::new();
+        let mut retarget = false;
+        for app in &report.apps {
+            let Some(old) = stored.get(&app.app) else {
+                continue;
+            };
+            let (new, outcome) = revisions::apply_report(old.0.clone(), app, now);
+            match outcome {
+                ReportOutcome::Nothing => continue,
+                ReportOutcome::Completed { revision } => events.push(event(
+                    now,
+                    format!("app/{}", app.app),
+                    "RolloutComplete",
+                    format!("revision {revision} is ready on host {host}"),
+                )),
+                ReportOutcome::Failed {
+                    revision,
+                    to,
+                    reason,
+                } => {
+                    retarget = true;
+                    let back = match to {
+                        Some(to) => format!("; back to revision {to}"),
+                        None => "; there is no earlier good revision".into(),
+                    };
+                    events.push(event(
+                        now,
+                        format!("app/{}", app.app),
+                        "RevisionFailed",
+                        format!(
+                            "revision {revision} failed on host {host}: {reason}{back}; it is not retried until the manifest changes"
+                        ),
+                    ));
+                }
+            }
+            txn = Self::save(txn, Some(old), &new);
+        }
+        record.last_seen_ms = now;
+        record.last_report = Some(report);
+        txn = txn
+            .when_version(key.clone(), Some(entry.version))
+            .put(key, encode(&record));
+        self.commit(txn, "report").await?;
+        self.events.append(events).await?;
+        if retarget {
+            self.reassign().await?;
+        }
+        Ok(())
+    }
+
+    /// Pins `app` to revision `to` (default: the previous good one).
+    pub async fn rollback(&self, app: &str, to: Option<u64>) -> Result<RevisionInfo, CoreError> {
+        let _write = self.write.lock().await;
+        let now = self.now_ms();
+        let old = self.history(app).await?;
+        let from = old.0.record.target;
+        let new = revisions::rollback(old.0.clone(), to)?;
+        let target = new.record.target;
+        self.commit(Self::save(Txn::new(), Some(&old), &new), "rollback")
+            .await?;
+        self.events
+            .append(vec![event(
+                now,
+                format!("app/{app}"),
+                "RolledBackByUser",
+                format!(
+                    "app {app} pinned to revision {target} (was {from}) until its manifest changes"
+                ),
+            )])
+            .await?;
+        self.reassign().await?;
+        let info = new
+            .target()
+            .map(|r| r.to_info(true))
+            .ok_or_else(|| CoreError::NoSuchApp {
+                app: app.to_string(),
+            })?;
+        Ok(info)
+    }
+
+    /// Every revision of `app`, oldest first.
+    pub async fn revisions(&self, app: &str) -> Result<Vec<RevisionInfo>, CoreError> {
+        let (h, _) = self.history(app).await?;
+        Ok(h.revisions
+            .iter()
+            .map(|r| r.to_info(h.record.pinned && r.number == h.record.target))
+            .collect())
+    }
+
+    fn host_ready(&self, host: &HostRecord, now: u64) -> bool {
+        now.saturating_sub(host.last_seen_ms) <= self.host_grace_ms
+    }
+
+    /// `GET /v1/status`.
+    pub async fn status(&self) -> Result<ClusterStatus, CoreError> {
+        let now = self.now_ms();
+        let histories = self.histories().await?;
+        let hosts = self.hosts().await?;
+        let mut assignments = BTreeMap::new();
+        for h in &hosts {
+            if let Some(a) = self.assignment(&h.registration.name).await? {
+                assignments.insert(h.registration.name.clone(), a);
+            }
+        }
+        let apps = histories
+            .values()
+            .filter(|(h, _)| h.record.in_git)
+            .map(|(h, _)| {
+                let (desired, ready) = app_counts(h, h.record.target, &hosts, &assignments);
+                AppStatus {
+                    name: h.record.name.clone(),
+                    revision: h.record.target,
+                    desired,
+                    ready,
+                    pinned: h.record.pinned,
+                    last_error: h.record.last_error.clone(),
+                    head: h.newest().map_or(0, |r| r.number),
+                }
+            })
+            .collect();
+        let hosts = hosts
+            .iter()
+            .map(|h| HostStatus {
+                name: h.registration.name.clone(),
+                ready: self.host_ready(h, now),
+                labels: h.registration.labels.clone(),
+                last_seen_ms: h.last_seen_ms,
+            })
+            .collect();
+        Ok(ClusterStatus {
+            apps,
+            hosts,
+            sync: self.sync_status().await?,
+        })
+    }
+
+    /// `GET /v1/instances`: every instance from the hosts' newest reports.
+    pub async fn instances(&self) -> Result<Vec<InstanceInfo>, CoreError> {
+        let mut out = Vec::new();
+        for h in self.hosts().await? {
+            for i in h.last_report.iter().flat_map(|r| &r.instances) {
+                out.push(InstanceInfo {
+                    id: i.id.clone(),
+                    app: i.app.clone(),
+                    host: h.registration.name.clone(),
+                    revision: i.revision,
+                    state: i.state,
+                    restarts: i.restarts,
+                    message: i.message.clone(),
+                });
+            }
+        }
+        out.sort_by(|a, b| (&a.app, &a.host, &a.id).cmp(&(&b.app, &b.host, &b.id)));
+        Ok(out)
+    }
+
+    /// `GET /v1/apps/{app}/rollout`: how revision `revision` (default: the pinned one while
+    /// pinned, else the newest) stands.
+    pub async fn rollout(
+        &self,
+        app: &str,
+        revision: Option<u64>,
+    ) -> Result<RolloutStatus, CoreError> {
+        let (h, _) = self.history(app).await?;
+        // default: the newest revision, or the pinned one while a rollback pins the app
+        let number = revision
+            .or(h.record.pinned.then_some(h.record.target))
+            .or(h.newest().map(|r| r.number))
+            .unwrap_or_default();
+        let rev = h.revision(number).ok_or_else(|| {
+            CoreError::Rollback(RollbackError::NoSuchRevision {
+                app: app.to_string(),
+                number,
+            })
+        })?;
+        let hosts = self.hosts().await?;
+        let mut assignments = BTreeMap::new();
+        let mut per_host = Vec::new();
+        for host in &hosts {
+            let name = &host.registration.name;
+            let Some(a) = self.assignment(name).await? else {
+                continue;
+            };
+            if a.apps.iter().any(|x| x.target.app == app) {
+                per_host.push(HostRollout {
+                    host: name.clone(),
+                    report: host
+                        .last_report
+                        .as_ref()
+                        .and_then(|r| r.apps.iter().find(|x| x.app == app).cloned()),
+                });
+            }
+            assignments.insert(name.clone(), a);
+        }
+        let (desired, ready) = app_counts(&h, number, &hosts, &assignments);
+        let done = |r: &Option<AppReport>| {
+            r.as_ref().is_some_and(|r| {
+                r.target == number
+                    && r.ready >= r.desired
+                    && r.rollout == berth_manifests::wire::RolloutState::Complete
+            })
+        };
+        let (phase, message) = if rev.state == berth_manifests::wire::RevisionState::Failed {
+            (
+                RolloutPhase::Failed,
+                format!(
+                    "revision {number} failed: {}",
+                    rev.failure.as_deref().unwrap_or("unknown reason")
+                ),
+            )
+        } else if h.record.target != number {
+            (
+                RolloutPhase::Superseded,
+                format!(
+                    "revision {number} was replaced by revision {} before completing",
+                    h.record.target
+                ),
+            )
+        } else if !h.record.in_git {
+            (
+                RolloutPhase::Superseded,
+                format!("app {app} was removed from the manifests"),
+            )
+        } else if per_host.is_empty() {
+            (
+                RolloutPhase::Progressing,
+                "no host is assigned the app yet (no registered host matches its placement)".into(),
+            )
+        } else if per_host.iter().all(|x| done(&x.report)) {
+            (
+                RolloutPhase::Complete,
+                format!("revision {number}: {ready} of {desired} instances ready"),
+            )
+        } else {
+            (
+                RolloutPhase::Progressing,
+                format!("revision {number}: {ready} of {desired} instances ready"),
+            )
+        };
+        Ok(RolloutStatus {
+            app: app.to_string(),
+            revision: number,
+            target: h.record.target,
+            phase,
+            desired,
+            ready,
+            message,
+            hosts: per_host,
+        })
+    }
+}
+
+/// [`revisions::plan_sync`] over stored histories.
+fn plan_of(stored: &Histories, apps: &[App]) -> (Vec<(App, SyncAction)>, Vec<String>) {
+    let plain: BTreeMap<String, AppHistory> = stored
+        .iter()
+        .map(|(k, (h, _))| (k.clone(), h.clone()))
+        .collect();
+    revisions::plan_sync(&plain, apps)
+}
+
+/// Marks resolution errors worth retrying at the next poll (stripped before display).
+const RETRY_MARK: &str = "\u{1}retry:";
+
+/// Instances wanted and ready for revision `number` of an app, summed over the hosts that
+/// are assigned it: a host's report when it is about `number`, else its assigned share.
+fn app_counts(
+    h: &AppHistory,
+    number: u64,
+    hosts: &[HostRecord],
+    assignments: &BTreeMap<String, Assignment>,
+) -> (u32, u32) {
+    let mut desired = 0u32;
+    let mut ready = 0u32;
+    let mut placed = false;
+    for host in hosts {
+        let name = &host.registration.name;
+        let Some(assigned) = assignments
+            .get(name)
+            .and_then(|a| a.apps.iter().find(|x| x.target.app == h.record.name))
+        else {
+            continue;
+        };
+        placed = true;
+        let report = host
+            .last_report
+            .as_ref()
+            .and_then(|r| r.apps.iter().find(|x| x.app == h.record.name))
+            .filter(|r| r.target == number);
+        match report {
+            Some(r) => {
+                desired = desired.saturating_add(r.desired);
+                ready = ready.saturating_add(r.ready);
+            }
+            None => {
+                desired = desired.saturating_add(match assigned.scale {
+                    Scale::Fixed { replicas } => replicas,
+                    Scale::Auto { min, .. } => min,
+                });
+            }
+        }
+    }
+    if !placed {
+        // on no host yet: what the spec asks for, so `0/3` shows the gap
+        desired = h.revision(number).map_or(0, |r| match &r.spec.autoscale {
+            Some(auto) => auto.min,
+            None => r.spec.replicas.unwrap_or(1),
+        });
+    }
+    (desired, ready)
+}

@@ -1,0 +1,83 @@
+//! `berth controller`: runs the controller daemon (git sync, store, agent and CLI API) until
+//! SIGINT/SIGTERM, then shuts down cleanly.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use berth_controller::resolve::{RegistryResolver, credentials_from_docker_config};
+use berth_controller::{Config, Controller};
+
+use super::{Global, UsageError};
+
+/// Arguments of `berth controller`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The manifest repository: a URL (https://, ssh://, file://) or a local path
+    #[arg(long)]
+    pub repo: String,
+    /// The branch to follow
+    #[arg(long, default_value = "main")]
+    pub branch: String,
+    /// Where the API listens
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Time between polls of the repository (`POST /v1/sync` fetches at once)
+    #[arg(long, default_value = "5s")]
+    pub poll_interval: berth_manifests::Duration,
+    /// A host silent longer than this shows as not ready
+    #[arg(long, default_value = "30s")]
+    pub host_grace: berth_manifests::Duration,
+}
+
+/// Runs `berth controller`.
+pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
+    if args.poll_interval.as_millis() < 100 {
+        return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
+    }
+    let credentials = credentials_from_docker_config(&docker_config_path())?;
+    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?;
+    let mut config = Config::new(
+        global.data_dir.clone(),
+        args.repo,
+        args.branch,
+        Arc::new(resolver),
+    );
+    config.listen = args.listen;
+    config.poll_interval = args.poll_interval.as_std();
+    config.host_grace = args.host_grace.as_std();
+    config.token = global.token.clone();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let handle = Controller::start(config).await?;
+        eprintln!(
+            "berth controller listening on {} (token in {})",
+            handle.url(),
+            if global.token.is_some() {
+                "--token".to_string()
+            } else {
+                berth_controller::token::token_path(&global.data_dir)
+                    .display()
+                    .to_string()
+            }
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        handle.shutdown().await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+fn docker_config_path() -> std::path::PathBuf {
+    match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => std::path::PathBuf::from(dir).join("config.json"),
+        None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".docker/config.json"),
+    }
+}

@@ -1,0 +1,121 @@
+//! `berth ps`: containers of the local data dir (like `docker ps`), running ones by default,
+//! all with `-a`. The true status is checked against the live process (pid + start time).
+
+use std::process::ExitCode;
+
+use berth_agent::host::container::{self as host, Listed, Store};
+use berth_agent::runtime::id;
+use berth_agent::runtime::state::Status;
+use serde::Serialize;
+
+use crate::output::{self, Format};
+
+/// Arguments of `berth ps`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Show stopped containers too
+    #[arg(short = 'a', long)]
+    pub all: bool,
+    /// Only the local data dir's containers (the default until a controller is configured)
+    #[arg(long)]
+    pub local: bool,
+}
+
+/// One row of `berth ps -o json` (DESIGN.md contract: at least id, app, host, revision, state).
+#[derive(Debug, Serialize)]
+pub struct Row {
+    /// Full container id.
+    pub id: String,
+    /// App name (empty for `berth run`).
+    pub app: String,
+    /// This host's name.
+    pub host: String,
+    /// App revision (empty for `berth run`).
+    pub revision: String,
+    /// created | running | stopped.
+    pub state: String,
+    /// `--name`, or empty.
+    pub name: String,
+    /// The image, or the rootfs directory.
+    pub image: String,
+    /// The program and its arguments.
+    pub command: Vec<String>,
+    /// Host pid of the container's init while it runs.
+    pub pid: Option<i32>,
+    /// Unix seconds at creation.
+    pub created: u64,
+    /// Exit code once stopped (128 + signal when killed).
+    pub exit_code: Option<i32>,
+    /// Whether the kernel OOM-killed it.
+    pub oom_killed: bool,
+}
+
+/// Builds the row for a listed container.
+pub fn row(l: &Listed, host: &str) -> Row {
+    let spec = &l.state.spec;
+    Row {
+        id: spec.id.clone(),
+        app: spec.app.clone(),
+        host: host.to_string(),
+        revision: spec.revision.clone(),
+        state: l.status.to_string(),
+        name: spec.name.clone().unwrap_or_default(),
+        image: spec.rootfs.display(),
+        command: spec.args.clone(),
+        pid: if matches!(l.status, Status::Running | Status::Created) {
+            l.state.init.map(|p| p.pid)
+        } else {
+            None
+        },
+        created: l.state.created,
+        exit_code: l.exit.map(|e| e.code),
+        oom_killed: l.exit.is_some_and(|e| e.oom_killed),
+    }
+}
+
+/// Runs `berth ps`.
+pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
+    let _ = args.local;
+    let store = Store::new(&global.data_dir);
+    let (listed, bad) = store.list()?;
+    for (id, err) in &bad {
+        eprintln!("berth: container {id}: unreadable state: {err}");
+    }
+    let host = host::hostname();
+    let rows: Vec<Row> = listed
+        .iter()
+        .filter(|l| args.all || l.status != Status::Stopped)
+        .map(|l| row(l, &host))
+        .collect();
+    match global.output {
+        Format::Json => output::json(&rows)?,
+        Format::Table => {
+            let now = host::unix_now();
+            let table = rows
+                .iter()
+                .map(|r| {
+                    let status = match (r.state.as_str(), r.exit_code) {
+                        ("stopped", Some(c)) => {
+                            format!("exited ({c}){}", if r.oom_killed { " oom" } else { "" })
+                        }
+                        (s, _) => s.to_string(),
+                    };
+                    vec![
+                        id::short(&r.id).to_string(),
+                        r.name.clone(),
+                        r.image.clone(),
+                        r.command.join(" "),
+                        format!("{}s ago", now.saturating_sub(r.created)),
+                        status,
+                        r.pid.map(|p| p.to_string()).unwrap_or_default(),
+                    ]
+                })
+                .collect();
+            output::table(
+                &["id", "name", "image", "command", "created", "status", "pid"],
+                table,
+            )?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
