@@ -228,8 +228,10 @@ impl Network {
     pub fn detach(&self, id: &str) -> Result<(), NetError> {
         validate_instance_id(id)?;
         let veth = self.cfg.host_veth(id);
-        if ip::ip(&self.host, &["link", "show", "dev", &veth]).is_ok() {
-            ip::ip(&self.host, &["link", "del", "dev", &veth])?;
+        match ip::ip(&self.host, &["link", "del", "dev", &veth]) {
+            Ok(_) => {}
+            Err(NetError::Command { stderr, .. }) if stderr.contains("Cannot find device") => {}
+            Err(e) => return Err(e),
         }
         if self.netns_path(id).exists() {
             ip::ip(
