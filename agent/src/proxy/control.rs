@@ -377,3 +377,53 @@ fn unexpected(r: &Response) -> ProxyError {
         reason: format!("unexpected response {r:?}"),
     }
 }
+
+/// The proxy process this agent started (see [`connect_or_spawn`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Spawned {
+    /// Its pid.
+    pub pid: u32,
+}
+
+/// Connects to the proxy at `socket`; when nothing answers, first starts
+/// `<exe> proxy --socket <socket>` in its own process group (so a signal to the agent's group
+/// does not reach it) and waits up to `wait` for its socket. A proxy left by a previous agent
+/// is adopted as it is (then `None` is returned with the client). While this agent lives, a
+/// task reaps the child if it exits; after the agent is gone the proxy is re-parented.
+pub async fn connect_or_spawn(
+    exe: &Path,
+    socket: &Path,
+    wait: Duration,
+) -> Result<(ProxyClient, Option<Spawned>), ProxyError> {
+    if let Ok(c) = ProxyClient::connect(socket).await {
+        return Ok((c, None));
+    }
+    let spawn_err = |source| ProxyError::Control {
+        path: socket.to_owned(),
+        op: "start berth proxy",
+        source,
+    };
+    let mut child = tokio::process::Command::new(exe)
+        .arg("proxy")
+        .arg("--socket")
+        .arg(socket)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .kill_on_drop(false)
+        .spawn()
+        .map_err(spawn_err)?;
+    let pid = child.id().unwrap_or(0);
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match ProxyClient::connect(socket).await {
+            Ok(c) => return Ok((c, Some(Spawned { pid }))),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+}
