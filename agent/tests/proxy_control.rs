@@ -178,3 +178,12 @@ async fn bad_control_lines_get_an_error_and_the_connection_stays_usable() {
     assert_eq!(line.trim(), r#"{"result":"state","apps":[]}"#);
     server.abort();
 }
+
+#[tokio::test]
+async fn control_socket_in_a_world_writable_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = control::serve(Arc::new(Proxy::new()), &dir.path().join("p.sock")).unwrap_err();
+    assert!(err.to_string().contains("control socket"), "{err}");
+    assert!(!dir.path().join("p.sock").exists());
+}

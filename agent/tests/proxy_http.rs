@@ -347,7 +347,16 @@ async fn no_backend_answers_503_with_retry_after_or_holds_until_one_is_added() {
     let p2 = Arc::clone(&proxy);
     let be_addr = be.addr;
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The held request shows as `waiting` (the autoscaler's scale-from-zero signal).
+        let mut seen = false;
+        for _ in 0..100 {
+            if p2.snapshot()["web"].waiting == 1 {
+                seen = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(seen, "held request not counted as waiting");
         p2.add_backend("web", "cold", be_addr).unwrap();
     });
     let (status, who) = get(&c, addr, "/id").await.unwrap();
@@ -355,6 +364,7 @@ async fn no_backend_answers_503_with_retry_after_or_holds_until_one_is_added() {
     assert_eq!(calls.load(Ordering::Relaxed), 2);
     let snap = proxy.snapshot()["web"].clone();
     assert_eq!(snap.by_code.get(&200), Some(&1));
+    assert_eq!(snap.waiting, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

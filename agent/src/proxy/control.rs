@@ -156,21 +156,41 @@ pub async fn apply(proxy: &Proxy, req: Request) -> Response {
     })
 }
 
-/// Binds the control socket at `path` (its directory created 0700 if missing; a stale socket
-/// file replaced) and serves it until the returned task is aborted.
+/// Binds the control socket at `path` (its directory created 0700 if missing, refused if
+/// group- or world-writable; a stale socket file replaced) and serves it until the returned
+/// task is aborted.
 pub fn serve(proxy: Arc<Proxy>, path: &Path) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
     let err = |op| {
         let path = path.to_owned();
         move |source| ProxyError::Control { path, op, source }
     };
-    if let Some(dir) = path.parent()
-        && !dir.exists()
-    {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(err("create directory"))?;
+    if let Some(dir) = path.parent() {
+        if !dir.exists() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(err("create directory"))?;
+        }
+        // Others must not be able to swap the socket file.
+        let mode = std::fs::metadata(dir)
+            .map_err(err("inspect directory"))?
+            .permissions()
+            .mode();
+        if mode & 0o022 != 0 {
+            return Err(ProxyError::Control {
+                path: path.to_owned(),
+                op: "check directory",
+                source: std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    format!(
+                        "{} is writable by group or others (mode {:o}): use a 0700 directory",
+                        dir.display(),
+                        mode & 0o777
+                    ),
+                ),
+            });
+        }
     }
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {

@@ -232,10 +232,7 @@ async fn handle(
     loop {
         let picked = match app.pool.pick(failed_on.as_deref()) {
             Some(p) => Some(p),
-            None if failed_on.is_none() => {
-                app.no_backend();
-                app.pool.pick_within(app.live.hold()).await
-            }
+            None if failed_on.is_none() => app.hold_for_backend().await,
             None => None,
         };
         let Some(picked) = picked else {

@@ -23,6 +23,7 @@ pub struct AppMetrics {
     requests: AtomicU64,
     codes: Box<[AtomicU64]>,
     in_flight: AtomicI64,
+    waiting: AtomicI64,
     no_backend: AtomicU64,
     upstream_errors: AtomicU64,
     connections: AtomicU64,
@@ -37,6 +38,7 @@ impl Default for AppMetrics {
             requests: AtomicU64::new(0),
             codes: (0..CODES).map(|_| AtomicU64::new(0)).collect(),
             in_flight: AtomicI64::new(0),
+            waiting: AtomicI64::new(0),
             no_backend: AtomicU64::new(0),
             upstream_errors: AtomicU64::new(0),
             connections: AtomicU64::new(0),
@@ -73,6 +75,13 @@ impl AppMetrics {
             b.fetch_add(1, Ordering::Relaxed);
         }
         self.latency_sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// A request (or connection) starts waiting for a backend; it stops when the returned
+    /// guard drops.
+    pub fn wait(&self) -> Waiting<'_> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        Waiting(&self.waiting)
     }
 
     /// Answered 503 because no backend was in rotation.
@@ -117,6 +126,7 @@ impl AppMetrics {
             requests_total: self.requests.load(Ordering::Relaxed),
             by_code,
             in_flight: self.in_flight.load(Ordering::Relaxed).max(0).unsigned_abs(),
+            waiting: self.waiting.load(Ordering::Relaxed).max(0).unsigned_abs(),
             no_backend_total: self.no_backend.load(Ordering::Relaxed),
             upstream_errors_total: self.upstream_errors.load(Ordering::Relaxed),
             connections_total: self.connections.load(Ordering::Relaxed),
@@ -131,6 +141,16 @@ impl AppMetrics {
                 count: cumulative,
             },
         }
+    }
+}
+
+/// Counts one waiting request until dropped.
+#[derive(Debug)]
+pub struct Waiting<'a>(&'a AtomicI64);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -156,6 +176,10 @@ pub struct MetricsSnapshot {
     pub by_code: BTreeMap<u16, u64>,
     /// Requests (or TCP connections) in progress: the concurrency signal.
     pub in_flight: u64,
+    /// Requests (or connections) held now, waiting for a backend: the scale-from-zero
+    /// signal (`autoscale::Sample::waiting`).
+    #[serde(default)]
+    pub waiting: u64,
     /// 503s for want of a backend.
     pub no_backend_total: u64,
     /// Backend failures answered by the proxy.

@@ -15,7 +15,7 @@ use berth_manifests::ErrorKind;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use super::balance::{Backend, DrainOutcome, Pool, drain};
+use super::balance::{Backend, DrainOutcome, InFlight, Pool, drain};
 use super::metrics::{AppMetrics, MetricsSnapshot};
 use super::{l7, tcp};
 
@@ -212,10 +212,14 @@ impl Live {
 }
 
 impl App {
-    pub(crate) fn no_backend(&self) {
+    /// No backend is in rotation: tell the hook, then wait up to the hold for one, counted
+    /// in `waiting` meanwhile (the autoscaler's scale-from-zero signal).
+    pub(crate) async fn hold_for_backend(&self) -> Option<InFlight> {
         if let Some(h) = &self.hook {
             h(&self.cfg.name);
         }
+        let _waiting = self.metrics.wait();
+        self.pool.pick_within(self.live.hold()).await
     }
 }
 
