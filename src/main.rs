@@ -82,6 +82,8 @@ enum Command {
     ExecHelper,
     /// Run the per-host agent: long-poll the controller, run the assignment, report
     Agent(cmd::agent::Args),
+    /// Run the long-lived per-host proxy the agent configures over a unix socket
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -139,6 +141,7 @@ fn main() -> ExitCode {
         Command::Shim => Ok(cmd::runtime_init::shim()),
         Command::ExecHelper => Ok(cmd::runtime_init::exec()),
         Command::Agent(args) => cmd::agent::run(&cli.global, args),
+        Command::Proxy(args) => cmd::proxy::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

@@ -11,6 +11,7 @@ pub mod inspect;
 pub mod kill;
 pub mod logs;
 pub mod plan;
+pub mod proxy;
 pub mod ps;
 pub mod pull;
 pub mod rm;
