@@ -30,7 +30,7 @@ use crate::host::image_store::ImageStore;
 use crate::reconcile::traits::{
     EffectError, InstanceSpec, LocalImage, ObservedInstance, RunState, Runtime,
 };
-use crate::runtime::spec::{ContainerSpec, Network, Rootfs};
+use crate::runtime::spec::{ContainerSpec, Network};
 use crate::runtime::state::Status;
 
 /// What the agent records beside each of its containers.
@@ -149,33 +149,16 @@ impl ContainerRuntime {
             .map_err(|e| EffectError::new("create_start", &spec.id, ErrorKind::NotFound, e))?;
         let app = &spec.revision.spec;
         let config = img.config.config().clone().unwrap_or_default();
-        let args = match &app.command {
-            Some(cmd) => cmd.clone(),
-            None => config
-                .entrypoint()
-                .clone()
-                .unwrap_or_default()
-                .into_iter()
-                .chain(config.cmd().clone().unwrap_or_default())
-                .collect(),
-        };
-        let mut lowers: Vec<PathBuf> = img.layer_dirs().to_vec();
-        lowers.reverse(); // the store lists the base first; overlay wants the top first
-        let mut c = ContainerSpec::new(spec.id.clone(), Rootfs::Overlay { lowers }, args);
-        for e in config.env().clone().unwrap_or_default() {
-            c.set_env(&e);
+        // The manifest's command replaces the image's Entrypoint and Cmd both.
+        let mut c = ContainerSpec::from_image(spec.id.clone(), img.layer_dirs(), &config, None);
+        if let Some(cmd) = &app.command {
+            c.args = cmd.clone();
         }
         if let Some(port) = app.port {
             c.set_env(&format!("PORT={port}"));
         }
         for (k, v) in &app.env {
             c.set_env(&format!("{k}={v}"));
-        }
-        if let Some(cwd) = config.working_dir().clone().filter(|w| !w.is_empty()) {
-            c.cwd = cwd;
-        }
-        if let Some(user) = config.user().clone().filter(|u| !u.is_empty()) {
-            c.user = user;
         }
         c.resources.memory = Some(app.resources.memory.as_bytes());
         let period = 100_000u64;

@@ -349,6 +349,38 @@ impl ContainerSpec {
         }
     }
 
+    /// A spec that runs an image: its snapshot dirs (lowest first, as the image store lists
+    /// them) become the overlay's lower dirs (top first), and its config gives the defaults —
+    /// Entrypoint + Cmd (or `command` when given, as `docker run IMAGE CMD` replaces Cmd),
+    /// Env, WorkingDir and User.
+    pub fn from_image(
+        id: String,
+        layer_dirs: &[PathBuf],
+        config: &oci_spec::image::Config,
+        command: Option<Vec<String>>,
+    ) -> ContainerSpec {
+        let entrypoint = config.entrypoint().clone().unwrap_or_default();
+        let args = match command {
+            Some(cmd) => entrypoint.into_iter().chain(cmd).collect(),
+            None => entrypoint
+                .into_iter()
+                .chain(config.cmd().clone().unwrap_or_default())
+                .collect(),
+        };
+        let lowers = layer_dirs.iter().rev().cloned().collect();
+        let mut spec = ContainerSpec::new(id, Rootfs::Overlay { lowers }, args);
+        for e in config.env().clone().unwrap_or_default() {
+            spec.set_env(&e);
+        }
+        if let Some(cwd) = config.working_dir().clone().filter(|w| !w.is_empty()) {
+            spec.cwd = cwd;
+        }
+        if let Some(user) = config.user().clone().filter(|u| !u.is_empty()) {
+            spec.user = user;
+        }
+        spec
+    }
+
     /// Sets `KEY=VALUE`, replacing an earlier value of `KEY`.
     pub fn set_env(&mut self, pair: &str) {
         let key = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair);
