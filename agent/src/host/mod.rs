@@ -12,6 +12,7 @@ pub mod controller_client;
 pub mod deploy_images;
 pub mod deploy_runtime;
 pub mod image_store;
+pub mod net;
 pub mod probe;
 pub mod registry;
 pub mod rootfs;
