@@ -203,7 +203,17 @@ impl CgroupManager for V1Cgroup {
         let killed =
             fsio::read_pids(&procs).and_then(|pids| signal_pids(&pids, Signal::SIGKILL, &procs));
         let thawed = if has_freezer { self.thaw() } else { Ok(()) };
-        froze.and(killed).and(thawed)
+        match froze.and(killed).and(thawed) {
+            // The cgroup vanished meanwhile (its last process ended and its owner removed
+            // it, e.g. a shim racing `berth stop`): nothing is left to kill.
+            Err(_)
+                if !dir_exists(procs.parent())
+                    || (has_freezer && !dir_exists(self.controller_dir("freezer").as_deref())) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
     }
 
     fn delete(&self) -> Result<(), CgroupError> {
