@@ -3,6 +3,7 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod agent;
 pub mod exec;
 pub mod image;
 pub mod images;
@@ -16,6 +17,7 @@ pub mod pull;
 pub mod rm;
 pub mod rmi;
 pub mod run;
+pub mod runtime;
 pub mod runtime_init;
 pub mod stop;
 pub mod up;
