@@ -324,3 +324,28 @@ impl Drop for NsGuard {
 fn scopeguard(name: String) -> NsGuard {
     NsGuard(name)
 }
+
+#[test]
+fn concurrent_attaches_from_separate_handles_get_distinct_addresses() {
+    // Each thread opens its own Network (its own lock file descriptions), as two agent
+    // processes would: the flock must serialise the IPAM updates.
+    let host = TestHost::new();
+    drop(host.open());
+    let ips: Vec<Ipv4Addr> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|i| {
+                let host = &host;
+                s.spawn(move || host.open().attach(&format!("c{i}")).unwrap().ip)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let distinct: HashSet<Ipv4Addr> = ips.iter().copied().collect();
+    assert_eq!(distinct.len(), 8, "{ips:?}");
+    let net = host.open();
+    for (i, ip) in ips.iter().enumerate() {
+        let id = format!("c{i}");
+        assert_eq!(net.address_of(&id).unwrap(), Some(*ip));
+        net.detach(&id).unwrap();
+    }
+}
