@@ -127,6 +127,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollout", get(rollout::<S>))
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
+        .route("/metrics", get(metrics::<S>))
         .layer(axum::middleware::from_fn(timeout));
     // a sync may fetch a large repository: its own, longer deadline
     let syncing = Router::new()
@@ -134,8 +135,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .layer(axum::middleware::from_fn(sync_timeout));
     let long = Router::new()
         .route("/v1/agents/{host}/assignment", get(assignment::<S>))
-        .route("/v1/events", get(events::<S>))
-        .route("/metrics", get(metrics::<S>));
+        .route("/v1/events", get(events::<S>));
     timed
         .merge(syncing)
         .merge(long)
@@ -176,14 +176,16 @@ async fn track<S: Store>(
 }
 
 /// `GET /metrics`: the host gauges are recomputed (readiness depends on the clock), then
-/// every family is encoded.
-async fn metrics<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Response> {
+/// every family is encoded, as OpenMetrics when the scraper asks for it, else in the
+/// Prometheus text format 0.0.4.
+async fn metrics<S: Store>(
+    State(state): State<ApiState<S>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
     state.core.refresh_host_metrics().await?;
-    Ok((
-        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
-        state.core.metrics().encode(),
-    )
-        .into_response())
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = crate::metrics::negotiate(state.core.metrics(), accept);
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 async fn not_found() -> ApiError {

@@ -2,6 +2,10 @@
 //! metric family in it, and encodes them for `GET /metrics` (OpenMetrics text, which
 //! `promtool check metrics` and Prometheus accept).
 //!
+//! Scrapers that ask for OpenMetrics (`Accept: application/openmetrics-text`, as Prometheus
+//! does) get it; anything else (curl, `promtool check metrics`, older scrapers) gets the
+//! classic Prometheus text format 0.0.4 ([`Metrics::encode_prometheus`]).
+//!
 //! Metrics are updated by the code that does the work (sync, report handling, long-poll
 //! answers, the API middleware), never by a timer; the one gauge that depends on the clock
 //! (hosts by readiness) is recomputed on the code paths that see hosts (register, report)
@@ -24,6 +28,59 @@ use tokio::time::Instant;
 
 /// The content type of [`Metrics::encode`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The content type of [`Metrics::encode_prometheus`]'s text.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The text and content type for a scraper's `Accept` header: OpenMetrics when it asks for
+/// it, else the classic Prometheus text format.
+pub fn negotiate(metrics: &Metrics, accept: Option<&str>) -> (&'static str, String) {
+    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+        (CONTENT_TYPE, metrics.encode())
+    } else {
+        (PROMETHEUS_CONTENT_TYPE, metrics.encode_prometheus())
+    }
+}
+
+/// Turns OpenMetrics text as prometheus-client writes it into the Prometheus text format
+/// 0.0.4: a counter family `x` is named `x_total` in its `# HELP`/`# TYPE` lines (its samples
+/// already are), and `# UNIT` and `# EOF` lines go (0.0.4 has neither). Samples are the same
+/// in both formats (no exemplars or `_created` series are written here).
+fn openmetrics_to_prometheus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut help: Option<(&str, &str)> = None;
+    for line in text.lines() {
+        if line.starts_with("# UNIT ") || line == "# EOF" {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let exposed = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_string()
+            };
+            if let Some((help_name, text)) = help.take() {
+                if help_name == name {
+                    out.push_str(&format!("# HELP {exposed} {text}\n"));
+                } else {
+                    out.push_str(&format!("# HELP {help_name} {text}\n"));
+                }
+            }
+            out.push_str(&format!("# TYPE {exposed} {kind}\n"));
+            continue;
+        }
+        if let Some((name, text)) = help.take() {
+            out.push_str(&format!("# HELP {name} {text}\n"));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 /// Outcome of one sync (`result` label of `berth_controller_sync_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -293,6 +350,11 @@ impl Metrics {
         out
     }
 
+    /// The exposition text in the Prometheus text format 0.0.4.
+    pub fn encode_prometheus(&self) -> String {
+        openmetrics_to_prometheus(&self.encode())
+    }
+
     /// One sync ended after `seconds`; `now_ms` is the wall clock (Unix ms).
     pub fn sync_done(&self, result: SyncResult, seconds: f64, now_ms: u64) {
         self.sync
@@ -475,6 +537,41 @@ pub(crate) mod tests {
         m.api_request("/v1/status", 200, 0.001);
         // a new family without a method called here fails
         assert_eq!(never_updated(&m, &parse(&m.encode())), Vec::<String>::new());
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_with_total_and_drops_unit_and_eof() {
+        let m = Metrics::new();
+        m.sync_done(SyncResult::Ok, 0.2, 1_000);
+        let text = m.encode_prometheus();
+        assert!(
+            text.contains(
+                "# HELP berth_controller_sync_total Syncs of the git branch, by result \
+                 (ok, invalid, error).\n# TYPE berth_controller_sync_total counter\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("\nberth_controller_sync_total{result=\"ok\"} 1\n"));
+        assert!(text.contains("# TYPE berth_controller_sync_duration_seconds histogram\n"));
+        assert!(!text.contains("# UNIT"), "{text}");
+        assert!(!text.contains("# EOF"), "{text}");
+        // the same samples in both formats
+        let samples = |t: &str| -> Vec<String> {
+            t.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&text), samples(&m.encode()));
+        assert_eq!(negotiate(&m, None).0, PROMETHEUS_CONTENT_TYPE);
+        assert_eq!(
+            negotiate(
+                &m,
+                Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5")
+            )
+            .0,
+            CONTENT_TYPE
+        );
     }
 
     #[test]

@@ -135,7 +135,13 @@ fn value(f: &Families, series: &str) -> f64 {
 }
 
 async fn scrape(handle: &ControllerHandle, token: Option<&str>) -> reqwest::Response {
-    let mut req = reqwest::Client::new().get(format!("{}/metrics", handle.url()));
+    // what Prometheus sends
+    let mut req = reqwest::Client::new()
+        .get(format!("{}/metrics", handle.url()))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        );
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
