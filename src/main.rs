@@ -69,6 +69,8 @@ enum Command {
     Rm(cmd::rm::Args),
     /// Run a program in a running container (same namespaces, cgroup and profile)
     Exec(cmd::exec::Args),
+    /// The OCI runtime command line (runc-compatible subset)
+    Runtime(cmd::runtime::Args),
     /// A container's init (berth re-executed by itself; not for people)
     #[command(name = "__init", hide = true)]
     Init,
@@ -78,6 +80,10 @@ enum Command {
     /// A `berth exec` helper (berth re-executed by itself; not for people)
     #[command(name = "__exec", hide = true)]
     ExecHelper,
+    /// Run the per-host agent: long-poll the controller, run the assignment, report
+    Agent(cmd::agent::Args),
+    /// Run the long-lived per-host proxy the agent configures over a unix socket
+    Proxy(cmd::proxy::Args),
 }
 
 fn main() -> ExitCode {
@@ -90,6 +96,12 @@ fn main() -> ExitCode {
     }
     if std::env::args_os().nth(1).is_some_and(|a| a == "__shim") {
         return cmd::runtime_init::shim();
+    }
+    if std::env::args_os()
+        .nth(1)
+        .is_some_and(|a| a == "__probe_exec")
+    {
+        return cmd::agent::probe_exec();
     }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -124,9 +136,12 @@ fn main() -> ExitCode {
         Command::Kill(args) => cmd::kill::run(&cli.global, args),
         Command::Rm(args) => cmd::rm::run(&cli.global, args),
         Command::Exec(args) => cmd::exec::run(&cli.global, args),
+        Command::Runtime(args) => cmd::runtime::run(&cli.global, args),
         Command::Init => Ok(cmd::runtime_init::init()),
         Command::Shim => Ok(cmd::runtime_init::shim()),
         Command::ExecHelper => Ok(cmd::runtime_init::exec()),
+        Command::Agent(args) => cmd::agent::run(&cli.global, args),
+        Command::Proxy(args) => cmd::proxy::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

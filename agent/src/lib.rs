@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod health;
 pub mod host;
 pub mod image;
+pub mod net;
+pub mod proxy;
 pub mod reconcile;
 pub mod restart;
 pub mod rollout;

@@ -105,6 +105,9 @@ async fn pulls_by_tag_then_by_digest_reusing_the_snapshots() {
     let events = Recorder::default();
     let by_digest = store.pull(&pinned, &options(&reg), &events).await.unwrap();
     assert_eq!(by_digest.digest(), by_tag.digest());
+    // The digest reference is recorded: the image is not dangling even if the tag moves.
+    assert_eq!(by_digest.record.digest_refs, [pinned.to_string()]);
+    assert!(!by_digest.record.is_dangling());
     assert_eq!(
         events.count(|e| matches!(e, PullEvent::LayerExists { .. })),
         2

@@ -19,7 +19,7 @@ pub struct Args {
 /// `berth image` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub enum Sub {
-    /// Remove unused untagged images (with --all: every unused image) and orphan layers
+    /// Remove unused dangling images (with --all: every unused image) and orphan layers
     Prune {
         /// Also remove tagged images nothing uses
         #[arg(short, long)]

@@ -3,6 +3,7 @@
 //! [`exit_code`] maps errors to the contract's exit codes. No verb holds domain logic: that
 //! lives in the library crates.
 
+pub mod agent;
 pub mod exec;
 pub mod image;
 pub mod images;
@@ -10,11 +11,13 @@ pub mod inspect;
 pub mod kill;
 pub mod logs;
 pub mod plan;
+pub mod proxy;
 pub mod ps;
 pub mod pull;
 pub mod rm;
 pub mod rmi;
 pub mod run;
+pub mod runtime;
 pub mod runtime_init;
 pub mod stop;
 pub mod up;

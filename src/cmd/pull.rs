@@ -162,10 +162,14 @@ impl Progress {
         }
     }
 
-    /// Clears the bars.
+    /// Ends the display: finished bars stay on screen as one line per layer.
     pub fn finish(&self) {
-        if let Some(bars) = &self.bars {
-            let _ = bars.clear();
+        if let Ok(state) = self.state.lock() {
+            for bar in state.values().filter_map(|s| s.bar.as_ref()) {
+                if !bar.is_finished() {
+                    bar.abandon();
+                }
+            }
         }
     }
 }

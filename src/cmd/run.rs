@@ -69,7 +69,7 @@ pub struct Args {
     /// Parent cgroup, relative to each hierarchy's root
     #[arg(long, default_value = "berth")]
     pub cgroup_parent: String,
-    /// Image reference (not supported yet: use --rootfs)
+    /// Image reference; pulled into the local store when missing (`berth pull`)
     #[arg(value_name = "IMAGE")]
     pub image: Option<String>,
     /// The program and its arguments (after `--`)
@@ -78,38 +78,41 @@ pub struct Args {
 }
 
 /// Builds the container spec from the flags.
-pub fn build_spec(args: &Args, id: String) -> anyhow::Result<ContainerSpec> {
-    let dir = match (&args.rootfs, &args.image) {
-        (Some(dir), None) => dir.clone(),
-        (None, Some(image)) => {
-            return Err(UsageError(format!(
-                "running images ({image}) needs the image store, which is not in this build: use --rootfs DIR"
-            ))
-            .into());
+pub fn build_spec(
+    global: &super::Global,
+    args: &Args,
+    id: String,
+) -> anyhow::Result<ContainerSpec> {
+    let mut spec = match (&args.rootfs, &args.image) {
+        (Some(dir), None) => {
+            let dir =
+                std::path::absolute(dir).with_context(|| format!("rootfs {}", dir.display()))?;
+            if !dir.is_dir() {
+                return Err(
+                    UsageError(format!("rootfs {} is not a directory", dir.display())).into(),
+                );
+            }
+            let rootfs = if args.overlay {
+                Rootfs::Overlay { lowers: vec![dir] }
+            } else {
+                Rootfs::Dir { path: dir }
+            };
+            let command = if args.command.is_empty() {
+                vec!["/bin/sh".to_string()]
+            } else {
+                args.command.clone()
+            };
+            ContainerSpec::new(id, rootfs, command)
         }
+        (None, Some(image)) => spec_from_image(global, image, id, &args.command)?,
         (Some(_), Some(image)) => {
             return Err(UsageError(format!(
                 "give either an image or --rootfs, not both (image {image:?})"
             ))
             .into());
         }
-        (None, None) => return Err(UsageError("give --rootfs DIR (or an image)".into()).into()),
+        (None, None) => return Err(UsageError("give an IMAGE or --rootfs DIR".into()).into()),
     };
-    let dir = std::path::absolute(&dir).with_context(|| format!("rootfs {}", dir.display()))?;
-    if !dir.is_dir() {
-        return Err(UsageError(format!("rootfs {} is not a directory", dir.display())).into());
-    }
-    let rootfs = if args.overlay {
-        Rootfs::Overlay { lowers: vec![dir] }
-    } else {
-        Rootfs::Dir { path: dir }
-    };
-    let command = if args.command.is_empty() {
-        vec!["/bin/sh".to_string()]
-    } else {
-        args.command.clone()
-    };
-    let mut spec = ContainerSpec::new(id, rootfs, command);
     spec.name = args.name.clone();
     spec.readonly_rootfs = args.read_only;
     for e in &args.env {
@@ -166,7 +169,7 @@ pub fn build_spec(args: &Args, id: String) -> anyhow::Result<ContainerSpec> {
 /// Runs `berth run`.
 pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     let id = host::new_id()?;
-    let spec = build_spec(&args, id)?;
+    let spec = build_spec(global, &args, id)?;
     let store = Store::new(&global.data_dir);
     let cgroups = super::cgroups();
     let opts = RunOptions {
@@ -191,4 +194,50 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
         eprintln!("killed: out of memory (limit {limit})");
     }
     Ok(ExitCode::from(u8::try_from(exit.code).unwrap_or(255)))
+}
+
+/// The spec of a container running `image` from the local store, pulling it first when the
+/// store does not have it. The pull runs in a child `berth pull` so that this process stays
+/// single-threaded: the container is cloned from it.
+fn spec_from_image(
+    global: &super::Global,
+    image: &str,
+    id: String,
+    command: &[String],
+) -> anyhow::Result<ContainerSpec> {
+    let store = berth_agent::host::image_store::ImageStore::open(&global.data_dir)
+        .with_context(|| format!("image store in {}", global.data_dir.display()))?;
+    let found = match store.get(image) {
+        Ok(found) => found,
+        Err(e) if e.kind() == berth_agent::image::ErrorKind::NotFound => {
+            let exe = std::env::current_exe().context("path of the berth binary")?;
+            let mut pull = std::process::Command::new(exe);
+            pull.arg("--data-dir").arg(&global.data_dir);
+            if !global.insecure_registries.is_empty() {
+                pull.arg("--insecure-registry")
+                    .arg(global.insecure_registries.join(","));
+            }
+            let status = pull
+                .arg("pull")
+                .arg(image)
+                .stdout(std::process::Stdio::from(std::io::stderr()))
+                .status()
+                .context("start `berth pull`")?;
+            if !status.success() {
+                anyhow::bail!("pulling {image} failed (see above)");
+            }
+            store
+                .get(image)
+                .with_context(|| format!("image {image} after pulling it"))?
+        }
+        Err(e) => return Err(e).with_context(|| format!("image {image}")),
+    };
+    let config = found.config.config().clone().unwrap_or_default();
+    let command = (!command.is_empty()).then(|| command.to_vec());
+    Ok(ContainerSpec::from_image(
+        id,
+        found.layer_dirs(),
+        &config,
+        command,
+    ))
 }

@@ -92,7 +92,7 @@ impl Drop for Env {
                         (v[key]["pid"].as_i64(), v[key]["start_time"].as_u64())
                         && start_time(pid as i32) == Some(start)
                     {
-                        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+                        let _ = berth_agent::host::sys::kill(pid as i32, 9);
                     }
                 }
             }
@@ -178,7 +178,11 @@ impl Drop for CgroupParent {
         for child in self.children() {
             if let Ok(procs) = std::fs::read_to_string(child.join("cgroup.procs")) {
                 for pid in procs.lines() {
-                    let _ = Command::new("kill").args(["-9", pid]).status();
+                    if let Ok(pid) = pid.trim().parse::<i32>()
+                        && pid > 0
+                    {
+                        let _ = berth_agent::host::sys::kill(pid, 9);
+                    }
                 }
             }
             let _ = std::fs::remove_dir(&child);

@@ -17,7 +17,9 @@
 //! remembers their restarts and probes). The loop owns no container or file code itself: it
 //! acts through the traits in [`crate::reconcile::traits`].
 
-pub mod client;
+/// The HTTP controller client, by the path it first had (it lives under `host`, with the
+/// agent's other network code).
+pub use crate::host::controller_client as client;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;

@@ -42,9 +42,31 @@ pub fn switch_user(
     inheritable: CapSet,
     ambient: CapSet,
 ) -> io::Result<()> {
+    switch_user_with(ids, caps, None, None, inheritable, ambient)
+}
+
+/// [`switch_user`] with explicit effective and permitted sets (OCI): kept across the uid
+/// change with `PR_SET_KEEPCAPS`, then set exactly.
+pub fn switch_user_with(
+    ids: &Ids,
+    caps: CapSet,
+    effective: Option<CapSet>,
+    permitted: Option<CapSet>,
+    inheritable: CapSet,
+    ambient: CapSet,
+) -> io::Result<()> {
+    let explicit = effective.is_some() || permitted.is_some();
+    if explicit {
+        sys::prctl(libc::PR_SET_KEEPCAPS, 1)?;
+    }
     sys::set_ids(ids.uid, ids.gid, &ids.groups)?;
-    let granted = if ids.uid == 0 { caps.0 } else { 0 };
-    sys::capset(granted, granted | ambient.0, inheritable.0)?;
+    if explicit {
+        sys::prctl(libc::PR_SET_KEEPCAPS, 0)?;
+    }
+    let default = if ids.uid == 0 { caps.0 } else { 0 };
+    let eff = effective.map_or(default, |c| c.0);
+    let perm = permitted.map_or(default, |c| c.0) | eff | ambient.0;
+    sys::capset(eff, perm, inheritable.0 | ambient.0)?;
     sys::prctl_ambient(libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0)?;
     for cap in 0..64u32 {
         if ambient.has(cap) {

@@ -642,6 +642,11 @@ impl ImageStore {
             config_digest,
             repositories: vec![reference.name()],
             tags: reference.tagged_name().into_iter().collect(),
+            digest_refs: reference
+                .digest()
+                .map(|d| format!("{}@{d}", reference.name()))
+                .into_iter()
+                .collect(),
             platform: Platform {
                 os: image_config.os().to_string(),
                 architecture: image_config.architecture().to_string(),
@@ -792,6 +797,11 @@ impl ImageStore {
                         record.tags.push(t);
                     }
                 }
+                for d in other.digest_refs {
+                    if !record.digest_refs.contains(&d) {
+                        record.digest_refs.push(d);
+                    }
+                }
                 if record.index_digest.is_none() {
                     record.index_digest = other.index_digest;
                 }
@@ -805,6 +815,7 @@ impl ImageStore {
         }
         record.repositories.sort();
         record.tags.sort();
+        record.digest_refs.sort();
         self.write_record(&record)?;
         Ok(record)
     }

@@ -219,6 +219,9 @@ pub fn mount_rootfs(
 /// The default mounts (SECURITY.md §1.2), devices, volumes, masked and read-only paths.
 pub fn setup_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), RootfsError> {
     check_rootfs(root)?;
+    if !spec.default_mounts {
+        return setup_listed_mounts(root, spec);
+    }
     mount_fs(root, "/proc", "proc", "proc", NOSUID_NODEV_NOEXEC, None)?;
     mount_fs(
         root,
@@ -264,6 +267,45 @@ pub fn setup_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), Ro
     mount_cgroupfs(root)?;
     for m in &spec.mounts {
         mount_one(root, m)?;
+    }
+    mask_paths(root, &spec.masked_paths)?;
+    for p in &spec.readonly_paths {
+        readonly_path(root, p)?;
+    }
+    Ok(())
+}
+
+/// OCI: exactly the bundle's mounts in order (a `cgroup` mount becomes the read-only
+/// cgroupfs view, a tmpfs on `/dev` gets the default devices), then masked and read-only
+/// paths.
+fn setup_listed_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), RootfsError> {
+    for m in &spec.mounts {
+        if m.kind == "cgroup" || m.kind == "cgroup2" {
+            mkdir_all_in_root(root, &m.destination)
+                .map_err(sys_err("create mount point", m.destination.clone()))?;
+            mount_cgroupfs(root)?;
+            continue;
+        }
+        mount_one(root, m)?;
+        if m.destination.trim_end_matches('/') == "/dev" && !m.is_bind() {
+            setup_dev(root)?;
+        }
+    }
+    if !spec
+        .mounts
+        .iter()
+        .any(|m| m.destination.trim_end_matches('/') == "/dev")
+    {
+        // No /dev in the bundle: the default devices still go into a fresh tmpfs.
+        mount_fs(
+            root,
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_STRICTATIME,
+            Some("mode=755,size=65536k"),
+        )?;
+        setup_dev(root)?;
     }
     mask_paths(root, &spec.masked_paths)?;
     for p in &spec.readonly_paths {

@@ -2,8 +2,9 @@
 //!
 //! The rule (docs/images.md): an image is kept while anything marks it in use (a container,
 //! or one of the last [`KEEP_REVISIONS`] revisions of an app, which the agent marks so that a
-//! rollback works with the registry down). `berth image prune` removes unused images that no
-//! tag points to; `--all` removes every unused image. A snapshot is removed once no remaining
+//! rollback works with the registry down). `berth image prune` removes unused dangling images
+//! (no tag points to them and they were not pulled by digest); `--all` removes every unused
+//! image. A snapshot is removed once no remaining
 //! image lists its chain id; snapshots no record lists (left by an interrupted pull) go too.
 
 use std::collections::BTreeSet;
@@ -38,7 +39,7 @@ pub fn prune_plan(
 ) -> PrunePlan {
     let (remove, keep): (Vec<&ImageRecord>, Vec<&ImageRecord>) = records
         .iter()
-        .partition(|r| !in_use(uses, &r.manifest_digest) && (all || r.tags.is_empty()));
+        .partition(|r| !in_use(uses, &r.manifest_digest) && (all || r.is_dangling()));
     PrunePlan {
         images: remove.iter().map(|r| r.manifest_digest.clone()).collect(),
         snapshots: unreferenced_snapshots(&keep, snapshots_on_disk),
@@ -93,6 +94,7 @@ mod tests {
             config_digest: Digest::of(&[n, 9]),
             repositories: vec!["r/x".into()],
             tags: tags.iter().map(|t| t.to_string()).collect(),
+            digest_refs: vec![],
             platform: Platform::host(),
             created: None,
             pulled_at: 0,
@@ -109,6 +111,16 @@ mod tests {
         assert_eq!(plan.images, vec![dangling.manifest_digest]);
         // Layer 1 is shared with the tagged image and stays.
         assert_eq!(plan.snapshots, vec![layer(3).chain_id]);
+    }
+
+    #[test]
+    fn images_pulled_by_digest_are_not_dangling() {
+        let mut pinned = record(1, &[], &[1]);
+        pinned.digest_refs = vec![format!("r/x@{}", pinned.manifest_digest)];
+        let plan = prune_plan(&[pinned.clone()], &[], &[layer(1).chain_id], false);
+        assert!(plan.images.is_empty() && plan.snapshots.is_empty());
+        let plan = prune_plan(&[pinned.clone()], &[], &[layer(1).chain_id], true);
+        assert_eq!(plan.images, vec![pinned.manifest_digest]);
     }
 
     #[test]

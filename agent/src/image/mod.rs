@@ -17,20 +17,6 @@ pub use platform::Platform;
 pub use record::{ImageRecord, LayerRecord};
 pub use reference::{Reference, ReferenceError};
 
-/// The class of an image-store error: drives retries, exit codes and metric labels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ErrorKind {
-    /// The caller asked for something malformed or refused by policy; retrying won't help.
-    InvalidInput,
-    /// The image, tag or blob does not exist.
-    NotFound,
-    /// The image is in use, or another operation holds it.
-    Conflict,
-    /// The registry or the disk is unreachable for now; retry later.
-    Unavailable,
-    /// A size, count or disk limit was reached.
-    ResourceExhausted,
-    /// Content failed verification (digest, size, diff_id) or a bug: never retried blindly.
-    Internal,
-}
+/// The class of an image-store error (shared by every crate): drives retries, exit codes
+/// and metric labels. Content that fails verification is `Internal`: never retried blindly.
+pub use berth_manifests::ErrorKind;

@@ -16,8 +16,12 @@ pub struct ImageRecord {
     pub config_digest: Digest,
     /// `registry/repository` names this image was pulled under (tags or digests).
     pub repositories: Vec<String>,
-    /// `registry/repository:tag` names that currently point here. Empty: a dangling image.
+    /// `registry/repository:tag` names that currently point here.
     pub tags: Vec<String>,
+    /// `registry/repository@sha256:…` references this image was pulled by (revisions pin
+    /// digests). An image with neither tags nor these is dangling.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digest_refs: Vec<String>,
     /// The platform of the manifest.
     pub platform: Platform,
     /// The config's `created` timestamp (RFC 3339), when it has one.
@@ -50,6 +54,11 @@ impl ImageRecord {
     /// Bytes on disk of all snapshots (shared layers counted in full).
     pub fn size(&self) -> u64 {
         self.layers.iter().map(|l| l.unpacked_size).sum()
+    }
+
+    /// No tag and no digest reference names it: what a tag moved away from.
+    pub fn is_dangling(&self) -> bool {
+        self.tags.is_empty() && self.digest_refs.is_empty()
     }
 
     /// The chain ids of the layers, lowest first.

@@ -2,7 +2,7 @@
 //! and the one error type their adapters return. Each lists only what is used.
 //!
 //! Real adapters: [`crate::host::agentstate::FileState`] ([`StateStore`]),
-//! [`crate::host::probe::NetProber`] ([`Prober`]), [`crate::daemon::client::HttpController`]
+//! [`crate::host::probe::NetProber`] ([`Prober`]), [`crate::host::controller_client::HttpController`]
 //! ([`ControllerClient`]). `Runtime` and `Images` adapters wrap `agent::host`'s container
 //! runtime and image store once those land. Recording fakes for all of them live in
 //! [`super::fake`].

@@ -31,6 +31,7 @@
 pub mod caps;
 pub mod error;
 pub mod id;
+pub mod oci;
 pub mod spec;
 pub mod state;
 pub mod user;

@@ -32,6 +32,18 @@ pub const DEFAULT_MASKED: [&str; 12] = [
     "/sys/firmware",
 ];
 
+/// IPC-namespaced sysctls a container may set.
+const IPC_SYSCTLS: [&str; 8] = [
+    "kernel.msgmax",
+    "kernel.msgmnb",
+    "kernel.msgmni",
+    "kernel.sem",
+    "kernel.shmall",
+    "kernel.shmmax",
+    "kernel.shmmni",
+    "kernel.shm_rmid_forced",
+];
+
 /// Paths remounted read-only (SECURITY.md §1.4).
 pub const DEFAULT_READONLY: [&str; 5] = [
     "/proc/bus",
@@ -246,6 +258,29 @@ pub struct ContainerSpec {
     pub network: Network,
     /// Extra label for `berth ps`: the app name (empty for `berth run`).
     pub app: String,
+    /// Mount the default filesystems (/proc, /dev, /sys, ...) before `mounts`; OCI bundles
+    /// list their own and set this to false.
+    #[serde(default = "yes")]
+    pub default_mounts: bool,
+    /// Supplementary groups in addition to those from `/etc/group` (OCI `additionalGids`).
+    #[serde(default)]
+    pub additional_gids: Vec<u32>,
+    /// OCI `cgroupsPath`: the container's exact cgroup (relative to each hierarchy's root),
+    /// instead of `<cgroup_parent>/<id>`.
+    #[serde(default)]
+    pub cgroup_path: Option<String>,
+    /// Namespaced sysctls to set (`net.ipv4.ip_forward` = `1`), OCI `linux.sysctl`.
+    #[serde(default)]
+    pub sysctl: Vec<(String, String)>,
+    /// `/proc/self/oom_score_adj` of the container's processes (-1000..=1000).
+    #[serde(default)]
+    pub oom_score_adj: Option<i32>,
+    /// OCI: explicit effective set (default: `capabilities` for root, empty otherwise).
+    #[serde(default)]
+    pub effective: Option<CapSet>,
+    /// OCI: explicit permitted set (same default as `effective`).
+    #[serde(default)]
+    pub permitted: Option<CapSet>,
     /// The app revision (empty for `berth run`).
     pub revision: String,
 }
@@ -283,6 +318,13 @@ impl ContainerSpec {
             network: Network::Private,
             app: String::new(),
             revision: String::new(),
+            default_mounts: true,
+            additional_gids: Vec::new(),
+            cgroup_path: None,
+            sysctl: Vec::new(),
+            oom_score_adj: None,
+            effective: None,
+            permitted: None,
         }
     }
 
@@ -305,6 +347,38 @@ impl ContainerSpec {
         } else {
             &self.hostname
         }
+    }
+
+    /// A spec that runs an image: its snapshot dirs (lowest first, as the image store lists
+    /// them) become the overlay's lower dirs (top first), and its config gives the defaults —
+    /// Entrypoint + Cmd (or `command` when given, as `docker run IMAGE CMD` replaces Cmd),
+    /// Env, WorkingDir and User.
+    pub fn from_image(
+        id: String,
+        layer_dirs: &[PathBuf],
+        config: &oci_spec::image::Config,
+        command: Option<Vec<String>>,
+    ) -> ContainerSpec {
+        let entrypoint = config.entrypoint().clone().unwrap_or_default();
+        let args = match command {
+            Some(cmd) => entrypoint.into_iter().chain(cmd).collect(),
+            None => entrypoint
+                .into_iter()
+                .chain(config.cmd().clone().unwrap_or_default())
+                .collect(),
+        };
+        let lowers = layer_dirs.iter().rev().cloned().collect();
+        let mut spec = ContainerSpec::new(id, Rootfs::Overlay { lowers }, args);
+        for e in config.env().clone().unwrap_or_default() {
+            spec.set_env(&e);
+        }
+        if let Some(cwd) = config.working_dir().clone().filter(|w| !w.is_empty()) {
+            spec.cwd = cwd;
+        }
+        if let Some(user) = config.user().clone().filter(|u| !u.is_empty()) {
+            spec.user = user;
+        }
+        spec
     }
 
     /// Sets `KEY=VALUE`, replacing an earlier value of `KEY`.
@@ -389,8 +463,42 @@ impl ContainerSpec {
         if !self.cgroup_parent.is_empty() {
             relative_clean("cgroup parent", &self.cgroup_parent)?;
         }
+        for (k, _) in &self.sysctl {
+            if k.is_empty() || k.contains('/') || k.contains("..") {
+                return Err(invalid("sysctl", format!("{k:?} is not a sysctl name")));
+            }
+            // Only sysctls that belong to the container's own namespaces (runc's rule):
+            // anything else would change the host.
+            let ipc = self.namespaces.ipc
+                && (IPC_SYSCTLS.contains(&k.as_str()) || k.starts_with("fs.mqueue."));
+            let net =
+                self.namespaces.net && self.network == Network::Private && k.starts_with("net.");
+            if !ipc && !net {
+                return Err(invalid(
+                    "sysctl",
+                    format!(
+                        "{k:?} is not namespaced to the container: only kernel.msg*/sem/shm*, fs.mqueue.* (own ipc namespace) and net.* (own network namespace)"
+                    ),
+                ));
+            }
+        }
+        if let Some(adj) = self.oom_score_adj
+            && !(-1000..=1000).contains(&adj)
+        {
+            return Err(invalid(
+                "oom_score_adj",
+                format!("{adj} is outside -1000..=1000"),
+            ));
+        }
+        if let Some(p) = &self.cgroup_path {
+            relative_clean("cgroups path", p)?;
+        }
         Ok(())
     }
+}
+
+fn yes() -> bool {
+    true
 }
 
 fn invalid(field: &'static str, reason: String) -> RuntimeError {
@@ -579,6 +687,22 @@ mod tests {
         assert!(spec.validate().is_err());
         spec.mounts[0].destination = "/proc/sys".into();
         assert!(spec.validate().is_err());
+    }
+
+    #[test]
+    fn only_namespaced_sysctls_are_allowed() {
+        let mut spec = ContainerSpec::for_test("c1");
+        spec.sysctl = vec![("net.ipv4.ip_forward".into(), "1".into())];
+        spec.validate().unwrap();
+        spec.sysctl = vec![("kernel.core_pattern".into(), "|/evil".into())];
+        assert!(spec.validate().is_err());
+        spec.sysctl = vec![("net.ipv4.ip_forward".into(), "1".into())];
+        spec.network = Network::Host;
+        spec.namespaces.net = false;
+        assert!(
+            spec.validate().is_err(),
+            "net sysctl allowed on the host network"
+        );
     }
 
     #[test]

@@ -132,6 +132,8 @@ pub struct Observed {
     pub init_start_time: Option<u64>,
     /// The exit record the shim wrote, if any.
     pub exit: Option<Exit>,
+    /// The recorded shim is still the same live process (it is about to record the exit).
+    pub shim_alive: bool,
 }
 
 /// The true status of a recorded container: running only while the same process (pid and
@@ -146,6 +148,10 @@ pub fn observe(state: &ContainerState, now: Observed) -> (Status, Option<Exit>) 
     match state.status {
         Status::Stopped => (Status::Stopped, exit),
         Status::Creating | Status::Created | Status::Running if alive && exit.is_none() => {
+            (state.status, None)
+        }
+        // The init is gone but its shim has not recorded how yet: still ending.
+        Status::Created | Status::Running if exit.is_none() && now.shim_alive => {
             (state.status, None)
         }
         Status::Creating if state.init.is_none() && exit.is_none() => (Status::Creating, None),
@@ -203,6 +209,7 @@ mod tests {
         let now = Observed {
             init_start_time: Some(999),
             exit: None,
+            shim_alive: false,
         };
         assert_eq!(observe(&s, now).0, Status::Stopped);
         assert!(!same_process(s.init.unwrap(), Some(999)));
@@ -221,6 +228,7 @@ mod tests {
         let now = Observed {
             init_start_time: None,
             exit: Some(exit),
+            shim_alive: true,
         };
         assert_eq!(observe(&s, now), (Status::Stopped, Some(exit)));
     }
@@ -231,7 +239,24 @@ mod tests {
         let now = Observed {
             init_start_time: Some(1000),
             exit: None,
+            shim_alive: false,
         };
         assert_eq!(observe(&s, now), (Status::Running, None));
+    }
+
+    #[test]
+    fn an_ended_init_stays_running_until_its_shim_records_the_exit() {
+        let s = state(Status::Running);
+        let now = Observed {
+            init_start_time: None,
+            exit: None,
+            shim_alive: true,
+        };
+        assert_eq!(observe(&s, now), (Status::Running, None));
+        let now = Observed {
+            shim_alive: false,
+            ..now
+        };
+        assert_eq!(observe(&s, now), (Status::Stopped, None));
     }
 }

@@ -85,6 +85,15 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     };
     rootfs::pivot(root.as_fd(), spec.readonly_rootfs).map_err(|e| e.to_string())?;
     drop(root);
+    // Namespaced sysctls (validated: only the container's own ipc/net namespaces) and the
+    // OOM score, through the container's procfs.
+    for (key, value) in &spec.sysctl {
+        set_sysctl(key, value)?;
+    }
+    if let Some(adj) = spec.oom_score_adj {
+        std::fs::write("/proc/self/oom_score_adj", adj.to_string())
+            .map_err(|e| format!("set oom_score_adj {adj}: {e}"))?;
+    }
 
     if spec.namespaces.uts {
         sys::sethostname(spec.effective_hostname()).map_err(|e| format!("set hostname: {e}"))?;
@@ -146,9 +155,20 @@ pub fn prepare_process(
         .map_err(|e| format!("drop bounding capabilities: {e}"))?;
     if spec.no_new_privs {
         caps::set_no_new_privs().map_err(|e| format!("set no_new_privs: {e}"))?;
+    } else {
+        // Without no_new_privs the filter can only be installed while CAP_SYS_ADMIN is
+        // still effective, i.e. before the capability sets shrink (OCI bundles only).
+        apply_seccomp(spec)?;
     }
-    caps::switch_user(&ids, spec.capabilities, spec.inheritable, spec.ambient)
-        .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
+    caps::switch_user_with(
+        &ids,
+        spec.capabilities,
+        spec.effective,
+        spec.permitted,
+        spec.inheritable,
+        spec.ambient,
+    )
+    .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
 
     std::env::set_current_dir(&spec.cwd).map_err(|e| format!("cwd {}: {e}", spec.cwd))?;
     verify_cwd(&spec.cwd)?;
@@ -158,7 +178,8 @@ pub fn prepare_process(
 /// Builds and installs the default seccomp filter (`host::seccomp`) when the spec asks for
 /// it: the last step before exec, after no_new_privs and the capability changes.
 pub fn apply_seccomp(spec: &ContainerSpec) -> Result<(), String> {
-    if !spec.seccomp {
+    static APPLIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if !spec.seccomp || APPLIED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
     use crate::host::seccomp;
@@ -181,6 +202,34 @@ fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {
         .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
     sys::setns(fd.as_fd(), flag)
         .map_err(|e| format!("join {kind} namespace {}: {e}", path.display()))
+}
+
+/// Writes one namespaced sysctl. `/proc/sys` may be a read-only bind by now, so the value
+/// is written through a private, temporary procfs mount of the container's pid namespace.
+fn set_sysctl(key: &str, value: &str) -> Result<(), String> {
+    let rel = key.replace('.', "/");
+    let direct = format!("/proc/sys/{rel}");
+    if std::fs::write(&direct, value).is_ok() {
+        return Ok(());
+    }
+    let tmp = "/dev/.berth-sysctl";
+    std::fs::create_dir_all(tmp).map_err(|e| format!("sysctl {key}: {e}"))?;
+    let r = sys::mount(
+        Some("proc"),
+        tmp,
+        Some("proc"),
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+        None,
+    )
+    .map_err(|e| format!("sysctl {key}: mount proc: {e}"))
+    .and_then(|()| {
+        let w = std::fs::write(format!("{tmp}/sys/{rel}"), value)
+            .map_err(|e| format!("sysctl {key}={value}: {e}"));
+        let _ = sys::umount2(tmp, libc::MNT_DETACH);
+        w
+    });
+    let _ = std::fs::remove_dir(tmp);
+    r
 }
 
 /// Closes every fd above 2 except `keep`.

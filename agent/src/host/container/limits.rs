@@ -111,6 +111,9 @@ pub fn cgroup_resources(r: &crate::runtime::spec::Resources) -> crate::host::cgr
 
 impl Cgroups for HostCgroups {
     fn path(&self, spec: &ContainerSpec) -> Option<String> {
+        if let Some(exact) = &spec.cgroup_path {
+            return Some(exact.trim_matches('/').to_string());
+        }
         let parent = spec.cgroup_parent.trim_matches('/');
         Some(if parent.is_empty() {
             spec.id.clone()

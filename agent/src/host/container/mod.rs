@@ -115,6 +115,15 @@ pub struct Lock(#[allow(dead_code)] File);
 
 impl Store {
     /// The store under `<data_dir>/containers`.
+    /// A store kept directly in `root` (OCI `--root`): `<root>/<id>/`.
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+            proc_root: PathBuf::from("/proc"),
+        }
+    }
+
+    /// The store under `<data_dir>/containers`.
     pub fn new(data_dir: &Path) -> Store {
         Store {
             root: data_dir.join("containers"),
@@ -238,6 +247,15 @@ impl Store {
         write_atomic(&self.dir(&state.spec.id), "state.json", &bytes, durable)
     }
 
+    /// Makes the container's state dir durable (fsync of `state.json` and the dir).
+    pub fn sync(&self, id: &str) -> Result<(), ContainerError> {
+        let dir = self.dir(id);
+        File::open(dir.join("state.json"))
+            .and_then(|f| f.sync_all())
+            .and_then(|()| File::open(&dir).and_then(|d| d.sync_all()))
+            .map_err(ContainerError::io("fsync", dir.display()))
+    }
+
     /// The exit record the reaper wrote, if any.
     pub fn read_exit(&self, id: &str) -> Option<Exit> {
         let bytes = std::fs::read(self.dir(id).join("exit.json")).ok()?;
@@ -259,6 +277,9 @@ impl Store {
                 .init
                 .and_then(|p| sys::start_time(&self.proc_root, p.pid)),
             exit: self.read_exit(&st.spec.id),
+            shim_alive: st
+                .shim
+                .is_some_and(|p| state::same_process(p, sys::start_time(&self.proc_root, p.pid))),
         };
         state::observe(st, now)
     }
@@ -558,6 +579,54 @@ pub fn run_detached(
     spec: ContainerSpec,
     remove: bool,
 ) -> Result<i32, ContainerError> {
+    start_shim(store, spec, remove, None)
+}
+
+/// OCI `create`: a shim whose init stops before exec until `start` reads its fifo; the
+/// container shares the caller's stdio. Returns the init's pid.
+pub fn create_oci(
+    store: &Store,
+    spec: ContainerSpec,
+    bundle: &Path,
+) -> Result<i32, ContainerError> {
+    start_shim(store, spec, false, Some(bundle))
+}
+
+/// OCI `start`: lets a created container's init exec its program.
+pub fn start_oci(store: &Store, id: &str) -> Result<(), ContainerError> {
+    use std::io::Read;
+    let _lock = store.lock(id)?;
+    let st = store.read(id)?;
+    let (status, _) = store.observe(&st);
+    status.require(
+        id,
+        "start",
+        Status::can_start,
+        ": only a created container starts",
+    )?;
+    let fifo = shim::start_fifo(&store.dir(id));
+    let mut f = File::open(&fifo).map_err(ContainerError::io("open", fifo.display()))?;
+    let mut b = [0u8; 1];
+    f.read_exact(&mut b)
+        .map_err(ContainerError::io("read", fifo.display()))?;
+    let _ = std::fs::remove_file(&fifo);
+    // The shim records `running` once it sees the exec; wait for it briefly so `state`
+    // right after `start` agrees.
+    wait_until(std::time::Duration::from_secs(2), || {
+        store
+            .read(id)
+            .map(|s| s.status != Status::Created)
+            .unwrap_or(true)
+    });
+    Ok(())
+}
+
+fn start_shim(
+    store: &Store,
+    spec: ContainerSpec,
+    remove: bool,
+    bundle: Option<&Path>,
+) -> Result<i32, ContainerError> {
     use std::io::Read;
     use std::os::unix::process::CommandExt;
     spec.validate()?;
@@ -571,23 +640,39 @@ pub fn run_detached(
             init: None,
             shim: None,
             cgroup: None,
-            bundle: None,
+            bundle: bundle.map(Path::to_path_buf),
             exit: None,
         };
-        store.write(&st, true)?;
+        // Not durable: if the host dies now, there is no container to account for.
+        store.write(&st, false)?;
+        if bundle.is_some() {
+            let fifo = shim::start_fifo(&dir);
+            let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes())
+                .map_err(|e| ContainerError::io("create", fifo.display())(io::Error::other(e)))?;
+            // SAFETY: valid C string.
+            if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+                return Err(ContainerError::io("create", fifo.display())(
+                    io::Error::last_os_error(),
+                ));
+            }
+        }
         let (report_r, report_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
         let mut cmd = std::process::Command::new("/proc/self/exe");
         cmd.arg0("berth-shim")
             .arg("__shim")
-            .arg(store.root.parent().unwrap_or(Path::new("/")))
+            .arg(&store.root)
             .arg(&spec.id);
         if remove {
             cmd.arg("--rm");
         }
-        cmd.stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .env_clear();
+        if bundle.is_some() {
+            cmd.arg("--oci");
+        } else {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        cmd.env_clear();
         let w = report_w.as_raw_fd();
         let in_child = move || {
             sys::setsid()?;
@@ -727,8 +812,63 @@ pub fn remove(
             std::time::Duration::from_secs(0),
         )?;
     }
+    // The shim may still be writing its final record: let it finish first.
+    if let Some(shim) = st.shim {
+        wait_until(std::time::Duration::from_secs(5), || {
+            !state::same_process(shim, store.start_time(shim.pid))
+        });
+    }
     let _lock = store.lock(&id)?;
     cgroups.remove(&st.spec)?;
     store.remove_dir(&id)?;
     Ok(id)
+}
+
+/// Runs OCI hooks in order with `state` (the OCI state JSON) on stdin; the first failure
+/// (non-zero exit, or its timeout) is returned.
+pub fn run_hooks(hooks: &[crate::runtime::oci::Hook], state: &[u8]) -> Result<(), ContainerError> {
+    use std::os::unix::process::CommandExt;
+    for h in hooks {
+        let mut cmd = std::process::Command::new(&h.path);
+        if let Some((first, rest)) = h.args.split_first() {
+            cmd.arg0(first).args(rest);
+        }
+        cmd.env_clear();
+        for e in &h.env {
+            if let Some((k, v)) = e.split_once('=') {
+                cmd.env(k, v);
+            }
+        }
+        cmd.stdin(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(ContainerError::io("run hook", &h.path))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            let _ = stdin.write_all(state);
+        }
+        let timeout = std::time::Duration::from_secs(h.timeout.unwrap_or(60));
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        match status {
+            Some(s) if s.success() => {}
+            Some(s) => {
+                return Err(ContainerError::Setup {
+                    id: String::new(),
+                    message: format!("hook {} failed: {s}", h.path),
+                });
+            }
+            None => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(ContainerError::Setup {
+                    id: String::new(),
+                    message: format!("hook {} timed out", h.path),
+                });
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,4 +1,4 @@
-//! The per-container shim: `berth __shim DATA_DIR ID [--rm]`, started by `berth run -d` in
+//! The per-container shim: `berth __shim STORE_DIR ID [--rm] [--oci]`, started by `berth run -d` in
 //! its own session, so it outlives the CLI. It creates the container's cgroup, spawns the
 //! init (its child, so it can reap it and learn its exit status), reports the init's pid to
 //! the CLI on fd 3, copies the container's stdout and stderr into size-rotated log files with
@@ -150,12 +150,13 @@ fn now() -> (u64, u32) {
         .unwrap_or((0, 0))
 }
 
-/// Entry point of `berth __shim DATA_DIR ID [--rm]`; returns the shim's exit code.
+/// Entry point of `berth __shim STORE_DIR ID [--rm] [--oci]`; returns the shim's exit code.
 pub fn main(args: &[String], cgroups: &dyn Cgroups) -> u8 {
     let (Some(data_dir), Some(id)) = (args.first(), args.get(1)) else {
         return 2;
     };
     let remove = args.iter().any(|a| a == "--rm");
+    let oci = args.iter().any(|a| a == "--oci");
     let report = if sys::fd_is_open(REPORT_FD) {
         // SAFETY: the CLI gave us fd 3 as the report pipe; nothing else owns it.
         Some(unsafe { OwnedFd::from_raw_fd(REPORT_FD) })
@@ -165,8 +166,8 @@ pub fn main(args: &[String], cgroups: &dyn Cgroups) -> u8 {
     if let Some(r) = &report {
         let _ = sys::set_cloexec(r.as_raw_fd());
     }
-    let store = Store::new(Path::new(data_dir));
-    match run(&store, id, remove, cgroups, report) {
+    let store = Store::at(Path::new(data_dir));
+    match run(&store, id, remove, oci, cgroups, report) {
         Ok(()) => 0,
         Err((report, e)) => {
             if let Some(r) = report {
@@ -179,10 +180,16 @@ pub fn main(args: &[String], cgroups: &dyn Cgroups) -> u8 {
 
 type Failed = (Option<OwnedFd>, ContainerError);
 
+/// The start fifo of an OCI container (`runtime start` reads it to let the init exec).
+pub fn start_fifo(dir: &Path) -> PathBuf {
+    dir.join("exec.fifo")
+}
+
 fn run(
     store: &Store,
     id: &str,
     remove: bool,
+    oci: bool,
     cgroups: &dyn Cgroups,
     report: Option<OwnedFd>,
 ) -> Result<(), Failed> {
@@ -195,16 +202,24 @@ fn run(
     let spec = st.spec.clone();
     let started = (|| {
         cgroups.create(&spec)?;
-        let devnull = sys::open(Path::new("/dev/null"), libc::O_RDONLY)
-            .map_err(ContainerError::io("open", "/dev/null"))?;
-        let (out_r, out_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
-        let (err_r, err_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
         let cfg = init::InitConfig {
             spec: spec.clone(),
             state_dir: dir.clone(),
             rootfs_mount: spawn::rootfs_mount(&dir),
-            start_fifo: None,
+            start_fifo: oci.then(|| start_fifo(&dir)),
         };
+        if oci {
+            // OCI: the container shares the caller's stdio, as with runc.
+            let mut spawned = spawn::spawn(&cfg, spawn::Stdio::default(), &mut |pid| {
+                cgroups.add(&spec, pid)
+            })?;
+            let ready = spawned.wait_ready(&spec.id)?;
+            return Ok::<_, ContainerError>((spawned, ready, None));
+        }
+        let devnull = sys::open(Path::new("/dev/null"), libc::O_RDONLY)
+            .map_err(ContainerError::io("open", "/dev/null"))?;
+        let (out_r, out_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
+        let (err_r, err_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
         let stdio = spawn::Stdio {
             stdin: Some(devnull.as_raw_fd()),
             stdout: Some(out_w.as_raw_fd()),
@@ -212,10 +227,10 @@ fn run(
         };
         let mut spawned = spawn::spawn(&cfg, stdio, &mut |pid| cgroups.add(&spec, pid))?;
         drop((out_w, err_w, devnull));
-        spawned.wait_ready(&spec.id)?;
-        Ok::<_, ContainerError>((spawned.pid, out_r, err_r))
+        let ready = spawned.wait_ready(&spec.id)?;
+        Ok((spawned, ready, Some((out_r, err_r))))
     })();
-    let (pid, out_r, err_r) = match started {
+    let (mut spawned, ready, pipes) = match started {
         Ok(v) => v,
         Err(e) => {
             st.status = Status::Stopped;
@@ -224,7 +239,12 @@ fn run(
             return Err((report, e));
         }
     };
-    st.status = Status::Running;
+    let pid = spawned.pid;
+    st.status = if ready == spawn::Ready::Created {
+        Status::Created
+    } else {
+        Status::Running
+    };
     st.init = store
         .start_time(pid)
         .map(|start_time| ProcessId { pid, start_time });
@@ -233,17 +253,41 @@ fn run(
         pid: me,
         start_time,
     });
-    store.write(&st, true).map_err(fail(None))?;
+    // Visible at once (rename), durable right after the CLI is told: the start latency
+    // does not wait for the disk, and a crash in between loses only a record whose init
+    // dies with the host anyway.
+    store.write(&st, false).map_err(fail(None))?;
+    if pipes.is_some() {
+        // The log exists once the CLI returns, so `berth logs -f` right after finds it.
+        let _ = open_log(&log_path(&dir));
+    }
     if let Some(r) = report {
         let _ = sys::write_all_fd(r.as_fd(), format!("R{pid}").as_bytes());
         drop(r);
     }
+    let _ = store.sync(id);
+    // The shim lives as long as the container: give back what setup allocated.
+    // SAFETY: malloc_trim only releases free heap memory to the kernel.
+    unsafe { libc::malloc_trim(0) };
+    if ready == spawn::Ready::Created
+        && spawned.wait_exec(id).is_ok()
+        && let Ok(mut now) = store.read(id)
+        && now.status == Status::Created
+    {
+        now.status = Status::Running;
+        let _ = store.write(&now, true);
+    }
 
-    copy_logs(&dir, out_r, err_r);
+    if let Some((out_r, err_r)) = pipes {
+        copy_logs(&dir, out_r, err_r);
+    }
     let (_, status) = sys::waitpid(pid, 0)
         .map_err(|e| (None, ContainerError::io("wait for", "container init")(e)))?;
     let exit = super::exit_from_status(status, cgroups.oom_killed(&spec));
     store.write_exit(id, &exit, true).map_err(fail(None))?;
+    if let Ok(now) = store.read(id) {
+        st = now;
+    }
     st.status = Status::Stopped;
     st.exit = Some(exit);
     store.write(&st, true).map_err(fail(None))?;

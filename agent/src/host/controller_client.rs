@@ -18,11 +18,21 @@ const POLL_SLACK: Duration = Duration::from_secs(10);
 /// Timeout of the short calls (register, report).
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Where the bearer token comes from.
+#[derive(Debug, Clone)]
+enum TokenSource {
+    None,
+    Fixed(String),
+    /// Read at every call: a controller on the same host may write it after the agent
+    /// started, or rotate it.
+    File(std::path::PathBuf),
+}
+
 /// A client of one controller.
 #[derive(Debug, Clone)]
 pub struct HttpController {
     base: String,
-    token: Option<String>,
+    token: TokenSource,
     client: reqwest::Client,
 }
 
@@ -46,9 +56,31 @@ impl HttpController {
             .map_err(|e| EffectError::new("build http client", base, ErrorKind::Internal, e))?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
-            token,
+            token: token.map_or(TokenSource::None, TokenSource::Fixed),
             client,
         })
+    }
+
+    /// A client whose token is the content of `path`, read at every call (a missing file
+    /// means no token, and the controller answers 401 until it appears).
+    pub fn with_token_file(
+        base: &str,
+        path: impl Into<std::path::PathBuf>,
+    ) -> Result<Self, EffectError> {
+        let mut c = Self::new(base, None)?;
+        c.token = TokenSource::File(path.into());
+        Ok(c)
+    }
+
+    fn token(&self) -> Option<String> {
+        match &self.token {
+            TokenSource::None => None,
+            TokenSource::Fixed(t) => Some(t.clone()),
+            TokenSource::File(p) => std::fs::read_to_string(p)
+                .ok()
+                .map(|t| t.trim().to_string())
+                .filter(|t| !t.is_empty()),
+        }
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(
@@ -61,7 +93,7 @@ impl HttpController {
     ) -> Result<Option<T>, EffectError> {
         let url = format!("{}{path}", self.base);
         let mut request = self.client.request(method, &url).timeout(timeout);
-        if let Some(token) = &self.token {
+        if let Some(token) = self.token() {
             request = request.bearer_auth(token);
         }
         if let Some(body) = body {

@@ -1,0 +1,428 @@
+//! HTTP/1.1 mode: hyper's server per client connection, the request forwarded through a
+//! pooled keep-alive client to the picked backend, bodies streamed frame by frame both ways,
+//! `Upgrade` (websocket) tunnelled, hop-by-hop headers dropped, `X-Forwarded-For`/`-Proto`
+//! added. A bodiless request whose backend refuses the connection is retried once elsewhere.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::balance::InFlight;
+use super::server::{App, Timeouts};
+
+/// Bodies in both directions.
+pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
+
+/// The pooled client to backends.
+pub(crate) type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+pub(crate) fn client(t: &Timeouts) -> Client {
+    let mut conn = HttpConnector::new();
+    conn.set_connect_timeout(Some(t.connect));
+    conn.set_nodelay(true);
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .pool_timer(TokioTimer::new())
+        .build(conn)
+}
+
+fn empty() -> Body {
+    Empty::new().map_err(|never| match never {}).boxed_unsync()
+}
+
+fn text(s: String) -> Body {
+    Full::new(Bytes::from(s))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub(crate) async fn serve(
+    app: Weak<App>,
+    listener: Arc<TcpListener>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let accepted = tokio::select! {
+            r = listener.accept() => r,
+            _ = stop.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, "proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(app) = app.upgrade() else { return };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(serve_conn(app, stream, peer));
+    }
+}
+
+/// Per client connection: requests in flight and since when it has been idle.
+struct ConnState {
+    in_flight: AtomicUsize,
+    idle_since: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *self
+                .idle_since
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        self.idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .elapsed()
+    }
+}
+
+async fn serve_conn(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAddr) {
+    app.metrics.conn_open();
+    let state = Arc::new(ConnState {
+        in_flight: AtomicUsize::new(0),
+        idle_since: Mutex::new(Instant::now()),
+    });
+    let svc = {
+        let app = Arc::clone(&app);
+        let state = Arc::clone(&state);
+        service_fn(move |req| handle(Arc::clone(&app), peer, Arc::clone(&state), req))
+    };
+    let t = app.cfg.timeouts;
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(t.header_read)
+        .keep_alive(true);
+    let conn = builder
+        .serve_connection(TokioIo::new(stream), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut tick = tokio::time::interval((t.idle / 4).max(Duration::from_millis(10)));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = tick.tick() => {
+                let idle = state.idle_for();
+                if !closing && idle >= t.idle {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                } else if closing && idle >= t.idle * 2 {
+                    break;
+                }
+            }
+        }
+    }
+    app.metrics.conn_close();
+}
+
+/// Ends a request for the counters, the backend's in-flight count and the connection's idle
+/// clock, whenever the response body ends or is dropped.
+struct RequestGuard {
+    app: Arc<App>,
+    conn: Arc<ConnState>,
+    start: Instant,
+    backend: Option<InFlight>,
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        self.backend.take();
+        self.app.metrics.finish(self.start.elapsed());
+        self.conn.end();
+    }
+}
+
+/// A response body that holds its request's guard until the last frame.
+struct Tracked {
+    inner: Body,
+    guard: Option<RequestGuard>,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.guard.take();
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+fn reply(status: StatusCode, body: String, guard: RequestGuard) -> Response<Tracked> {
+    guard.app.metrics.status(status.as_u16());
+    let mut r = Response::new(Tracked {
+        inner: text(body),
+        guard: Some(guard),
+    });
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(
+    app: Arc<App>,
+    peer: SocketAddr,
+    conn: Arc<ConnState>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Tracked>, Infallible> {
+    app.metrics.start();
+    conn.begin();
+    let mut guard = RequestGuard {
+        app: Arc::clone(&app),
+        conn,
+        start: Instant::now(),
+        backend: None,
+    };
+    let upgrade = is_upgrade(req.headers());
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let bodiless = body.is_end_stream();
+    let mut body = Some(body.boxed_unsync());
+    let mut failed_on: Option<String> = None;
+    loop {
+        let picked = match app.pool.pick(failed_on.as_deref()) {
+            Some(p) => Some(p),
+            None if failed_on.is_none() => app.hold_for_backend().await,
+            None => None,
+        };
+        let Some(picked) = picked else {
+            app.metrics.no_backend();
+            let mut r = reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("no ready instance of app {}\n", app.cfg.name),
+                guard,
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(app.live.retry_after_secs()),
+            );
+            return Ok(r);
+        };
+        let addr = picked.backend().addr();
+        let id = picked.backend().id().to_owned();
+        guard.backend = Some(picked);
+        let out = match upstream_request(
+            &parts,
+            addr,
+            peer,
+            upgrade,
+            body.take().unwrap_or_else(empty),
+        ) {
+            Some(r) => r,
+            None => {
+                return Ok(reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad request target\n".into(),
+                    guard,
+                ));
+            }
+        };
+        match app.client.request(out).await {
+            Ok(resp) => return Ok(respond(resp, guard, client_upgrade)),
+            Err(e) if e.is_connect() && bodiless && failed_on.is_none() => {
+                tracing::debug!(app = %app.cfg.name, backend = %id, error = %e, "retrying elsewhere");
+                guard.backend = None;
+                failed_on = Some(id);
+            }
+            Err(e) => {
+                tracing::debug!(app = %app.cfg.name, backend = %id, error = %e, "backend failed");
+                app.metrics.upstream_error();
+                return Ok(reply(
+                    StatusCode::BAD_GATEWAY,
+                    format!("backend {id} failed\n"),
+                    guard,
+                ));
+            }
+        }
+    }
+}
+
+fn upstream_request(
+    parts: &http::request::Parts,
+    addr: SocketAddr,
+    peer: SocketAddr,
+    upgrade: bool,
+    body: Body,
+) -> Option<Request<Body>> {
+    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let uri: Uri = format!("http://{addr}{pq}").parse().ok()?;
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers, upgrade);
+    let client_ip = peer.ip().to_canonical().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {client_ip}"),
+        None => client_ip,
+    };
+    headers.insert(
+        HeaderName::from_static("x-forwarded-for"),
+        HeaderValue::from_str(&xff).ok()?,
+    );
+    headers.insert(
+        HeaderName::from_static("x-forwarded-proto"),
+        HeaderValue::from_static("http"),
+    );
+    let mut r = Request::new(body);
+    *r.method_mut() = parts.method.clone();
+    *r.uri_mut() = uri;
+    *r.version_mut() = Version::HTTP_11;
+    *r.headers_mut() = headers;
+    Some(r)
+}
+
+fn respond(
+    mut resp: Response<Incoming>,
+    guard: RequestGuard,
+    client_upgrade: Option<hyper::upgrade::OnUpgrade>,
+) -> Response<Tracked> {
+    guard.app.metrics.status(resp.status().as_u16());
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let backend_upgrade = hyper::upgrade::on(&mut resp);
+        let (parts, _) = resp.into_parts();
+        tokio::spawn(async move {
+            // The guard keeps the backend busy (drain waits) while the tunnel is open.
+            let guard = guard;
+            if let (Ok(c), Ok(b)) = tokio::join!(client_upgrade, backend_upgrade) {
+                let mut c = TokioIo::new(c);
+                let mut b = TokioIo::new(b);
+                let _ = tokio::io::copy_bidirectional(&mut c, &mut b).await;
+            }
+            drop(guard);
+        });
+        return Response::from_parts(
+            parts,
+            Tracked {
+                inner: empty(),
+                guard: None,
+            },
+        );
+    }
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Response::from_parts(
+        parts,
+        Tracked {
+            inner: body.boxed_unsync(),
+            guard: Some(guard),
+        },
+    )
+}
+
+fn is_upgrade(h: &HeaderMap) -> bool {
+    h.contains_key(header::UPGRADE)
+        && h.get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+/// Removes the hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names;
+/// keeps `Connection: upgrade` + `Upgrade` when tunnelling.
+fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(keep_upgrade && name == header::UPGRADE) {
+            h.remove(name);
+        }
+    }
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRAILER,
+        header::TRANSFER_ENCODING,
+        HeaderName::from_static("keep-alive"),
+        HeaderName::from_static("proxy-connection"),
+    ] {
+        h.remove(name);
+    }
+    if keep_upgrade {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        h.remove(header::UPGRADE);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_upgrade_kept_when_asked() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret, Upgrade"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        assert!(is_upgrade(&h));
+        let mut up = h.clone();
+        strip_hop_by_hop(&mut up, true);
+        assert_eq!(up.get(header::CONNECTION).unwrap(), "upgrade");
+        assert_eq!(up.get(header::UPGRADE).unwrap(), "websocket");
+        assert!(up.get("x-secret").is_none() && up.get("keep-alive").is_none());
+        strip_hop_by_hop(&mut h, false);
+        assert!(h.get(header::CONNECTION).is_none() && h.get(header::UPGRADE).is_none());
+        assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+}

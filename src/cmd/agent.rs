@@ -1,0 +1,130 @@
+//! `berth agent --name N [--labels k=v,…]`: the per-host daemon. Talks to the controller at
+//! the global `--controller` with the global `--token` (else the token file of a controller
+//! sharing the data dir), keeps its state under
+//! `<data-dir>/agent/`, its images under `<data-dir>/images/`. Runs until SIGINT/SIGTERM;
+//! containers keep running after it exits. (`--join` with mTLS is the multi-host issue.)
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use berth_agent::daemon::{Agent, AgentConfig, Clock};
+use berth_agent::host::agentstate::FileState;
+use berth_agent::host::container::{Cgroups, HostCgroups, NoCgroups};
+use berth_agent::host::controller_client::HttpController;
+use berth_agent::host::deploy_images::StoreImages;
+use berth_agent::host::deploy_runtime::ContainerRuntime;
+use berth_agent::host::image_store::ImageStore;
+use berth_agent::host::probe::NetProber;
+use berth_agent::reconcile::exec::Effects;
+use berth_agent::reconcile::traits::NoTraffic;
+use berth_manifests::is_dns_label;
+
+use super::UsageError;
+use super::pull::RegistryArgs;
+
+/// `berth agent` flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// This host's name in the cluster (a DNS label)
+    #[arg(long, env = "BERTH_HOST_NAME")]
+    pub name: String,
+    /// Placement labels, k=v,…
+    #[arg(long, value_delimiter = ',')]
+    pub labels: Vec<String>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
+    raw.iter()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| UsageError(format!("label {l:?} is not key=value")))
+        })
+        .collect()
+}
+
+/// Runs the agent until a stop signal.
+pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
+    if !is_dns_label(&args.name) {
+        return Err(UsageError(format!("--name {:?} is not a DNS label", args.name)).into());
+    }
+    let mut config = AgentConfig::new(args.name.clone());
+    config.labels = labels(&args.labels)?;
+    let options = args.registry.pull_options(global)?;
+    let rt = super::pull::runtime()?;
+    rt.block_on(async {
+        let state = FileState::open(global.data_dir.join("agent"))
+            .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        let images = ImageStore::open(&global.data_dir).context("opening the image store")?;
+        // Without --token, the token file of a controller sharing this data dir (`berth up`'s
+        // layout, and a controller and agent on one host).
+        let controller = match &global.token {
+            Some(t) => HttpController::new(&global.controller, Some(t.clone())),
+            None => HttpController::with_token_file(
+                &global.controller,
+                berth_controller::token::token_path(&global.data_dir),
+            ),
+        }
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
+            .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        let fx = Effects {
+            runtime: Arc::new(runtime),
+            images: Arc::new(StoreImages::new(images, options)),
+            prober: Arc::new(NetProber::new().context("building the probe client")?),
+            traffic: Arc::new(NoTraffic),
+        };
+        let agent = Agent::new(
+            config,
+            Arc::new(controller),
+            Arc::new(state),
+            fx,
+            Clock::system(),
+        )?;
+        tracing::info!(controller = %global.controller, name = %args.name, "agent running");
+        agent.run(stop_signal()).await;
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `berth __probe_exec <data-dir> <id> -- CMD…`: the agent's exec-probe helper (re-executed
+/// by the agent; not for people).
+pub fn probe_exec() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let cgroups = cgroups();
+    ExitCode::from(berth_agent::host::deploy_runtime::probe_exec_main(
+        &args,
+        cgroups.as_ref(),
+    ))
+}
+
+fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
+    match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
+        Ok(host) => Arc::new(host),
+        Err(e) => {
+            tracing::warn!("no cgroups: {e}; instances run without limits");
+            Arc::new(NoCgroups)
+        }
+    }
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
