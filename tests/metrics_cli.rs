@@ -109,7 +109,10 @@ fn controller_metrics_pass_promtool_check_metrics() {
     for _ in 0..100 {
         text = berth_testkit::http_get(&addr, "/metrics").unwrap();
         // the first sync applied revision 1
-        if text.contains("berth_controller_target_changes_total{app=\"web\",cause=\"commit\"} 1") {
+        // (the sync is counted when it ends, just after revision 1 is applied)
+        if text.contains("berth_controller_target_changes_total{app=\"web\",cause=\"commit\"} 1")
+            && !text.contains("berth_controller_sync_total{result=\"ok\"} 0")
+        {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));

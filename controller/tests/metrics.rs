@@ -303,6 +303,13 @@ async fn every_family_is_updated_by_its_code_path() {
     // only the first two were asked for
     assert_eq!(value(&f, "berth_assignment_latency_seconds_count"), 2.0);
     assert!(value(&f, "berth_assignment_latency_seconds_sum") < 5.0);
+    eprintln!(
+        "assignment latency: {} answers, {:.6}s in all; syncs: {}, {:.3}s in all",
+        value(&f, "berth_assignment_latency_seconds_count"),
+        value(&f, "berth_assignment_latency_seconds_sum"),
+        value(&f, "berth_controller_sync_duration_seconds_count"),
+        value(&f, "berth_controller_sync_duration_seconds_sum"),
+    );
     assert_eq!(value(&f, "berth_controller_hosts{state=\"ready\"}"), 1.0);
     assert_eq!(
         value(&f, "berth_controller_hosts{state=\"not_ready\"}"),
