@@ -16,17 +16,19 @@
 //! | `GET /v1/instances` | `[InstanceInfo]` |
 //! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
+//! | `GET /metrics` | Prometheus/OpenMetrics text (token only with `metrics_token_required`) |
 //!
 //! `POST /v1/sync` is also the git hosting webhook: besides the bearer token it accepts
 //! GitLab's `X-Gitlab-Token` and GitHub/Gitea's HMAC-SHA256 body signatures keyed by the token.
 //!
 //! Errors are `{"error": "...", "kind": "..."}` with the status of their class. This module
-//! holds no state of its own: it translates HTTP to [`Core`] calls.
+//! holds no state of its own: it translates HTTP to [`Core`] calls. Every request is counted
+//! and timed in the controller's metrics by its matched route template (docs/metrics.md).
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -58,6 +60,8 @@ pub struct ApiState<S: Store> {
     pub token: String,
     /// Becomes true at shutdown: long-polls and streams end.
     pub shutdown: watch::Receiver<bool>,
+    /// Whether `GET /metrics` needs the token too (default: no, like most exporters).
+    pub metrics_token_required: bool,
 }
 
 impl<S: Store> Clone for ApiState<S> {
@@ -66,6 +70,7 @@ impl<S: Store> Clone for ApiState<S> {
             core: self.core.clone(),
             token: self.token.clone(),
             shutdown: self.shutdown.clone(),
+            metrics_token_required: self.metrics_token_required,
         }
     }
 }
@@ -122,6 +127,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollout", get(rollout::<S>))
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
+        .route("/metrics", get(metrics::<S>))
         .layer(axum::middleware::from_fn(timeout));
     // a sync may fetch a large repository: its own, longer deadline
     let syncing = Router::new()
@@ -139,7 +145,47 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
             auth::<S>,
         ))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            track::<S>,
+        ))
         .with_state(state)
+}
+
+/// Counts and times every request by its route template (never the raw path: app and host
+/// names in paths would make the label unbounded).
+async fn track<S: Store>(
+    State(state): State<ApiState<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or(crate::metrics::UNMATCHED_ROUTE.to_string(), |m| {
+            m.as_str().to_string()
+        });
+    let started = tokio::time::Instant::now();
+    let response = next.run(request).await;
+    state.core.metrics().api_request(
+        &route,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// `GET /metrics`: the host gauges are recomputed (readiness depends on the clock), then
+/// every family is encoded, as OpenMetrics when the scraper asks for it, else in the
+/// Prometheus text format 0.0.4.
+async fn metrics<S: Store>(
+    State(state): State<ApiState<S>>,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    state.core.refresh_host_metrics().await?;
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, text) = crate::metrics::negotiate(state.core.metrics(), accept);
+    Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
 async fn not_found() -> ApiError {
@@ -161,6 +207,12 @@ async fn auth<S: Store>(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     if constant_time_eq(given.trim().as_bytes(), state.token.as_bytes()) {
+        return next.run(request).await;
+    }
+    if !state.metrics_token_required
+        && request.method() == axum::http::Method::GET
+        && request.uri().path() == "/metrics"
+    {
         return next.run(request).await;
     }
     if request.method() == axum::http::Method::POST && request.uri().path() == "/v1/sync" {
@@ -309,14 +361,27 @@ async fn assignment<S: Store>(
             return Err(CoreError::NoSuchHost { host }.into());
         };
         if q.after != Some(current.version) || *shutdown.borrow() {
-            return Ok(Json(current));
+            return Ok(answered(&state, &host, current));
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(Json(current)),
-            r = changes.changed() => if r.is_err() { return Ok(Json(current)) },
-            _ = shutdown.changed() => return Ok(Json(current)),
+            _ = tokio::time::sleep_until(deadline) => return Ok(answered(&state, &host, current)),
+            r = changes.changed() => if r.is_err() { return Ok(answered(&state, &host, current)) },
+            _ = shutdown.changed() => return Ok(answered(&state, &host, current)),
         }
     }
+}
+
+/// An assignment answer leaves for `host`: it delivers its version (assignment latency).
+fn answered<S: Store>(
+    state: &ApiState<S>,
+    host: &str,
+    current: wire::Assignment,
+) -> Json<wire::Assignment> {
+    state
+        .core
+        .metrics()
+        .assignment_answered(host, current.version, tokio::time::Instant::now());
+    Json(current)
 }
 
 async fn report<S: Store>(

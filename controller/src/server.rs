@@ -39,6 +39,9 @@ pub struct Config {
     pub host_grace: Duration,
     /// The wall clock (Unix ms); [`system_clock`] outside tests.
     pub clock: Clock,
+    /// Whether `GET /metrics` needs the API token (default false: scrapers usually carry
+    /// none, and the text holds no secrets).
+    pub metrics_token_required: bool,
 }
 
 impl Config {
@@ -59,6 +62,7 @@ impl Config {
             resolver,
             host_grace: Duration::from_secs(30),
             clock: system_clock(),
+            metrics_token_required: false,
         }
     }
 }
@@ -173,6 +177,7 @@ impl Controller {
             core: core.clone(),
             token: token.clone(),
             shutdown: shutdown_rx.clone(),
+            metrics_token_required: config.metrics_token_required,
         });
         let mut server_stop = shutdown_rx.clone();
         let server = tokio::spawn(async move {

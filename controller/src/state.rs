@@ -21,6 +21,7 @@ use tokio::sync::{Mutex, watch};
 use crate::assign::{self, HostLabels, Placeable};
 use crate::events::EventLog;
 use crate::git::{CommitInfo, GitError, GitSource, Snapshot};
+use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
 use crate::model::{
     AppHistory, AppRecord, HostRecord, SYNC_KEY, StoredRevision, app_key, assignment_key, host_key,
     revision_key,
@@ -120,6 +121,7 @@ pub struct Core<S: Store> {
     /// The last head processed and the error lines it gave (empty: applied).
     sync_lock: Mutex<Option<(String, Vec<String>)>>,
     assignments: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
@@ -166,7 +168,13 @@ impl<S: Store> Core<S> {
             write: Mutex::new(()),
             sync_lock: Mutex::new(None),
             assignments,
+            metrics: Arc::new(Metrics::new()),
         })
+    }
+
+    /// The controller's metrics (updated by the calls below and by the API).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The event log.
@@ -301,6 +309,7 @@ impl<S: Store> Core<S> {
             .collect();
         let mut txn = Txn::new();
         let mut changed = 0;
+        let mut written = Vec::new();
         for (host, apps) in assign::place(&apps, &labels) {
             let key = assignment_key(&host);
             let entry = self.store.get(&key).await?;
@@ -309,6 +318,7 @@ impl<S: Store> Core<S> {
                 None => None,
             };
             if let Some(next) = assign::next_assignment(&host, previous.as_ref(), apps) {
+                written.push((host.clone(), next.version));
                 txn = txn
                     .when_version(key.clone(), entry.map(|e| e.version))
                     .put(key, encode(&next));
@@ -317,6 +327,10 @@ impl<S: Store> Core<S> {
         }
         if changed > 0 {
             self.commit(txn, "assignments").await?;
+            let at = tokio::time::Instant::now();
+            for (host, version) in written {
+                self.metrics.assignment_written(&host, version, at);
+            }
             self.assignments.send_modify(|g| *g += 1);
         }
         Ok(())
@@ -335,9 +349,26 @@ impl<S: Store> Core<S> {
     }
 
     /// Fetches the branch and applies its head commit if it is new. An invalid commit changes
-    /// nothing: its errors go to the sync status and a `SyncFailed` event.
+    /// nothing: its errors go to the sync status and a `SyncFailed` event. Counted and timed
+    /// in the `berth_controller_sync_*` metrics.
     pub async fn sync(&self) -> Result<SyncStatus, CoreError> {
         let mut last_seen = self.sync_lock.lock().await;
+        let started = tokio::time::Instant::now();
+        let outcome = self.sync_locked(&mut last_seen).await;
+        let result = match &outcome {
+            Ok((_, result)) => *result,
+            Err(_) => SyncResult::Error,
+        };
+        self.metrics
+            .sync_done(result, started.elapsed().as_secs_f64(), self.now_ms());
+        outcome.map(|(status, _)| status)
+    }
+
+    /// [`Core::sync`] with the sync lock held.
+    async fn sync_locked(
+        &self,
+        last_seen: &mut Option<(String, Vec<String>)>,
+    ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
@@ -367,7 +398,7 @@ impl<S: Store> Core<S> {
                 status.fetched_at_ms = now;
                 self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
                     .await?;
-                return Ok(status);
+                return Ok((status, SyncResult::Error));
             }
         };
         status.fetched_at_ms = now;
@@ -385,7 +416,12 @@ impl<S: Store> Core<S> {
             self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
                 .await?;
             *last_seen = Some((head.to_string(), status.errors.clone()));
-            return Ok(status);
+            let result = if status.errors.is_empty() {
+                SyncResult::Ok
+            } else {
+                SyncResult::Invalid
+            };
+            return Ok((status, result));
         }
         let source = self.source.clone();
         let commit = head.clone();
@@ -396,11 +432,12 @@ impl<S: Store> Core<S> {
             Ok(snapshot) => self.apply_snapshot(&snapshot).await?,
             Err(err) => Err(vec![err.to_string()]),
         };
-        match outcome {
+        let result = match outcome {
             Ok(()) => {
                 status.commit = Some(head.to_string());
                 status.errors.clear();
                 *last_seen = Some((head.to_string(), Vec::new()));
+                SyncResult::Ok
             }
             Err(errors) => {
                 let retry = errors.iter().any(|e| e.starts_with(RETRY_MARK));
@@ -432,11 +469,16 @@ impl<S: Store> Core<S> {
                     Some((head.to_string(), lines.clone()))
                 };
                 status.errors = lines;
+                if retry {
+                    SyncResult::Error
+                } else {
+                    SyncResult::Invalid
+                }
             }
-        }
+        };
         self.commit(Txn::new().put(SYNC_KEY, encode(&status)), "sync")
             .await?;
-        Ok(status)
+        Ok((status, result))
     }
 
     /// Validates a commit's manifests and applies them. `Err` holds the lines to show.
@@ -486,6 +528,7 @@ impl<S: Store> Core<S> {
         let cause = format!("commit {}: {}", commit.id.short(), commit.subject);
         let mut txn = Txn::new();
         let mut events = Vec::new();
+        let mut new_targets = Vec::new();
         for (app, action) in actions {
             let old = stored.get(&app.app);
             let new = match action {
@@ -527,6 +570,7 @@ impl<S: Store> Core<S> {
                         "RevisionCreated",
                         message,
                     ));
+                    new_targets.push(app.app.clone());
                     revisions::add_revision(old.map(|(h, _)| h.clone()), rev)
                 }
             };
@@ -547,6 +591,9 @@ impl<S: Store> Core<S> {
         }
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
+        }
+        for app in &new_targets {
+            self.metrics.target_changed(app, TargetCause::Commit);
         }
         events.push(event(
             now,
@@ -632,6 +679,7 @@ impl<S: Store> Core<S> {
             )])
             .await?;
         self.reassign().await?;
+        self.refresh_host_metrics().await?;
         let version = self.assignment(&reg.name).await?.map_or(0, |a| a.version);
         Ok(Registered {
             name: reg.name,
@@ -677,6 +725,7 @@ impl<S: Store> Core<S> {
         }
         let mut txn = Txn::new();
         let mut retarget = false;
+        let mut outcomes = Vec::new();
         for app in &report.apps {
             let Some(old) = stored.get(&app.app) else {
                 continue;
@@ -684,18 +733,28 @@ impl<S: Store> Core<S> {
             let (new, outcome) = revisions::apply_report(old.0.clone(), app, now);
             match outcome {
                 ReportOutcome::Nothing => continue,
-                ReportOutcome::Completed { revision } => events.push(event(
-                    now,
-                    format!("app/{}", app.app),
-                    "RolloutComplete",
-                    format!("revision {revision} is ready on host {host}"),
-                )),
+                ReportOutcome::Completed { revision } => {
+                    outcomes.push((app.app.clone(), RolloutResult::Complete, false));
+                    events.push(event(
+                        now,
+                        format!("app/{}", app.app),
+                        "RolloutComplete",
+                        format!("revision {revision} is ready on host {host}"),
+                    ));
+                }
                 ReportOutcome::Failed {
                     revision,
                     to,
                     reason,
                 } => {
                     retarget = true;
+                    let result = match app.rollout {
+                        berth_manifests::wire::RolloutState::RolledBack { .. } => {
+                            RolloutResult::RolledBack
+                        }
+                        _ => RolloutResult::Failed,
+                    };
+                    outcomes.push((app.app.clone(), result, to.is_some()));
                     let back = match to {
                         Some(to) => format!("; back to revision {to}"),
                         None => "; there is no earlier good revision".into(),
@@ -718,10 +777,28 @@ impl<S: Store> Core<S> {
             .when_version(key.clone(), Some(entry.version))
             .put(key, encode(&record));
         self.commit(txn, "report").await?;
+        for (app, result, moved) in outcomes {
+            self.metrics.rollout(&app, result);
+            if moved {
+                self.metrics.target_changed(&app, TargetCause::Failure);
+            }
+        }
         self.events.append(events).await?;
         if retarget {
             self.reassign().await?;
         }
+        self.refresh_host_metrics().await?;
+        Ok(())
+    }
+
+    /// Sets the `berth_controller_hosts` gauges from the stored hosts and the clock.
+    pub async fn refresh_host_metrics(&self) -> Result<(), CoreError> {
+        let now = self.now_ms();
+        let hosts = self.hosts().await?;
+        let ready = hosts.iter().filter(|h| self.host_ready(h, now)).count();
+        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        self.metrics
+            .set_hosts(count(ready), count(hosts.len() - ready));
         Ok(())
     }
 
@@ -735,6 +812,9 @@ impl<S: Store> Core<S> {
         let target = new.record.target;
         self.commit(Self::save(Txn::new(), Some(&old), &new), "rollback")
             .await?;
+        if target != from {
+            self.metrics.target_changed(app, TargetCause::Rollback);
+        }
         self.events
             .append(vec![event(
                 now,

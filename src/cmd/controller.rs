@@ -28,6 +28,9 @@ pub struct Args {
     /// A host silent longer than this shows as not ready
     #[arg(long, default_value = "30s")]
     pub host_grace: berth_manifests::Duration,
+    /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
+    #[arg(long)]
+    pub metrics_token_required: bool,
 }
 
 /// Runs `berth controller`.
@@ -47,6 +50,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.poll_interval = args.poll_interval.as_std();
     config.host_grace = args.host_grace.as_std();
     config.token = global.token.clone();
+    config.metrics_token_required = args.metrics_token_required;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -1,0 +1,200 @@
+//! System test of the real binary's `/metrics`: `berth controller` on a free loopback port
+//! syncing a local bare git repository; its scraped text must pass `promtool check metrics`
+//! (Debian `prometheus`), and `--metrics-token-required` closes it to scrapes without the
+//! token.
+#![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use berth_controller::client::Client;
+use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
+
+fn git(dir: &Path, args: &[&str]) {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The controller process, stopped (by its pid) on drop.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A bare repository with one valid app, in a tempdir removed on drop.
+fn repo() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("remote.git");
+    let work = dir.path().join("work");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::create_dir_all(&work).unwrap();
+    git(&bare, &["init", "--quiet", "--bare"]);
+    git(&work, &["init", "--quiet"]);
+    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    std::fs::write(
+        work.join("web.yaml"),
+        format!(
+            "app: web\nimage: busybox@sha256:{}\nreplicas: 1\n",
+            "1".repeat(64)
+        ),
+    )
+    .unwrap();
+    git(&work, &["add", "-A"]);
+    git(&work, &["commit", "--quiet", "-m", "add web"]);
+    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    (dir, bare)
+}
+
+fn controller(dir: &Path, bare: &Path, port: u16, extra: &[&str]) -> Daemon {
+    Daemon(
+        Command::new(assert_cmd::cargo::cargo_bin("berth"))
+            .args(["controller", "--repo"])
+            .arg(format!("file://{}", bare.display()))
+            .args(["--branch", "main", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--poll-interval", "200ms", "--data-dir"])
+            .arg(dir.join("data"))
+            .args(extra)
+            .env_remove("BERTH_TOKEN")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// `GET /metrics` once the listener answers.
+fn wait_status(addr: &str) -> u16 {
+    for _ in 0..100 {
+        if let Ok(code) = berth_testkit::http_status(addr, "/metrics") {
+            return code;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("controller at {addr} never answered");
+}
+
+#[test]
+fn controller_metrics_pass_promtool_check_metrics() {
+    let (dir, bare) = repo();
+    let port = berth_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _daemon = controller(dir.path(), &bare, port, &[]);
+    assert_eq!(wait_status(&addr), 200);
+    // wait for the first sync, so the sync families have non-zero samples
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = berth_testkit::http_get(&addr, "/metrics").unwrap();
+        // the first sync applied revision 1
+        // (the sync is counted when it ends, just after revision 1 is applied)
+        if text.contains("berth_controller_target_changes_total{app=\"web\",cause=\"commit\"} 1")
+            && !text.contains("berth_controller_sync_total{result=\"ok\"} 0")
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        !text.contains("berth_controller_sync_total{result=\"ok\"} 0"),
+        "{text}"
+    );
+    // a host registers, takes its assignment and reports revision 1 complete, so every
+    // family has series (rollouts, assignment latency, hosts)
+    let token = std::fs::read_to_string(dir.path().join("data/controller/token")).unwrap();
+    let client = Client::new(&format!("http://{addr}"), token.trim()).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        client
+            .register(&Registration {
+                name: "h1".into(),
+                labels: Default::default(),
+                capacity: Default::default(),
+                agent_version: "test".into(),
+            })
+            .await
+            .unwrap();
+        let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+        client
+            .report(&HostReport {
+                host: "h1".into(),
+                assignment_version: a.version,
+                instances: Vec::new(),
+                apps: vec![AppReport {
+                    app: "web".into(),
+                    target: 1,
+                    desired: 1,
+                    ready: 1,
+                    rollout: RolloutState::Complete,
+                }],
+                events: Vec::new(),
+            })
+            .await
+            .unwrap();
+    });
+    let text = berth_testkit::http_get(&addr, "/metrics").unwrap();
+    for series in [
+        "berth_rollouts_total{app=\"web\",result=\"complete\"} 1",
+        "berth_assignment_latency_seconds_count 1",
+        "berth_controller_hosts{state=\"ready\"} 1",
+        "berth_controller_target_changes_total{app=\"web\",cause=\"commit\"} 1",
+    ] {
+        assert!(text.contains(series), "no {series} in\n{text}");
+    }
+    assert!(text.contains("berth_controller_api_requests_total{route=\"/metrics\",code=\"200\"}"));
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/install-deps.sh)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the text:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn metrics_token_required_flag_closes_metrics_to_anonymous_scrapes() {
+    let (dir, bare) = repo();
+    let port = berth_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _daemon = controller(dir.path(), &bare, port, &["--metrics-token-required"]);
+    assert_eq!(wait_status(&addr), 401);
+}
