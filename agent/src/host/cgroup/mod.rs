@@ -34,8 +34,11 @@
 //! ```
 //!
 //! Lifecycle: `create → apply → apply_devices → add_pid → (stats | pids | freeze/thaw |
-//! signal_all)* → kill_all → delete`. Every step is idempotent: `create` of an existing
-//! cgroup, `delete` of a missing one and `kill_all` of an empty one succeed. Calls on one
+//! signal_all)* → kill_all → delete`. Every step except `apply_devices` on v2 (each call
+//! attaches one more program) is idempotent: `create` of an existing cgroup, `delete` of a
+//! missing one and `kill_all` of an empty one succeed. To report an OOM kill, the shim
+//! checks that its init died of SIGKILL and `stats().oom_kills` is above zero (the counter
+//! covers every process of the cgroup over its lifetime). Calls on one
 //! cgroup from several threads are safe as far as the kernel is concerned, but `apply` and
 //! `apply_devices` should come from one owner (the shim or runtime) to keep values coherent.
 //!

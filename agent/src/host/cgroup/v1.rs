@@ -56,7 +56,6 @@ impl V1Cgroup {
             .iter()
             .filter_map(|c| self.controller_dir(c))
             .collect();
-        dirs.dedup();
         dirs.sort();
         dirs.dedup();
         dirs
