@@ -4,35 +4,13 @@
 //! API (the agent has its own tests) to report a rolled-back rollout.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use berth_controller::client::Client;
 use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use berth_testkit::git;
 
 /// The controller process, stopped (by its pid) on drop.
 struct Daemon(Child);

@@ -4,8 +4,7 @@
 //! Only the digest resolver is a fake (the registry resolver has its own real-registry test).
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,30 +14,7 @@ use berth_controller::{Config, Controller, ControllerHandle};
 use berth_manifests::wire::{
     AppReport, HostReport, Registration, RevisionState, RolloutPhase, RolloutState,
 };
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use berth_testkit::git;
 
 /// A bare "remote", a work clone that pushes to it, and a data dir; all removed on drop.
 struct Fixture {

@@ -2,34 +2,8 @@
 //! the `git` CLI, read through `file://` and plain paths.
 #![allow(clippy::unwrap_used, reason = "test helpers")]
 
-use std::path::Path;
-use std::process::Command;
-
 use berth_controller::git::{GitError, GitSource, TreeLimits, is_manifest_path};
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
+use berth_testkit::git;
 
 /// A bare "remote" and a work clone that pushes to it.
 struct Repos {

@@ -5,8 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,29 +13,7 @@ use berth_controller::client::Client;
 use berth_controller::resolve::FakeResolver;
 use berth_controller::{Config, Controller, ControllerHandle};
 use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+use berth_testkit::git;
 
 /// A bare "remote", a work clone pushing to it, a data dir; all removed on drop.
 struct Fixture {

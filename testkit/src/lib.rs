@@ -243,3 +243,29 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .map(|(_, body)| body.to_string())
         .unwrap_or_default())
 }
+
+/// Runs the `git` CLI in `dir` with a fixed identity, `main` as the default branch and no
+/// user or system config; panics with git's stderr on failure. Returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run git {args:?}: {e}; install git"));
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
