@@ -58,39 +58,59 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     let options = args.registry.pull_options(global)?;
     let rt = super::pull::runtime()?;
     rt.block_on(async {
-        let state = FileState::open(global.data_dir.join("agent"))
-            .map_err(|e| anyhow::anyhow!(e.chain()))?;
-        let images = ImageStore::open(&global.data_dir).context("opening the image store")?;
-        // Without --token, the token file of a controller sharing this data dir (`berth up`'s
-        // layout, and a controller and agent on one host).
-        let controller = match &global.token {
-            Some(t) => HttpController::new(&global.controller, Some(t.clone())),
-            None => HttpController::with_token_file(
-                &global.controller,
-                berth_controller::token::token_path(&global.data_dir),
-            ),
-        }
-        .map_err(|e| anyhow::anyhow!(e.chain()))?;
-        let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
-            .map_err(|e| anyhow::anyhow!(e.chain()))?;
-        let fx = Effects {
-            runtime: Arc::new(runtime),
-            images: Arc::new(StoreImages::new(images, options)),
-            prober: Arc::new(NetProber::new().context("building the probe client")?),
-            traffic: Arc::new(NoTraffic),
-        };
-        let agent = Agent::new(
-            config,
-            Arc::new(controller),
-            Arc::new(state),
-            fx,
-            Clock::system(),
-        )?;
         tracing::info!(controller = %global.controller, name = %args.name, "agent running");
-        agent.run(stop_signal()).await;
-        anyhow::Ok(())
+        serve(
+            global,
+            config,
+            options,
+            &global.controller,
+            global.token.clone(),
+            stop_signal(),
+        )
+        .await
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Assembles the agent on this host (state, image store, runtime, probes) against the
+/// controller at `controller_url` and runs it until `shutdown` resolves. Shared by `berth agent`
+/// and `berth up`. Without `token`, the token file of a controller sharing the data dir.
+pub async fn serve(
+    global: &super::Global,
+    config: AgentConfig,
+    options: berth_agent::host::image_store::PullOptions,
+    controller_url: &str,
+    token: Option<String>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let state =
+        FileState::open(global.data_dir.join("agent")).map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let images = ImageStore::open(&global.data_dir).context("opening the image store")?;
+    let controller = match token {
+        Some(t) => HttpController::new(controller_url, Some(t)),
+        None => HttpController::with_token_file(
+            controller_url,
+            berth_controller::token::token_path(&global.data_dir),
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let fx = Effects {
+        runtime: Arc::new(runtime),
+        images: Arc::new(StoreImages::new(images, options)),
+        prober: Arc::new(NetProber::new().context("building the probe client")?),
+        traffic: Arc::new(NoTraffic),
+    };
+    let agent = Agent::new(
+        config,
+        Arc::new(controller),
+        Arc::new(state),
+        fx,
+        Clock::system(),
+    )?;
+    agent.run(shutdown).await;
+    Ok(())
 }
 
 /// `berth __probe_exec <data-dir> <id> -- CMD…`: the agent's exec-probe helper (re-executed
@@ -114,7 +134,7 @@ fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
     }
 }
 
-async fn stop_signal() {
+pub(crate) async fn stop_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     match signal(SignalKind::terminate()) {
         Ok(mut term) => {
