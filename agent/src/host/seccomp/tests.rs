@@ -390,3 +390,61 @@ fn applying_an_empty_filter_is_refused() {
     let err = apply(&Vec::new()).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Unavailable);
 }
+
+/// The compact program decides exactly like seccompiler's program of the same policy, for
+/// every syscall number (and x32 ones, and out-of-range ones), every architecture value,
+/// and the interesting first arguments of the conditional syscalls.
+#[test]
+fn compact_filter_decides_like_seccompiler() {
+    for arch in ARCHES {
+        let compact = default_filter(arch).unwrap();
+        let reference = seccompiler_filter(arch).unwrap();
+        let mut args0: Vec<u64> = (0..64).collect();
+        args0.extend([
+            0x8,
+            0x2_0000,
+            0x2_0008,
+            0xffff_ffff,
+            0x1_0000_0000,
+            0x1_0000_0026,
+        ]);
+        args0.extend((0..32).map(|b| 1u64 << b));
+        args0.extend((0..32).map(|b| 0x11u64 | (1 << b)));
+        let conditional: Vec<i64> = ["clone", "socket", "personality"]
+            .iter()
+            .filter_map(|n| syscall_number(arch, n))
+            .collect();
+        let mut numbers: Vec<i64> = (0..1100).collect();
+        numbers.extend((0..500).map(|n| n | 0x4000_0000));
+        numbers.extend([-1, i64::from(i32::MAX)]);
+        for audit in [arch.audit_arch(), 0x4000_0003, 0xC000_003E, 0xC000_00B7] {
+            for &nr in &numbers {
+                let tried: &[u64] = if conditional.contains(&nr) {
+                    &args0
+                } else {
+                    &[0]
+                };
+                for &a0 in tried {
+                    let args = [a0, 0, 0, 0, 0, 0];
+                    assert_eq!(
+                        run(&compact, audit, nr, args),
+                        run(&reference, audit, nr, args),
+                        "{arch:?} audit {audit:#x} nr {nr} arg0 {a0:#x}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn compact_filter_is_a_fraction_of_seccompilers() {
+    for arch in ARCHES {
+        let compact = default_filter(arch).unwrap().len();
+        let reference = seccompiler_filter(arch).unwrap().len();
+        assert!(
+            compact * 3 < reference,
+            "{arch:?}: {compact} vs {reference}"
+        );
+    }
+}
