@@ -180,7 +180,12 @@ impl CgroupManager for V2Cgroup {
             return Ok(());
         }
         if self.has_kill_file() {
-            return fsio::write(&self.dir.join("cgroup.kill"), "1");
+            return match fsio::write(&self.dir.join("cgroup.kill"), "1") {
+                // Its last process ended and its owner removed it meanwhile (a shim racing
+                // `berth stop`): nothing is left to kill.
+                Err(_) if !self.dir.is_dir() => Ok(()),
+                other => other,
+            };
         }
         // Before 5.14: freeze so nothing forks between listing and signalling; signal even
         // if freezing timed out.
