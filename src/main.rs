@@ -99,6 +99,12 @@ fn main() -> ExitCode {
     }
     if std::env::args_os()
         .nth(1)
+        .is_some_and(|a| a == "__shim-exit")
+    {
+        return cmd::runtime_init::shim_exit();
+    }
+    if std::env::args_os()
+        .nth(1)
         .is_some_and(|a| a == "__probe_exec")
     {
         return cmd::agent::probe_exec();

@@ -45,6 +45,10 @@ fn main() -> ExitCode {
             let cg = cgroups();
             return ExitCode::from(container::shim::main(&args[2..], cg.as_ref()));
         }
+        Some("__shim-exit") => {
+            let cg = cgroups();
+            return ExitCode::from(container::shim::exit_main(&args[2..], cg.as_ref()));
+        }
         Some("__init") => return ExitCode::from(container::init::main()),
         Some("__exec") => return ExitCode::from(container::exec::main()),
         Some(PROBE_EXEC_VERB) => {

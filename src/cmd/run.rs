@@ -181,7 +181,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
             return Err(UsageError("-i cannot be combined with -d".into()).into());
         }
         let id = spec.id.clone();
-        host::run_detached(&store, spec, args.rm)?;
+        host::run_detached_forked(&store, cgroups.as_ref(), spec, args.rm)?;
         println!("{id}");
         return Ok(ExitCode::SUCCESS);
     }

@@ -158,7 +158,8 @@ fn create(store: &Store, args: &CreateArgs) -> anyhow::Result<()> {
     let (spec, hooks, bundle, _) = load(args)?;
     let id = spec.id.clone();
     std::fs::create_dir_all(store_root(store)).context("create --root")?;
-    let pid = host::create_oci(store, spec, &bundle)?;
+    let cgroups = super::cgroups();
+    let pid = host::create_oci_forked(store, cgroups.as_ref(), spec, &bundle)?;
     std::fs::write(hooks_path(store, &id), serde_json::to_vec(&hooks)?).context("save hooks")?;
     if let Some(f) = &args.pid_file {
         std::fs::write(f, pid.to_string())
@@ -166,7 +167,6 @@ fn create(store: &Store, args: &CreateArgs) -> anyhow::Result<()> {
     }
     let state = serde_json::to_vec(&state_of(store, &id)?)?;
     if let Err(e) = host::run_hooks(&hooks.create_runtime, &state) {
-        let cgroups = super::cgroups();
         let _ = host::remove(store, cgroups.as_ref(), &id, true);
         return Err(e.into());
     }

@@ -19,6 +19,17 @@ pub fn shim() -> ExitCode {
     ))
 }
 
+/// Runs `berth __shim-exit STORE_DIR ID STATUS [--rm]`: the tiny shim's last step
+/// (`berth_agent::host::container::shim::exit_main`).
+pub fn shim_exit() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(2).collect();
+    let cgroups = super::cgroups();
+    ExitCode::from(berth_agent::host::container::shim::exit_main(
+        &args,
+        cgroups.as_ref(),
+    ))
+}
+
 /// Runs `berth __exec` (see `berth_agent::host::container::exec`).
 pub fn exec() -> ExitCode {
     ExitCode::from(berth_agent::host::container::exec::main())

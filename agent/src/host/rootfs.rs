@@ -39,6 +39,12 @@ pub enum RootfsError {
         /// `/proc`, `/sys`, `/dev` or `/dev/null`.
         what: &'static str,
     },
+    /// The container could not be moved into its cgroup before cgroupfs was mounted.
+    #[error("join the container's cgroup: {message}")]
+    Cgroup {
+        /// What failed.
+        message: String,
+    },
     /// The container's `/dev/null` is not the real device.
     #[error(
         "container /dev/null is not the null device (char 1:3): refusing to mask paths with it"
@@ -218,9 +224,19 @@ pub fn mount_rootfs(
 
 /// The default mounts (SECURITY.md §1.2), devices, volumes, masked and read-only paths.
 pub fn setup_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), RootfsError> {
+    setup_mounts_with(root, spec, &mut || Ok(()))
+}
+
+/// [`setup_mounts`], calling `enter_cgroup` right before each cgroupfs mount (the caller
+/// makes its cgroup namespace there; it must be idempotent).
+pub fn setup_mounts_with(
+    root: BorrowedFd<'_>,
+    spec: &ContainerSpec,
+    enter_cgroup: &mut dyn FnMut() -> Result<(), RootfsError>,
+) -> Result<(), RootfsError> {
     check_rootfs(root)?;
     if !spec.default_mounts {
-        return setup_listed_mounts(root, spec);
+        return setup_listed_mounts(root, spec, enter_cgroup);
     }
     mount_fs(root, "/proc", "proc", "proc", NOSUID_NODEV_NOEXEC, None)?;
     mount_fs(
@@ -264,6 +280,7 @@ pub fn setup_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), Ro
         NOSUID_NODEV_NOEXEC | MS_RO,
         None,
     )?;
+    enter_cgroup()?;
     mount_cgroupfs(root)?;
     for m in &spec.mounts {
         mount_one(root, m)?;
@@ -278,11 +295,16 @@ pub fn setup_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), Ro
 /// OCI: exactly the bundle's mounts in order (a `cgroup` mount becomes the read-only
 /// cgroupfs view, a tmpfs on `/dev` gets the default devices), then masked and read-only
 /// paths.
-fn setup_listed_mounts(root: BorrowedFd<'_>, spec: &ContainerSpec) -> Result<(), RootfsError> {
+fn setup_listed_mounts(
+    root: BorrowedFd<'_>,
+    spec: &ContainerSpec,
+    enter_cgroup: &mut dyn FnMut() -> Result<(), RootfsError>,
+) -> Result<(), RootfsError> {
     for m in &spec.mounts {
         if m.kind == "cgroup" || m.kind == "cgroup2" {
             mkdir_all_in_root(root, &m.destination)
                 .map_err(sys_err("create mount point", m.destination.clone()))?;
+            enter_cgroup()?;
             mount_cgroupfs(root)?;
             continue;
         }

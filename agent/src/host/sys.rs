@@ -4,7 +4,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
 
 fn cstr(s: &str) -> io::Result<CString> {
@@ -362,6 +362,122 @@ pub fn execve(path: &str, argv: &[String], envp: &[String]) -> io::Error {
     // SAFETY: null-terminated arrays of valid C strings that outlive the call.
     unsafe { libc::execve(p.as_ptr(), ap.as_ptr(), ep.as_ptr()) };
     io::Error::last_os_error()
+}
+
+/// `execveat(fd, "", argv, envp, AT_EMPTY_PATH)`: runs the program open at `fd`; returns
+/// only on failure.
+pub fn execveat_empty(fd: BorrowedFd<'_>, argv: &[String], envp: &[String]) -> io::Error {
+    let conv = |v: &[String]| -> io::Result<Vec<CString>> { v.iter().map(|s| cstr(s)).collect() };
+    let (a, e) = match (conv(argv), conv(envp)) {
+        (Ok(a), Ok(e)) => (a, e),
+        _ => return io::Error::new(io::ErrorKind::InvalidInput, "argument contains NUL"),
+    };
+    let mut ap: Vec<*const libc::c_char> = a.iter().map(|c| c.as_ptr()).collect();
+    ap.push(std::ptr::null());
+    let mut ep: Vec<*const libc::c_char> = e.iter().map(|c| c.as_ptr()).collect();
+    ep.push(std::ptr::null());
+    let empty = c"";
+    // SAFETY: null-terminated arrays of valid C strings that outlive the call; `fd` is open.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd.as_raw_fd(),
+            empty.as_ptr(),
+            ap.as_ptr(),
+            ep.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    io::Error::last_os_error()
+}
+
+/// A close-on-exec memfd named `name` holding `bytes`, sealed against any change.
+pub fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
+    let n = cstr(name)?;
+    // SAFETY: a valid C string and integer flags.
+    let fd = check_int(unsafe {
+        libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
+    })?;
+    // SAFETY: memfd_create returned a new fd that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    write_all_fd(fd.as_fd(), bytes)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on the fd we own.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals) })?;
+    Ok(fd)
+}
+
+/// Duplicates `fds` onto `first`, `first + 1`, … (not close-on-exec), whatever numbers they
+/// have now; the originals stay open.
+pub fn move_fds(fds: &[RawFd], first: RawFd) -> io::Result<()> {
+    // Out of the way first, so a source that sits on a target number is not overwritten.
+    let mut high = Vec::with_capacity(fds.len());
+    for fd in fds {
+        // SAFETY: F_DUPFD_CLOEXEC on an fd the caller owns returns a new fd we own.
+        let h = check_int(unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100) })?;
+        // SAFETY: `h` was just returned to us.
+        high.push(unsafe { OwnedFd::from_raw_fd(h) });
+    }
+    for (i, h) in high.iter().enumerate() {
+        dup2(h.as_raw_fd(), first + i as RawFd)?;
+    }
+    Ok(())
+}
+
+/// `clone3` into the cgroup v2 directory open at `cgroup` (`CLONE_INTO_CGROUP`), with
+/// `flags` and SIGCHLD, on the caller's stack like [`clone_process`]: the child starts in
+/// that cgroup, so nobody has to move it there. The caller must be single-threaded.
+pub fn clone_into_cgroup(flags: u64, cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    /// `struct clone_args` (CLONE_ARGS_SIZE_VER2).
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let args = CloneArgs {
+        flags: flags | CLONE_INTO_CGROUP,
+        exit_signal: libc::SIGCHLD as u64,
+        cgroup: u64::try_from(cgroup.as_raw_fd()).unwrap_or(u64::MAX),
+        ..CloneArgs::default()
+    };
+    // SAFETY: `args` is a valid clone_args of the size passed; with no stack the child
+    // resumes on a copy of the caller's stack, exactly like fork; the caller guarantees it
+    // is single-threaded.
+    let ret = check(unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &raw const args,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    })?;
+    if ret == 0 {
+        Ok(Forked::Child)
+    } else {
+        Ok(Forked::Parent(ret as i32))
+    }
+}
+
+/// Whether this process has exactly one thread (so `fork` is safe); false when unsure.
+pub fn single_threaded() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:"))
+                .map(|n| n.trim() == "1")
+        })
+        .unwrap_or(false)
 }
 
 /// Brings the loopback interface of the current network namespace up.

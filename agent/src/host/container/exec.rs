@@ -9,13 +9,12 @@
 //! berth code visible in the container's pid namespace runs from a read-only, non-dumpable
 //! image and execs right away.
 
-use std::io::Read;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use super::init::{CONFIG_FD, STATUS_FD};
+use super::init::STATUS_FD;
 use super::{Cgroups, ContainerError, Store, spawn};
 use crate::host::{caps, sys};
 use crate::runtime::spec::ContainerSpec;
@@ -96,9 +95,16 @@ pub fn exec(
         stdin: devnull.as_ref().map(std::os::fd::AsRawFd::as_raw_fd),
         ..Default::default()
     };
-    let mut helper = spawn::spawn_helper("__exec", &id, &config, 0, stdio, &mut |pid| {
-        cgroups.add(&spec, pid)
-    })?;
+    let self_join = cgroups.self_join(&spec);
+    let mut helper = spawn::spawn_helper(
+        "__exec",
+        &id,
+        &config,
+        0,
+        stdio,
+        self_join.as_ref(),
+        &mut |pid| cgroups.add(&spec, pid),
+    )?;
     drop(devnull);
     super::forward_signals_to(helper.pid);
     helper.wait_exec(&id)?;
@@ -124,14 +130,12 @@ pub fn main() -> u8 {
 
 fn run(status: &OwnedFd) -> Result<u8, String> {
     caps::set_non_dumpable().map_err(|e| format!("make exec helper non-dumpable: {e}"))?;
-    let mut raw = Vec::new();
-    // SAFETY: fd 3 is the config pipe the spawner made for us.
-    let mut f = unsafe { std::fs::File::from_raw_fd(CONFIG_FD) };
-    f.read_to_end(&mut raw)
-        .map_err(|e| format!("read exec config: {e}"))?;
-    drop(f);
+    let (raw, tasks, cgroup_pipe) = spawn::read_config()?;
+    // Before joining the container's mount namespace, whose /sys/fs/cgroup is read-only.
+    spawn::join_tasks(&tasks)?;
     let cfg: ExecConfig =
         serde_json::from_slice(&raw).map_err(|e| format!("parse exec config: {e}"))?;
+    super::init::prepare_seccomp(&cfg.spec)?;
     let pid = cfg.init.pid;
     let ns = &cfg.spec.namespaces;
     let mut fds = Vec::new();
@@ -162,6 +166,8 @@ fn run(status: &OwnedFd) -> Result<u8, String> {
         sys::setns(fd.as_fd(), *flag).map_err(|e| format!("join {name} namespace: {e}"))?;
     }
     drop(fds);
+    // The program is forked from here: it must start in the container's cgroup.
+    spawn::wait_cgroup_joined(cgroup_pipe)?;
     match sys::clone_process(0).map_err(|e| format!("fork: {e}"))? {
         sys::Forked::Child => {
             let err = match exec_in_container(&cfg.spec) {

@@ -10,12 +10,13 @@
 //! cwd, applies seccomp last, and execs the program. It never forks and never returns on
 //! success.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::spawn;
 use crate::host::{caps, rootfs, sys};
 use crate::runtime::spec::{ContainerSpec, Network};
 
@@ -55,27 +56,40 @@ enum Never {}
 
 fn run(status: &OwnedFd) -> Result<Never, String> {
     caps::set_non_dumpable().map_err(|e| format!("make init non-dumpable: {e}"))?;
-    let mut raw = Vec::new();
-    // SAFETY: fd 3 is the config pipe the spawner made for us.
-    let mut cfg_file = unsafe { std::fs::File::from_raw_fd(CONFIG_FD) };
-    cfg_file
-        .read_to_end(&mut raw)
-        .map_err(|e| format!("read init config: {e}"))?;
-    drop(cfg_file);
+    let (raw, tasks, cgroup_pipe) = spawn::read_config()?;
+    // Into the v1 hierarchies first (still in the host's view of /sys/fs/cgroup).
+    spawn::join_tasks(&tasks)?;
     let cfg: InitConfig =
         serde_json::from_slice(&raw).map_err(|e| format!("parse init config: {e}"))?;
+    drop(raw);
     let spec = &cfg.spec;
+    // Built while the parent moves us into our cgroup (spawn's module docs).
+    prepare_seccomp(spec)?;
 
     for (kind, path) in &spec.namespaces.join {
         join_namespace(kind, path)?;
     }
-    if spec.namespaces.cgroup {
-        sys::unshare(libc::CLONE_NEWCGROUP).map_err(|e| format!("new cgroup namespace: {e}"))?;
-    }
+    // Everything from here on that depends on the cgroup (the cgroup namespace, cgroupfs,
+    // the program) waits for the parent's word first.
+    let mut cgroup_pipe = Some(cgroup_pipe);
+    let mut enter_cgroup = || -> Result<(), String> {
+        if let Some(pipe) = cgroup_pipe.take() {
+            spawn::wait_cgroup_joined(pipe)?;
+            if spec.namespaces.cgroup {
+                sys::unshare(libc::CLONE_NEWCGROUP)
+                    .map_err(|e| format!("new cgroup namespace: {e}"))?;
+            }
+        }
+        Ok(())
+    };
 
     let root =
         rootfs::mount_rootfs(spec, &cfg.rootfs_mount, &cfg.state_dir).map_err(|e| e.to_string())?;
-    rootfs::setup_mounts(root.as_fd(), spec).map_err(|e| e.to_string())?;
+    rootfs::setup_mounts_with(root.as_fd(), spec, &mut || {
+        enter_cgroup().map_err(|message| rootfs::RootfsError::Cgroup { message })
+    })
+    .map_err(|e| e.to_string())?;
+    enter_cgroup()?;
     let fifo = match &cfg.start_fifo {
         Some(p) => Some(
             sys::open(p, libc::O_PATH)
@@ -175,18 +189,36 @@ pub fn prepare_process(
     Ok((program, env))
 }
 
-/// Builds and installs the default seccomp filter (`host::seccomp`) when the spec asks for
-/// it: the last step before exec, after no_new_privs and the capability changes.
+/// Builds the default seccomp filter (`host::seccomp`) once per process when the spec asks
+/// for it, so that building it can overlap with waiting for the cgroup.
+pub fn prepare_seccomp(spec: &ContainerSpec) -> Result<(), String> {
+    if spec.seccomp {
+        default_filter()?;
+    }
+    Ok(())
+}
+
+fn default_filter() -> Result<&'static crate::host::seccomp::BpfProgram, String> {
+    use crate::host::seccomp;
+    static FILTER: std::sync::OnceLock<seccomp::BpfProgram> = std::sync::OnceLock::new();
+    if let Some(f) = FILTER.get() {
+        return Ok(f);
+    }
+    let built = seccomp::Arch::native()
+        .and_then(seccomp::default_filter)
+        .map_err(|e| format!("build seccomp filter: {e}"))?;
+    Ok(FILTER.get_or_init(|| built))
+}
+
+/// Installs the default seccomp filter when the spec asks for it: the last step before
+/// exec, after no_new_privs and the capability changes.
 pub fn apply_seccomp(spec: &ContainerSpec) -> Result<(), String> {
     static APPLIED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     if !spec.seccomp || APPLIED.swap(true, std::sync::atomic::Ordering::SeqCst) {
         return Ok(());
     }
-    use crate::host::seccomp;
-    let filter = seccomp::Arch::native()
-        .and_then(seccomp::default_filter)
-        .map_err(|e| format!("build seccomp filter: {e}"))?;
-    seccomp::apply(&filter).map_err(|e| format!("apply seccomp filter: {e}"))
+    let filter = default_filter()?;
+    crate::host::seccomp::apply(filter).map_err(|e| format!("apply seccomp filter: {e}"))
 }
 
 fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {

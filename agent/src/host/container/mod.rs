@@ -25,7 +25,7 @@ use crate::runtime::spec::{ContainerSpec, Rootfs};
 use crate::runtime::state::{self, ContainerState, Exit, Observed, ProcessId, Status};
 use crate::runtime::{ErrorKind, RuntimeError};
 
-pub use limits::{Cgroups, HostCgroups, NoCgroups};
+pub use limits::{Cgroups, HostCgroups, NoCgroups, SelfJoin};
 
 /// Errors of container operations on this host.
 #[derive(Debug, thiserror::Error)]
@@ -482,7 +482,10 @@ fn run_foreground_in(
         stdin: devnull.as_ref().map(|f| f.as_raw_fd()),
         ..Default::default()
     };
-    let mut spawned = spawn::spawn(&cfg, stdio, &mut |pid| cgroups.add(&spec, pid))?;
+    let self_join = cgroups.self_join(&spec);
+    let mut spawned = spawn::spawn(&cfg, stdio, self_join.as_ref(), &mut |pid| {
+        cgroups.add(&spec, pid)
+    })?;
     drop(devnull);
     forward_signals_to(spawned.pid);
     let ready = spawned.wait_ready(&spec.id);
@@ -501,6 +504,10 @@ fn run_foreground_in(
         sys::waitpid(spawned.pid, 0).map_err(ContainerError::io("wait for", "container init"))?;
     FORWARD_PID.store(0, std::sync::atomic::Ordering::SeqCst);
     let exit = exit_from_status(status, cgroups.oom_killed(&spec));
+    if opts.remove {
+        // The state dir goes right away: nobody will read the records.
+        return Ok(exit);
+    }
     store.write_exit(&spec.id, &exit, durable)?;
     st.status = Status::Stopped;
     st.exit = Some(exit);
@@ -579,7 +586,19 @@ pub fn run_detached(
     spec: ContainerSpec,
     remove: bool,
 ) -> Result<i32, ContainerError> {
-    start_shim(store, spec, remove, None)
+    start_shim(store, spec, remove, None, None)
+}
+
+/// [`run_detached`] from a single-threaded CLI: the shim is forked from this process instead
+/// of executing the berth binary again (one exec less to start a container). Falls back to
+/// the exec when this process has more than one thread.
+pub fn run_detached_forked(
+    store: &Store,
+    cgroups: &dyn Cgroups,
+    spec: ContainerSpec,
+    remove: bool,
+) -> Result<i32, ContainerError> {
+    start_shim(store, spec, remove, None, Some(cgroups))
 }
 
 /// OCI `create`: a shim whose init stops before exec until `start` reads its fifo; the
@@ -589,7 +608,17 @@ pub fn create_oci(
     spec: ContainerSpec,
     bundle: &Path,
 ) -> Result<i32, ContainerError> {
-    start_shim(store, spec, false, Some(bundle))
+    start_shim(store, spec, false, Some(bundle), None)
+}
+
+/// [`create_oci`] from a single-threaded CLI, forking the shim (see [`run_detached_forked`]).
+pub fn create_oci_forked(
+    store: &Store,
+    cgroups: &dyn Cgroups,
+    spec: ContainerSpec,
+    bundle: &Path,
+) -> Result<i32, ContainerError> {
+    start_shim(store, spec, false, Some(bundle), Some(cgroups))
 }
 
 /// OCI `start`: lets a created container's init exec its program.
@@ -626,8 +655,8 @@ fn start_shim(
     spec: ContainerSpec,
     remove: bool,
     bundle: Option<&Path>,
+    fork_with: Option<&dyn Cgroups>,
 ) -> Result<i32, ContainerError> {
-    use std::io::Read;
     use std::os::unix::process::CommandExt;
     spec.validate()?;
     let dir = store.create(&spec)?;
@@ -657,17 +686,32 @@ fn start_shim(
             }
         }
         let (report_r, report_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
-        let mut cmd = std::process::Command::new("/proc/self/exe");
-        cmd.arg0("berth-shim")
-            .arg("__shim")
-            .arg(&store.root)
-            .arg(&spec.id);
+        let mut shim_args = vec![store.root.display().to_string(), spec.id.clone()];
         if remove {
-            cmd.arg("--rm");
+            shim_args.push("--rm".into());
         }
         if bundle.is_some() {
-            cmd.arg("--oci");
-        } else {
+            shim_args.push("--oci".into());
+        }
+        if let Some(cgroups) = fork_with.filter(|_| sys::single_threaded()) {
+            match sys::clone_process(0).map_err(ContainerError::io("fork", "shim"))? {
+                sys::Forked::Child => {
+                    // The shim: what `berth __shim` does, without executing berth again.
+                    drop(report_r);
+                    let code = shim::forked_main(&shim_args, bundle.is_none(), report_w, cgroups);
+                    sys::exit_now(i32::from(code))
+                }
+                sys::Forked::Parent(pid) => {
+                    drop(report_w);
+                    return read_shim_report(&spec.id, report_r, &mut |wait| {
+                        let _ = sys::waitpid(pid, if wait { 0 } else { libc::WNOHANG });
+                    });
+                }
+            }
+        }
+        let mut cmd = std::process::Command::new("/proc/self/exe");
+        cmd.arg0("berth-shim").arg("__shim").args(&shim_args);
+        if bundle.is_none() {
             cmd.stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null());
@@ -682,34 +726,51 @@ fn start_shim(
         unsafe { cmd.pre_exec(in_child) };
         let mut child = cmd.spawn().map_err(ContainerError::io("start", "shim"))?;
         drop(report_w);
-        let mut report = Vec::new();
-        std::fs::File::from(report_r)
-            .read_to_end(&mut report)
-            .map_err(ContainerError::io("read", "shim report"))?;
-        // The shim keeps running; it is not our child to wait for beyond this point, but
-        // reap it if it already failed.
-        let _ = child.try_wait();
-        let text = String::from_utf8_lossy(&report).into_owned();
-        if let Some(pid) = text.strip_prefix('R').and_then(|p| p.parse().ok()) {
-            Ok(pid)
-        } else if let Some(msg) = text.strip_prefix('E') {
-            let _ = child.wait();
-            Err(ContainerError::Setup {
-                id: spec.id.clone(),
-                message: msg.to_string(),
-            })
-        } else {
-            let _ = child.wait();
-            Err(ContainerError::Setup {
-                id: spec.id.clone(),
-                message: "the shim exited without a report".into(),
-            })
-        }
+        read_shim_report(&spec.id, report_r, &mut |wait| {
+            // The shim keeps running; it is not our child to wait for beyond this point,
+            // but reap it if it already failed.
+            if wait {
+                let _ = child.wait();
+            } else {
+                let _ = child.try_wait();
+            }
+        })
     })();
     if started.is_err() {
         let _ = store.remove_dir(&spec.id);
     }
     started
+}
+
+/// Reads the shim's report (`R<init pid>` or `E<message>`); `reap(true)` waits for a shim
+/// that failed, `reap(false)` only collects one that already ended.
+fn read_shim_report(
+    id: &str,
+    report_r: std::os::fd::OwnedFd,
+    reap: &mut dyn FnMut(bool),
+) -> Result<i32, ContainerError> {
+    use std::io::Read;
+    let mut report = Vec::new();
+    std::fs::File::from(report_r)
+        .read_to_end(&mut report)
+        .map_err(ContainerError::io("read", "shim report"))?;
+    reap(false);
+    let text = String::from_utf8_lossy(&report).into_owned();
+    if let Some(pid) = text.strip_prefix('R').and_then(|p| p.parse().ok()) {
+        Ok(pid)
+    } else if let Some(msg) = text.strip_prefix('E') {
+        reap(true);
+        Err(ContainerError::Setup {
+            id: id.to_string(),
+            message: msg.to_string(),
+        })
+    } else {
+        reap(true);
+        Err(ContainerError::Setup {
+            id: id.to_string(),
+            message: "the shim exited without a report".into(),
+        })
+    }
 }
 
 /// Sends `signal` to the container's init (only if it is still the recorded process).

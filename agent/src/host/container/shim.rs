@@ -7,7 +7,10 @@
 //! and `state.json` and removes the cgroup.
 //!
 //! Kept small: no async runtime, no tracing, fixed buffers; the berth binary re-executed
-//! dispatches here before parsing its command line.
+//! dispatches here before parsing its command line. Once the container runs, the shim
+//! replaces itself with [`LOGSHIM`], a tiny static program (`agent/logshim/main.rs`) that
+//! copies the logs the same way, reaps the init and executes `berth __shim-exit` for the
+//! bookkeeping ([`exit_main`]); where that program is unavailable, this code does it all.
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -17,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use super::{Cgroups, ContainerError, Store, init, spawn};
 use crate::host::sys;
-use crate::runtime::state::{ProcessId, Status};
+use crate::runtime::state::{ContainerState, ProcessId, Status};
 
 /// The fd on which the shim reports to the CLI that started it.
 pub const REPORT_FD: i32 = 3;
@@ -178,6 +181,44 @@ pub fn main(args: &[String], cgroups: &dyn Cgroups) -> u8 {
     }
 }
 
+/// The shim forked (not executed) from a single-threaded CLI: a new session, stdio on
+/// `/dev/null` unless `null_stdio` is false (OCI: the container shares the caller's), the
+/// report pipe on fd 3 and every other fd closed; then as [`main`].
+pub fn forked_main(
+    args: &[String],
+    null_stdio: bool,
+    report: OwnedFd,
+    cgroups: &dyn Cgroups,
+) -> u8 {
+    let fail = |report: &OwnedFd, what: &str, e: std::io::Error| {
+        let _ = sys::write_all_fd(report.as_fd(), format!("Eshim: {what}: {e}").as_bytes());
+        1
+    };
+    if let Err(e) = sys::setsid() {
+        return fail(&report, "new session", e);
+    }
+    if null_stdio {
+        let null = match sys::open(Path::new("/dev/null"), libc::O_RDWR) {
+            Ok(f) => f,
+            Err(e) => return fail(&report, "open /dev/null", e),
+        };
+        for fd in 0..3 {
+            if let Err(e) = sys::dup2(null.as_raw_fd(), fd) {
+                return fail(&report, "redirect stdio", e);
+            }
+        }
+    }
+    if let Err(e) = sys::move_fds(&[report.as_raw_fd()], REPORT_FD) {
+        return fail(&report, "move report pipe", e);
+    }
+    // Everything above fd 3 is the CLI's: close it (`report` included, hence the forget).
+    std::mem::forget(report);
+    if sys::close_from(REPORT_FD as u32 + 1).is_err() {
+        return 1;
+    }
+    main(args, cgroups)
+}
+
 type Failed = (Option<OwnedFd>, ContainerError);
 
 /// The start fifo of an OCI container (`runtime start` reads it to let the init exec).
@@ -210,9 +251,13 @@ fn run(
         };
         if oci {
             // OCI: the container shares the caller's stdio, as with runc.
-            let mut spawned = spawn::spawn(&cfg, spawn::Stdio::default(), &mut |pid| {
-                cgroups.add(&spec, pid)
-            })?;
+            let self_join = cgroups.self_join(&spec);
+            let mut spawned = spawn::spawn(
+                &cfg,
+                spawn::Stdio::default(),
+                self_join.as_ref(),
+                &mut |pid| cgroups.add(&spec, pid),
+            )?;
             let ready = spawned.wait_ready(&spec.id)?;
             return Ok::<_, ContainerError>((spawned, ready, None));
         }
@@ -225,7 +270,10 @@ fn run(
             stdout: Some(out_w.as_raw_fd()),
             stderr: Some(err_w.as_raw_fd()),
         };
-        let mut spawned = spawn::spawn(&cfg, stdio, &mut |pid| cgroups.add(&spec, pid))?;
+        let self_join = cgroups.self_join(&spec);
+        let mut spawned = spawn::spawn(&cfg, stdio, self_join.as_ref(), &mut |pid| {
+            cgroups.add(&spec, pid)
+        })?;
         drop((out_w, err_w, devnull));
         let ready = spawned.wait_ready(&spec.id)?;
         Ok((spawned, ready, Some((out_r, err_r))))
@@ -278,24 +326,138 @@ fn run(
         let _ = store.write(&now, true);
     }
 
+    // From here on the shim only copies logs and waits: become the tiny static shim (same
+    // pid, still the init's parent) so a running container costs a few pages, not the
+    // berth image. If that is not possible, carry on here.
+    let pipes = match become_logshim(&dir, pid, store, id, remove, pipes) {
+        Ok(never) => match never {},
+        Err(pipes) => pipes,
+    };
     if let Some((out_r, err_r)) = pipes {
         copy_logs(&dir, out_r, err_r);
     }
     let (_, status) = sys::waitpid(pid, 0)
         .map_err(|e| (None, ContainerError::io("wait for", "container init")(e)))?;
+    finish(store, id, Some(st), status, remove, cgroups).map_err(fail(None))
+}
+
+/// Records how the init ended (`status` from waitpid, plus the cgroup's OOM count) in
+/// `exit.json` and `state.json`, removes the cgroup, and the container with `remove`.
+fn finish(
+    store: &Store,
+    id: &str,
+    known: Option<ContainerState>,
+    status: i32,
+    remove: bool,
+    cgroups: &dyn Cgroups,
+) -> Result<(), ContainerError> {
+    let mut st = match store.read(id) {
+        Ok(now) => now,
+        Err(e) => match known {
+            Some(st) => st,
+            None => {
+                // Without the record there is no spec: keep at least the exit code.
+                let _ = store.write_exit(id, &super::exit_from_status(status, false), true);
+                return Err(e);
+            }
+        },
+    };
+    let spec = st.spec.clone();
     let exit = super::exit_from_status(status, cgroups.oom_killed(&spec));
-    store.write_exit(id, &exit, true).map_err(fail(None))?;
-    if let Ok(now) = store.read(id) {
-        st = now;
-    }
+    store.write_exit(id, &exit, true)?;
     st.status = Status::Stopped;
     st.exit = Some(exit);
-    store.write(&st, true).map_err(fail(None))?;
+    store.write(&st, true)?;
     let _ = cgroups.remove(&spec);
     if remove {
         let _ = store.remove_dir(id);
     }
     Ok(())
+}
+
+/// Entry point of `berth __shim-exit STORE_DIR ID STATUS [--rm]`: the tiny shim executes it
+/// after reaping the init, to record the exit and clean up ([`finish`]).
+pub fn exit_main(args: &[String], cgroups: &dyn Cgroups) -> u8 {
+    let (Some(store), Some(id), Some(status)) = (
+        args.first(),
+        args.get(1),
+        args.get(2).and_then(|s| s.parse::<i32>().ok()),
+    ) else {
+        return 2;
+    };
+    let remove = args.iter().any(|a| a == "--rm");
+    match finish(
+        &Store::at(Path::new(store)),
+        id,
+        None,
+        status,
+        remove,
+        cgroups,
+    ) {
+        Ok(()) => 0,
+        Err(_) => 1,
+    }
+}
+
+/// The tiny static shim (`agent/logshim/main.rs`, built by `build.rs`); empty where it could
+/// not be built.
+pub static LOGSHIM: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-logshim"));
+
+enum Never {}
+
+type Pipes = Option<(OwnedFd, OwnedFd)>;
+
+/// Replaces this process with [`LOGSHIM`] run from a sealed memfd: the container's output
+/// pipes on fds 3 and 4, every other fd closed. Returns the pipes when it cannot.
+fn become_logshim(
+    dir: &Path,
+    pid: i32,
+    store: &Store,
+    id: &str,
+    remove: bool,
+    pipes: Pipes,
+) -> Result<Never, Pipes> {
+    if LOGSHIM.is_empty() {
+        return Err(pipes);
+    }
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return Err(pipes);
+    };
+    let exe = exe.display().to_string();
+    if exe.ends_with(" (deleted)") {
+        // The berth binary was replaced: `__shim-exit` must run this one's code.
+        return Err(pipes);
+    }
+    let log_dir = if pipes.is_some() {
+        dir.display().to_string()
+    } else {
+        "-".to_string()
+    };
+    if let Some((out_r, err_r)) = &pipes {
+        let moved = sys::move_fds(&[out_r.as_raw_fd(), err_r.as_raw_fd()], 3);
+        if moved.is_err() {
+            return Err(pipes);
+        }
+    }
+    // After the pipes took fds 3 and 4, so the memfd cannot land on either.
+    let Ok(memfd) = sys::sealed_memfd("berth-shim", LOGSHIM) else {
+        return Err(pipes);
+    };
+    let first_closed = if pipes.is_some() { 5 } else { 3 };
+    if sys::cloexec_from(first_closed).is_err() {
+        return Err(pipes);
+    }
+    let argv = [
+        "berth-shim".to_string(),
+        log_dir,
+        pid.to_string(),
+        exe,
+        store.root.display().to_string(),
+        id.to_string(),
+        if remove { "1" } else { "0" }.to_string(),
+    ];
+    let _err = sys::execveat_empty(memfd.as_fd(), &argv, &[]);
+    Err(pipes)
 }
 
 /// Copies both pipes line by line into the log until both reach EOF (every process of the
@@ -395,6 +557,119 @@ mod tests {
             "2026-11-23T20:00:00.123456Z"
         );
         assert_eq!(rfc3339(951_782_400, 0), "2000-02-29T00:00:00.000000Z");
+    }
+
+    /// Runs the tiny shim as `sh` would after `exec`: parent of a producer whose stdout and
+    /// stderr reach it on fds 3 and 4; `berth` is a script that records its arguments.
+    fn run_logshim(producer: &str, berth_exists: bool) -> tempfile::TempDir {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let shim = dir.path().join("logshim");
+        std::fs::write(&shim, LOGSHIM).unwrap();
+        std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let berth = dir.path().join("berth");
+        if berth_exists {
+            std::fs::write(
+                &berth,
+                "#!/bin/sh\necho \"$@\" > \"$(dirname \"$0\")/args\"\n",
+            )
+            .unwrap();
+            std::fs::set_permissions(&berth, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        std::fs::create_dir(dir.path().join("c1")).unwrap();
+        std::fs::write(dir.path().join("producer.sh"), producer).unwrap();
+        // The producer is the shell's direct child; after `exec` it is the shim's.
+        let script = format!(
+            "mkfifo {d}/o {d}/e; /bin/sh {d}/producer.sh >{d}/o 2>{d}/e & \
+             exec 3<{d}/o 4<{d}/e {shim} {d} $! {berth} {d} c1 0",
+            d = dir.path().display(),
+            shim = shim.display(),
+            berth = berth.display(),
+        );
+        let st = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(&script)
+            .status()
+            .unwrap();
+        assert_eq!(st.success(), berth_exists, "{st}");
+        dir
+    }
+
+    #[test]
+    fn tiny_shim_is_built_here() {
+        if cfg!(all(
+            target_os = "linux",
+            any(target_arch = "x86_64", target_arch = "aarch64")
+        )) {
+            assert!(
+                LOGSHIM.starts_with(b"\x7fELF"),
+                "agent/build.rs did not build logshim"
+            );
+            assert!(LOGSHIM.len() < 64 * 1024, "{} bytes", LOGSHIM.len());
+        }
+    }
+
+    #[test]
+    fn tiny_shim_logs_lines_like_the_berth_shim_and_hands_over_the_status() {
+        if LOGSHIM.is_empty() {
+            return;
+        }
+        let dir = run_logshim("printf 'a\\nb'; echo err >&2; exit 3", true);
+        let log = std::fs::read_to_string(dir.path().join("container.log")).unwrap();
+        let lines: Vec<(&str, &str)> = log.lines().map(|l| l.split_once(' ').unwrap()).collect();
+        for (stamp, _) in &lines {
+            assert_eq!(stamp.len(), 27, "{log}");
+            assert!(
+                stamp.ends_with('Z') && stamp.as_bytes()[10] == b'T',
+                "{log}"
+            );
+        }
+        let mut rest: Vec<&str> = lines.iter().map(|(_, r)| *r).collect();
+        rest.sort();
+        assert_eq!(rest, ["stderr err", "stdout a", "stdout b"], "{log}");
+        let args = std::fs::read_to_string(dir.path().join("args")).unwrap();
+        // exit code 3 is wait status 3 << 8
+        assert_eq!(
+            args.trim(),
+            format!("__shim-exit {} c1 768", dir.path().display())
+        );
+    }
+
+    #[test]
+    fn tiny_shim_records_the_exit_itself_when_berth_is_gone() {
+        if LOGSHIM.is_empty() {
+            return;
+        }
+        let dir = run_logshim("kill -TERM $$", false);
+        let exit: crate::runtime::state::Exit =
+            serde_json::from_slice(&std::fs::read(dir.path().join("c1/exit.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            (exit.code, exit.signal, exit.oom_killed),
+            (143, Some(15), false)
+        );
+    }
+
+    #[test]
+    fn tiny_shim_rotates_at_ten_mebibytes() {
+        if LOGSHIM.is_empty() {
+            return;
+        }
+        let dir = run_logshim("head -c 11000000 /dev/zero | tr '\\0' x | fold -w 99", true);
+        let cur = std::fs::metadata(dir.path().join("container.log"))
+            .unwrap()
+            .len();
+        let old = std::fs::metadata(dir.path().join("container.log.1"))
+            .unwrap()
+            .len();
+        // Rotated before the first line that starts at or past 10 MiB.
+        assert!((10 << 20..(10 << 20) + 135).contains(&old), "{old}");
+        // 111 111 lines of 99 x and one of 11, each with a 27-byte stamp and " stdout ", "\n".
+        assert_eq!(
+            cur + old,
+            111_111 * (99 + 36) + (11 + 36),
+            "every line kept"
+        );
     }
 
     #[test]

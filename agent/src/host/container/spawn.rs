@@ -1,15 +1,88 @@
 //! Starts a container's init: `clone(2)` with the new namespaces from the calling
 //! (single-threaded) process, then, in the child, a private mount propagation, a read-only
 //! bind of the berth binary over itself and `execve` of it as `berth __init` (see
-//! [`super::init`]). The parent joins the child to its cgroup *before* sending the config,
-//! so the init's cgroup namespace is rooted at the container's cgroup.
+//! [`super::init`]).
+//!
+//! The config pipe (fd 3 of the helper) carries a little-endian `u32` length, the config,
+//! and later one byte, [`CGROUP_JOINED`], once the parent has moved the child into its
+//! cgroup. Moving a process between cgroups waits for an RCU grace period in the kernel
+//! (5-15 ms here, on cgroup v1 and v2 alike), so the parent sends the config first and the
+//! helper does everything that does not depend on its cgroup (exec, parsing, building the
+//! seccomp filter, most of the rootfs) meanwhile; it reads the byte
+//! ([`wait_cgroup_joined`]) before it makes its cgroup namespace, mounts cgroupfs, forks or
+//! execs. EOF without the byte means the parent failed or died: the helper gives up.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
-use super::ContainerError;
 use super::init::{CONFIG_FD, InitConfig, STATUS_FD};
+use super::{ContainerError, SelfJoin};
+
+/// The byte the parent sends on the config pipe once the helper is in its cgroup.
+pub const CGROUP_JOINED: u8 = b'C';
+
+/// The largest config the helpers accept (a spec is a few KiB).
+const MAX_CONFIG: usize = 16 << 20;
+
+/// In a helper: reads the length-prefixed config and the length-prefixed list of cgroup v1
+/// `tasks` files to join (see [`join_tasks`]) from fd 3, and returns them with the pipe,
+/// which [`wait_cgroup_joined`] reads again later.
+pub fn read_config() -> Result<(Vec<u8>, Vec<PathBuf>, std::fs::File), String> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: fd 3 is the config pipe the spawner made for this helper; nothing else owns it.
+    let mut f = unsafe { std::fs::File::from_raw_fd(CONFIG_FD) };
+    let mut read_part = |what: &str| -> Result<Vec<u8>, String> {
+        let mut len = [0u8; 4];
+        f.read_exact(&mut len)
+            .map_err(|e| format!("read {what} length: {e}"))?;
+        let len = u32::from_le_bytes(len) as usize;
+        if len > MAX_CONFIG {
+            return Err(format!("{what} of {len} bytes is too large"));
+        }
+        let mut raw = vec![0u8; len];
+        f.read_exact(&mut raw)
+            .map_err(|e| format!("read {what}: {e}"))?;
+        Ok(raw)
+    };
+    let raw = read_part("config")?;
+    let tasks = String::from_utf8(read_part("cgroup list")?)
+        .map_err(|e| format!("cgroup list: {e}"))?
+        .lines()
+        .map(PathBuf::from)
+        .collect();
+    Ok((raw, tasks, f))
+}
+
+/// In a (single-threaded) helper: moves this process into each cgroup v1 hierarchy by
+/// writing `0` to the `tasks` files ([`super::SelfJoin`]).
+pub fn join_tasks(tasks: &[PathBuf]) -> Result<(), String> {
+    for t in tasks {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(t)
+            .and_then(|mut f| f.write_all(b"0"))
+            .map_err(|e| format!("join cgroup {}: {e}", t.display()))?;
+    }
+    Ok(())
+}
+
+/// In a helper: blocks until the parent reports that it moved this process into the
+/// container's cgroup, then closes the pipe.
+pub fn wait_cgroup_joined(mut pipe: std::fs::File) -> Result<(), String> {
+    let mut b = [0u8; 1];
+    loop {
+        match pipe.read(&mut b) {
+            Ok(1) if b[0] == CGROUP_JOINED => return Ok(()),
+            Ok(0) => {
+                return Err("the runtime ended before moving the container into its cgroup".into());
+            }
+            Ok(_) => return Err(format!("unexpected byte {:#04x} on the config pipe", b[0])),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(format!("wait for the container's cgroup: {e}")),
+        }
+    }
+}
 use crate::host::sys;
 use crate::runtime::spec::Network;
 
@@ -70,6 +143,7 @@ fn clone_flags(cfg: &InitConfig) -> libc::c_ulong {
 pub fn spawn(
     cfg: &InitConfig,
     stdio: Stdio,
+    self_join: Option<&SelfJoin>,
     join_cgroup: &mut dyn FnMut(i32) -> Result<(), ContainerError>,
 ) -> Result<Spawned, ContainerError> {
     let config = serde_json::to_vec(cfg).map_err(|e| ContainerError::Setup {
@@ -82,6 +156,7 @@ pub fn spawn(
         &config,
         clone_flags(cfg),
         stdio,
+        self_join,
         join_cgroup,
     )
 }
@@ -94,6 +169,7 @@ pub fn spawn_helper(
     config: &[u8],
     flags: libc::c_ulong,
     stdio: Stdio,
+    self_join: Option<&SelfJoin>,
     join_cgroup: &mut dyn FnMut(i32) -> Result<(), ContainerError>,
 ) -> Result<Spawned, ContainerError> {
     let exe = std::fs::read_link("/proc/self/exe")
@@ -109,7 +185,48 @@ pub fn spawn_helper(
     let (status_r, status_w) = sys::pipe().map_err(ContainerError::io("create", "pipe"))?;
     let flags = flags | libc::CLONE_NEWNS as libc::c_ulong;
 
-    match sys::clone_process(flags).map_err(ContainerError::io("clone", "container init"))? {
+    // Into its cgroup at birth (v2) and by itself (v1) where the host allows it; else the
+    // parent moves it (`join_cgroup`), the slow way.
+    let mut tasks: &[PathBuf] = &[];
+    let forked = match self_join {
+        Some(j) => match &j.clone_into {
+            None if j.tasks.is_empty() => None,
+            None => {
+                tasks = &j.tasks;
+                Some(
+                    sys::clone_process(flags)
+                        .map_err(ContainerError::io("clone", "container init"))?,
+                )
+            }
+            Some(dir) => {
+                let fd = sys::open(dir, libc::O_PATH | libc::O_DIRECTORY)
+                    .map_err(ContainerError::io("open cgroup", dir.display()))?;
+                match sys::clone_into_cgroup(u64::from(flags), fd.as_fd()) {
+                    Ok(f) => {
+                        tasks = &j.tasks;
+                        Some(f)
+                    }
+                    // An older kernel: no clone3 or no CLONE_INTO_CGROUP.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOSYS | libc::E2BIG | libc::EINVAL)
+                        ) =>
+                    {
+                        None
+                    }
+                    Err(e) => return Err(ContainerError::io("clone", "container init")(e)),
+                }
+            }
+        },
+        None => None,
+    };
+    let parent_joins = forked.is_none();
+    let forked = match forked {
+        Some(f) => f,
+        None => sys::clone_process(flags).map_err(ContainerError::io("clone", "container init"))?,
+    };
+    match forked {
         sys::Forked::Child => {
             let code = match child(&exe_s, verb, &cfg_r, &status_w, stdio) {
                 Ok(never) => match never {},
@@ -123,21 +240,46 @@ pub fn spawn_helper(
         sys::Forked::Parent(pid) => {
             drop(cfg_r);
             drop(status_w);
-            let spawned = Spawned {
+            let mut spawned = Spawned {
                 pid,
                 status: status_r,
             };
-            if let Err(e) = join_cgroup(pid) {
+            let fail = |e: ContainerError| {
                 let _ = sys::kill(pid, libc::SIGKILL);
                 let _ = sys::waitpid(pid, 0);
-                return Err(e);
-            }
+                e
+            };
+            // Config first: the helper works on it while the kernel moves it into its
+            // cgroup (see the module docs).
             let mut w = std::fs::File::from(cfg_w);
-            if let Err(e) = w.write_all(config) {
-                let _ = sys::kill(pid, libc::SIGKILL);
-                let _ = sys::waitpid(pid, 0);
-                return Err(ContainerError::io("send config to", "container init")(e));
+            let list = tasks
+                .iter()
+                .map(|t| t.display().to_string())
+                .collect::<Vec<_>>()
+                .join("\n");
+            let sent = [config, list.as_bytes()].iter().try_for_each(|part| {
+                let len = u32::try_from(part.len()).unwrap_or(u32::MAX).to_le_bytes();
+                w.write_all(&len).and_then(|()| w.write_all(part))
+            });
+            if let Err(e) = sent {
+                // A helper that failed early has said why on the status pipe.
+                drop(w);
+                let _ = sys::kill(spawned.pid, libc::SIGKILL);
+                return Err(match spawned.wait_ready(id) {
+                    Err(reported @ ContainerError::Setup { .. }) => reported,
+                    _ => {
+                        let _ = sys::waitpid(spawned.pid, 0);
+                        ContainerError::io("send config to", "container init")(e)
+                    }
+                });
             }
+            if parent_joins && let Err(e) = join_cgroup(pid) {
+                return Err(fail(e));
+            }
+            if let Err(e) = w.write_all(&[CGROUP_JOINED]) {
+                return Err(fail(ContainerError::io("signal", "container init")(e)));
+            }
+            drop(w);
             Ok(spawned)
         }
     }
