@@ -39,7 +39,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
     let credentials = credentials_from_docker_config(&docker_config_path())?;
-    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?;
+    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?
+        .with_mirrors(global.mirrors()?);
     let mut config = Config::new(
         global.data_dir.clone(),
         args.repo,
