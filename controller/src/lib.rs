@@ -9,6 +9,7 @@ pub mod assign;
 pub mod client;
 pub mod events;
 pub mod git;
+pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod process;

@@ -33,11 +33,17 @@ pub struct Args {
     /// Placement labels, k=v,…
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// The parent cgroup of the instances (one per agent on a host)
+    #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
-fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
+/// The parent cgroup of an agent's instances unless `--cgroup-parent` says otherwise.
+pub const DEFAULT_CGROUP_PARENT: &str = "berth";
+
+pub(crate) fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
     raw.iter()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -63,6 +69,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
             global,
             config,
             options,
+            &args.cgroup_parent,
             &global.controller,
             global.token.clone(),
             stop_signal(),
@@ -79,6 +86,7 @@ pub async fn serve(
     global: &super::Global,
     config: AgentConfig,
     options: berth_agent::host::image_store::PullOptions,
+    cgroup_parent: &str,
     controller_url: &str,
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -95,7 +103,8 @@ pub async fn serve(
     }
     .map_err(|e| anyhow::anyhow!(e.chain()))?;
     let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
-        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        .map_err(|e| anyhow::anyhow!(e.chain()))?
+        .with_cgroup_parent(cgroup_parent);
     let fx = Effects {
         runtime: Arc::new(runtime),
         images: Arc::new(StoreImages::new(images, options)),
@@ -124,7 +133,7 @@ pub fn probe_exec() -> ExitCode {
     ))
 }
 
-fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
+pub(crate) fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
     match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
         Ok(host) => Arc::new(host),
         Err(e) => {

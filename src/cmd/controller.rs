@@ -79,7 +79,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
-fn docker_config_path() -> std::path::PathBuf {
+pub(crate) fn docker_config_path() -> std::path::PathBuf {
     match std::env::var_os("DOCKER_CONFIG") {
         Some(dir) => std::path::PathBuf::from(dir).join("config.json"),
         None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
