@@ -12,6 +12,7 @@
 
 // Test helpers outside #[test] functions: clippy's allow-*-in-tests does not reach them.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods, reason = "tests time their own waits")]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -80,7 +81,9 @@ impl Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = self.berth(&["down", "--timeout", "5s"]).output();
-        let _ = Command::new("ip").args(["netns", "del", &self.netns]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
         // The agent leaves its (empty) parent cgroups: remove ours, only ours.
         if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
             for c in controllers.flatten() {
@@ -140,7 +143,12 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
         Command::new(env!("CARGO_BIN_EXE_berth"))
             .arg("--data-dir")
             .arg(sandbox.data())
-            .args(["--insecure-registry", reg.addr(), "--registry-mirror", &mirror])
+            .args([
+                "--insecure-registry",
+                reg.addr(),
+                "--registry-mirror",
+                &mirror,
+            ])
             .args(["pull", "berth-test/hello"]),
     );
     let pulled = String::from_utf8_lossy(&pulled.stdout).into_owned();
@@ -158,7 +166,10 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
 
     let out = run_ok(&mut sandbox.berth(&["up", "-d", "--manifests", dir_arg, "--name", "t1"]));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("berth up running in the background"), "{said}");
+    assert!(
+        said.contains("berth up running in the background"),
+        "{said}"
+    );
 
     let body = wait_for("the app to answer", 60, &sandbox, || {
         sandbox.http(8080, "/up")
@@ -220,7 +231,10 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     let out = run_ok(&mut sandbox.berth(&["down"]));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("removed 1 instance"), "{said}");
-    assert!(!Path::new(&format!("/proc/{up_pid}")).exists(), "up still runs");
+    assert!(
+        !Path::new(&format!("/proc/{up_pid}")).exists(),
+        "up still runs"
+    );
     assert!(sandbox.http(8080, "/up").is_none());
     let ps = run_ok(&mut sandbox.berth(&["ps", "-a", "--local", "-o", "json"]));
     let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();

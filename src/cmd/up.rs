@@ -293,6 +293,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
             core,
             &name,
             &url,
+            handle.token(),
             &repo_url,
             args.manifests.as_deref(),
             &mut lock,
@@ -357,6 +358,7 @@ async fn show(
     core: Arc<berth_controller::state::Core<berth_controller::store::redb::RedbStore>>,
     host: &str,
     url: &str,
+    token: &str,
     repo: &str,
     manifests: Option<&Path>,
     lock: &mut PidLock,
@@ -374,6 +376,7 @@ async fn show(
                 ready = true;
                 let source = manifests.map_or(repo.to_string(), |d| d.display().to_string());
                 println!("berth up: controller {url}, host {host}, manifests from {source}");
+                println!("dashboard: {url}/#token={token}");
                 if let Err(e) = lock.update(serde_json::json!({
                     "state": "ready", "url": url, "host": host, "source": source,
                 })) {
