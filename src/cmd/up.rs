@@ -291,11 +291,13 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
         let watcher = watch_manifests(local, core.clone(), stopped(stop_rx.clone()));
         let shown = show(
             core,
-            &name,
-            &url,
-            handle.token(),
-            &repo_url,
-            args.manifests.as_deref(),
+            About {
+                host: &name,
+                url: &url,
+                token: handle.token(),
+                repo: &repo_url,
+                manifests: args.manifests.as_deref(),
+            },
             &mut lock,
             stopped(stop_rx.clone()),
         );
@@ -352,18 +354,30 @@ async fn watch_manifests(
     }
 }
 
+/// What `show` prints about this `up`.
+struct About<'a> {
+    host: &'a str,
+    url: &'a str,
+    token: &'a str,
+    repo: &'a str,
+    manifests: Option<&'a Path>,
+}
+
 /// Prints the source, then every change of an app's state, and marks `up` ready in its pid
 /// file after the first sync.
 async fn show(
     core: Arc<berth_controller::state::Core<berth_controller::store::redb::RedbStore>>,
-    host: &str,
-    url: &str,
-    token: &str,
-    repo: &str,
-    manifests: Option<&Path>,
+    about: About<'_>,
     lock: &mut PidLock,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let About {
+        host,
+        url,
+        token,
+        repo,
+        manifests,
+    } = about;
     tokio::pin!(stop);
     let mut ready = false;
     let mut shown_apps: BTreeMap<String, String> = BTreeMap::new();
