@@ -36,6 +36,9 @@ pub struct Args {
     /// Placement labels, k=v,…
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// The parent cgroup of the instances (one per agent on a host)
+    #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
@@ -93,7 +96,10 @@ impl NetArgs {
     }
 }
 
-fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
+/// The parent cgroup of an agent's instances unless `--cgroup-parent` says otherwise.
+pub const DEFAULT_CGROUP_PARENT: &str = "berth";
+
+pub(crate) fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
     raw.iter()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -120,6 +126,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
             global,
             config,
             options,
+            &args.cgroup_parent,
             net,
             &global.controller,
             global.token.clone(),
@@ -140,6 +147,7 @@ pub async fn serve(
     global: &super::Global,
     config: AgentConfig,
     options: berth_agent::host::image_store::PullOptions,
+    cgroup_parent: &str,
     net: NetConfig,
     controller_url: &str,
     token: Option<String>,
@@ -165,6 +173,7 @@ pub async fn serve(
     let network = Arc::new(network);
     let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
         .map_err(|e| anyhow::anyhow!(e.chain()))?
+        .with_cgroup_parent(cgroup_parent)
         .with_network(network.clone());
     // Re-adopt the containers that outlived the previous agent, then remove the network
     // leftovers of the ones that did not.
@@ -217,7 +226,7 @@ pub fn probe_exec() -> ExitCode {
     ))
 }
 
-fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
+pub(crate) fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
     match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
         Ok(host) => Arc::new(host),
         Err(e) => {

@@ -21,6 +21,8 @@
 /// agent's other network code).
 pub use crate::host::controller_client as client;
 
+pub mod teardown;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};

@@ -13,6 +13,7 @@ pub mod deploy_images;
 pub mod deploy_runtime;
 pub mod image_store;
 pub mod net;
+pub mod pidlock;
 pub mod probe;
 pub mod proxy_process;
 pub mod registry;
