@@ -2,7 +2,12 @@
 //! syncing a local bare git repository; its scraped text must pass `promtool check metrics`
 //! (Debian `prometheus`), and `--metrics-token-required` closes it to scrapes without the
 //! token.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, reason = "test helpers")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers"
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -143,6 +143,10 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
 /// the data dir. `net` wires private instances (bridge, subnet, name prefixes). The proxy
 /// (`berth proxy`, started from this binary when none runs for the data dir) outlives the
 /// agent; `berth_agent::host::traffic::teardown` stops it and removes the network.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "two call sites (agent, up) that pass their own flags straight through"
+)]
 pub async fn serve(
     global: &super::Global,
     config: AgentConfig,

@@ -411,6 +411,19 @@ impl Runtime for ContainerRuntime {
         }
     }
 
+    async fn cpu_usage(&self, id: &str) -> Option<Duration> {
+        let this = self.clone();
+        let key = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let state = this.store.read(&key).ok()?;
+            let ns = this.cgroups.cpu_usage_ns(&state.spec)?;
+            Some(Duration::from_nanos(ns))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     async fn log_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, EffectError> {
         let path = shim::log_path(&self.store.dir(id).join("logs"));
         let text = match tokio::fs::read(&path).await {

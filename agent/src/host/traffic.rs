@@ -20,7 +20,7 @@ use berth_manifests::ErrorKind;
 use crate::host::proxy_process;
 use crate::proxy::control::{ProxyClient, ProxyEvents};
 use crate::proxy::{AppConfig, MetricsSnapshot, ProxyError};
-use crate::reconcile::traits::{EffectError, Route, Traffic};
+use crate::reconcile::traits::{AppLoad, EffectError, Load, Route, Traffic};
 
 #[derive(Debug, Default)]
 struct Known {
@@ -40,6 +40,7 @@ pub struct ProxyTraffic {
     exe: PathBuf,
     data_dir: PathBuf,
     inner: tokio::sync::Mutex<Inner>,
+    events: tokio::sync::Mutex<Option<ProxyEvents>>,
 }
 
 fn effect(op: &'static str, object: &str, e: ProxyError) -> EffectError {
@@ -65,6 +66,7 @@ impl ProxyTraffic {
             exe: exe.to_owned(),
             data_dir: data_dir.to_owned(),
             inner: tokio::sync::Mutex::default(),
+            events: tokio::sync::Mutex::default(),
         };
         let mut inner = this.inner.lock().await;
         if !this
@@ -211,6 +213,55 @@ fn gone_ok(res: Result<(), ProxyError>) -> Result<(), ProxyError> {
     match res {
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
         other => other,
+    }
+}
+
+impl Load for ProxyTraffic {
+    async fn load(&self) -> BTreeMap<String, AppLoad> {
+        match self.snapshot().await {
+            Ok(apps) => apps
+                .into_iter()
+                .map(|(app, s)| {
+                    let load = AppLoad {
+                        requests_total: s.requests_total,
+                        in_flight: s.in_flight,
+                        waiting: s.waiting,
+                    };
+                    (app, load)
+                })
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e.chain(), "no proxy counters");
+                BTreeMap::new()
+            }
+        }
+    }
+
+    async fn woken(&self) -> Option<String> {
+        let mut events = self.events.lock().await;
+        loop {
+            if events.is_none() {
+                match self.watch().await {
+                    Ok(Some(e)) => *events = Some(e),
+                    // No proxy yet (nothing exposed), or it is restarting: look again soon.
+                    Ok(None) | Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(stream) = events.as_mut() else {
+                continue;
+            };
+            match stream.next().await {
+                Ok(app) => return Some(app),
+                Err(e) => {
+                    tracing::debug!(error = %e, "proxy watch ended; reconnecting");
+                    *events = None;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
     }
 }
 

@@ -367,11 +367,14 @@ impl Prober for FakeProber {
     }
 }
 
+/// An app's last `sync`: its route and backends.
+pub type Synced = (Option<Route>, Vec<(String, SocketAddr)>);
+
 /// Records admits and drains, and keeps the last `sync` of each app.
 #[derive(Debug, Default)]
 pub struct FakeTraffic {
     calls: Mutex<Vec<String>>,
-    synced: Mutex<BTreeMap<String, (Option<Route>, Vec<(String, SocketAddr)>)>>,
+    synced: Mutex<BTreeMap<String, Synced>>,
 }
 
 impl FakeTraffic {
@@ -386,10 +389,12 @@ impl FakeTraffic {
     }
 
     /// The last `sync` of `app`: its route and backends.
-    pub fn synced(&self, app: &str) -> Option<(Option<Route>, Vec<(String, SocketAddr)>)> {
+    pub fn synced(&self, app: &str) -> Option<Synced> {
         lock(&self.synced).get(app).cloned()
     }
 }
+
+impl super::traits::Load for FakeTraffic {}
 
 impl Traffic for FakeTraffic {
     async fn admit(

@@ -178,6 +178,11 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         lines: usize,
     ) -> impl Future<Output = Result<Vec<String>, EffectError>> + Send;
+    /// CPU time the instance used so far (its cgroup's usage), for the autoscaler; `None`
+    /// when unknown.
+    fn cpu_usage(&self, _id: &str) -> impl Future<Output = Option<Duration>> + Send {
+        async { None }
+    }
 }
 
 /// The image store, as the agent uses it.
@@ -223,7 +228,7 @@ pub struct Route {
 /// the stop signal comes after. `sync` is level-triggered, once per reconcile pass: it makes
 /// the proxy's listener and rotation of the app match (after an agent or proxy restart, or
 /// an instance that died). [`NoTraffic`] does nothing.
-pub trait Traffic: Send + Sync + 'static {
+pub trait Traffic: Load {
     /// `id` is ready: send it requests at `addr` (`None`: the app has no port, nothing to do).
     fn admit(
         &self,
@@ -248,9 +253,34 @@ pub trait Traffic: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), EffectError>> + Send;
 }
 
+/// The proxy's counters of one app, as the autoscaler reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppLoad {
+    /// Requests started so far.
+    pub requests_total: u64,
+    /// Requests in progress now.
+    pub in_flight: u64,
+    /// Requests held now for want of an instance.
+    pub waiting: u64,
+}
+
+/// What the autoscaler reads from the proxy. Defaults: no counters, no wake-ups.
+pub trait Load: Send + Sync + 'static {
+    /// Counters of every exposed app.
+    fn load(&self) -> impl Future<Output = std::collections::BTreeMap<String, AppLoad>> + Send {
+        async { std::collections::BTreeMap::new() }
+    }
+    /// Waits for a request that found no instance; its app (scale from zero). `None`: never.
+    fn woken(&self) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
+}
+
 /// No proxy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoTraffic;
+
+impl Load for NoTraffic {}
 
 impl Traffic for NoTraffic {
     async fn admit(&self, _: &str, _: &str, _: Option<SocketAddr>) -> Result<(), EffectError> {
