@@ -251,6 +251,11 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
             .await
             .with_context(|| format!("starting the controller on {}", args.listen))?;
         let url = handle.url();
+        // One /metrics for both halves.
+        handle
+            .core()
+            .metrics()
+            .set_extra(Box::new(|| berth_agent::metrics::global().encode_body()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;

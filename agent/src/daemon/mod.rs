@@ -437,7 +437,13 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             .cloned()
             .unwrap_or_default();
         let now = clock.now_ms();
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "metrics edge: the pass's duration"
+        )]
+        let started = std::time::Instant::now();
         let out = exec::reconcile(&fx, &name, want.as_ref(), &mut history, now).await;
+        record_metrics(&name, started.elapsed().as_secs_f64(), &out);
         for e in &out.errors {
             tracing::warn!(app = %name, error = %e.chain(), "reconcile step failed");
         }
@@ -466,6 +472,21 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             () = tokio::time::sleep(out.requeue_after) => {}
         }
     }
+}
+
+fn record_metrics(app: &str, seconds: f64, out: &exec::Outcome) {
+    let instances: Vec<(String, String, u32)> = out
+        .instances
+        .iter()
+        .map(|i| {
+            let state = serde_json::to_value(i.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            (i.id.clone(), state, i.restarts)
+        })
+        .collect();
+    crate::metrics::global().reconciled(app, seconds, &instances);
 }
 
 fn publish(shared: &Shared, name: &str, out: &exec::Outcome, finished: bool) {
