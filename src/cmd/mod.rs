@@ -4,6 +4,7 @@
 //! lives in the library crates.
 
 pub mod agent;
+pub mod completions;
 pub mod down;
 pub mod exec;
 pub mod image;
