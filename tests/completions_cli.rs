@@ -1,5 +1,5 @@
-//! `berth completions SHELL`: a script the shell accepts, naming the verbs; a closed pipe is
-//! no crash; an unknown shell is a usage error.
+//! CLI polish: `berth completions SHELL` (a script the shell accepts, naming the verbs; a closed
+//! pipe is no crash; an unknown shell is a usage error) and `-o yaml`.
 #![allow(clippy::unwrap_used, reason = "test")]
 
 use std::io::Read;
@@ -57,4 +57,23 @@ fn a_closed_pipe_is_not_a_crash_and_an_unknown_shell_is_a_usage_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn yaml_output_is_the_json_document_in_yaml() {
+    let examples = berth_testkit::repo_root().join("manifests/examples");
+    let run = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("validate")
+            .arg(&examples)
+            .args(["-o", format])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let json: serde_json::Value = serde_json::from_str(&run("json")).unwrap();
+    let yaml: serde_json::Value = serde_saphyr::from_str(&run("yaml")).unwrap();
+    assert_eq!(json, yaml);
+    assert!(json["apps"].as_array().is_some_and(|a| !a.is_empty()));
 }
