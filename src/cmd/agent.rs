@@ -33,6 +33,10 @@ pub struct Args {
     /// Placement labels, k=v,…
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// The parent cgroup of the instances (one agent per host uses the default; tests and
+    /// side-by-side agents give each its own)
+    #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = "berth")]
+    pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -55,6 +59,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut config = AgentConfig::new(args.name.clone());
     config.labels = labels(&args.labels)?;
+    config.cgroup_parent = args.cgroup_parent.clone();
     let options = args.registry.pull_options(global)?;
     let rt = super::pull::runtime()?;
     rt.block_on(async {
@@ -95,7 +100,8 @@ pub async fn serve(
     }
     .map_err(|e| anyhow::anyhow!(e.chain()))?;
     let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
-        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+        .map_err(|e| anyhow::anyhow!(e.chain()))?
+        .with_cgroup_parent(config.cgroup_parent.clone());
     let fx = Effects {
         runtime: Arc::new(runtime),
         images: Arc::new(StoreImages::new(images, options)),

@@ -57,10 +57,14 @@ pub struct AgentConfig {
     pub report_interval: Duration,
     /// Longest wait between attempts to reach the controller.
     pub retry_max: Duration,
+    /// The parent cgroup of the instances (the runtime adapter's; `berth` by default). The
+    /// loop does not use it; the process that assembles the runtime does.
+    pub cgroup_parent: String,
 }
 
 impl AgentConfig {
-    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 30 s apart.
+    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 5 s apart, instances
+    /// under the `berth` cgroup.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -68,7 +72,8 @@ impl AgentConfig {
             capacity: Capacity::default(),
             poll_wait: Duration::from_secs(30),
             report_interval: Duration::from_secs(10),
-            retry_max: Duration::from_secs(30),
+            retry_max: Duration::from_secs(5),
+            cgroup_parent: "berth".into(),
         }
     }
 }
