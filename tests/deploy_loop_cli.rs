@@ -480,14 +480,14 @@ fn a_rollback_pins_revision_1_until_the_next_manifest_change() {
             .all(|r| r["pinned"] == false),
         "{revs}"
     );
-    let running = c.running();
-    assert_eq!(
-        web_of(&running)
+    c.wait_for("revision 3 to run alone", 15, || {
+        let running = c.running();
+        let revs: Vec<&str> = web_of(&running)
             .iter()
             .map(|r| r.revision.as_str())
-            .collect::<Vec<_>>(),
-        ["3"]
-    );
+            .collect();
+        (revs == ["3"]).then_some(())
+    });
 }
 
 #[test]
@@ -530,14 +530,24 @@ fn an_agent_killed_mid_rollout_converges_without_duplicates_or_restarts() {
     let samples = sampler.finish();
     assert_eq!(code, 0, "{out}\n{}", c.logs());
 
-    let end = c.running();
+    // The old instances leave within their grace.
+    let end = c.wait_for("revision 2 to run alone", 15, || {
+        let running = c.running();
+        let web = web_of(&running);
+        (web.len() == 2 && web.iter().all(|r| r.revision == "2")).then_some(running.clone())
+    });
     let web_end = web_of(&end);
-    assert_eq!(web_end.len(), 2, "{end:?}");
-    assert!(web_end.iter().all(|r| r.revision == "2"), "{end:?}");
-    // No duplicate: never more than desired + surge instances at once, ids unique.
-    for s in &samples {
-        assert!(web_of(s).len() <= 3, "too many instances at once: {s:?}");
-    }
+    // No duplicate: exactly two revision 2 instances were ever started (an agent that lost
+    // track of the one it started before the kill would start a third).
+    let mut seen: Vec<String> = samples
+        .iter()
+        .chain(std::iter::once(&end))
+        .flat_map(|s| web_of(s).into_iter().filter(|r| r.revision == "2"))
+        .map(|r| r.id.clone())
+        .collect();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 2, "revision 2 instances: {seen:?}\n{}", c.logs());
     // Healthy containers were not restarted: everything running when the agent died that
     // still runs has the same init (pid and start time).
     for r in web_of(&while_dead) {
