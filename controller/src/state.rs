@@ -434,6 +434,7 @@ impl<S: Store> Core<S> {
         };
         let result = match outcome {
             Ok(()) => {
+                tracing::info!(commit = %head.short(), "applied the branch head");
                 status.commit = Some(head.to_string());
                 status.errors.clear();
                 status.app_errors.clear();

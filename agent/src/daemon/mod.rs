@@ -444,6 +444,13 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
         for e in &out.errors {
             tracing::warn!(app = %name, error = %e.chain(), "reconcile step failed");
         }
+        tracing::debug!(
+            app = %name,
+            steps = out.steps,
+            requeue_ms = out.requeue_after.as_millis(),
+            took_ms = clock.now_ms().saturating_sub(now),
+            "reconciled"
+        );
         let finished = want.is_none() && out.instances.is_empty() && out.errors.is_empty();
         {
             let mut all = lock(&shared.history);

@@ -58,6 +58,8 @@ pub struct Outcome {
     pub requeue_after: Duration,
     /// Steps that failed.
     pub errors: Vec<EffectError>,
+    /// Steps applied (or tried).
+    pub steps: usize,
 }
 
 /// After a pass that changed something, look again this soon (a started instance gets its
@@ -141,7 +143,9 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
     let mut requeue_ms = plan.requeue_after_ms;
 
     let mut failed_transient = false;
+    out.steps = plan.steps.len();
     for step in &plan.steps {
+        tracing::debug!(app, step = step.name(), id = step.id(), "applying");
         if let Err(err) = apply(fx, app, step).await {
             match step {
                 Step::Start { revision, .. } if !err.transient() => {
