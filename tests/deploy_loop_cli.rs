@@ -547,7 +547,12 @@ fn an_agent_killed_mid_rollout_converges_without_duplicates_or_restarts() {
         .collect();
     seen.sort();
     seen.dedup();
-    assert_eq!(seen.len(), 2, "revision 2 instances: {seen:?}\n{}", c.logs());
+    assert_eq!(
+        seen.len(),
+        2,
+        "revision 2 instances: {seen:?}\n{}",
+        c.logs()
+    );
     // Healthy containers were not restarted: everything running when the agent died that
     // still runs has the same init (pid and start time).
     for r in web_of(&while_dead) {

@@ -370,6 +370,7 @@ impl<S: Store> Core<S> {
         last_seen: &mut Option<(String, Vec<String>)>,
     ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
+        tracing::debug!("sync: fetching");
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
         status.branch = self.source.branch().to_string();
@@ -401,6 +402,7 @@ impl<S: Store> Core<S> {
                 return Ok((status, SyncResult::Error));
             }
         };
+        tracing::debug!(head = %head.short(), "sync: fetched");
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
         // a head already processed: show its outcome again (a fetch error is over)
@@ -428,6 +430,7 @@ impl<S: Store> Core<S> {
         let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
             .await
             .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
+        tracing::debug!("sync: read the commit's manifests");
         let outcome = match &snapshot {
             Ok(snapshot) => self.apply_snapshot(snapshot).await?,
             Err(err) => Err(vec![err.to_string()]),
@@ -598,6 +601,7 @@ impl<S: Store> Core<S> {
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
         }
+        tracing::debug!(apps = new_targets.len(), "sync: revisions stored");
         for app in &new_targets {
             self.metrics.target_changed(app, TargetCause::Commit);
         }
@@ -609,6 +613,7 @@ impl<S: Store> Core<S> {
         ));
         self.events.append(events).await?;
         self.reassign().await?;
+        tracing::debug!("sync: assignments stored");
         Ok(Ok(()))
     }
 

@@ -36,7 +36,7 @@ pub fn describe(probe: &Probe) -> String {
 /// Until its first passing probe, an instance is probed at least this often (ms), whatever
 /// its `interval`: readiness of a new instance gates a rollout, so it is noticed within this
 /// time. Failures meanwhile count as usual (only a once-ready instance is restarted by them).
-pub const STARTING_INTERVAL_MS: u64 = 200;
+pub const STARTING_INTERVAL_MS: u64 = 100;
 
 /// Where an instance stands with its probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ mod tests {
         let h = health(3, 0);
         let mut s = ProbeState::default();
         s.record(&h, 0, 500, Err("connection refused".into()));
-        assert!(s.due(500 + STARTING_INTERVAL_MS), "starting: every 200 ms");
+        assert!(s.due(500 + STARTING_INTERVAL_MS), "starting: every 100 ms");
         s.record(&h, 0, 700, Ok(()));
         assert!(!s.due(700 + STARTING_INTERVAL_MS), "ready: every interval");
         assert!(s.due(1700));

@@ -64,7 +64,7 @@ pub struct Outcome {
 
 /// After a pass that changed something, look again this soon (a started instance gets its
 /// first probe, a stopped one is removed) instead of waiting for the resync.
-pub const AFTER_STEPS_MS: u64 = 50;
+pub const AFTER_STEPS_MS: u64 = 20;
 
 /// Longest backoff after transient errors.
 pub const RETRY_MAX_MS: u64 = 60_000;
