@@ -270,6 +270,43 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
             "{id} in {text:?}"
         );
     }
+    // `-f` follows them all.
+    let mut follow = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--data-dir")
+        .arg(&c.data)
+        .args(["logs", "-f", "talker"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(line) => got.push(line),
+            Err(_) => break,
+        }
+    }
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f keeps following"
+    );
+    let _ = follow.kill();
+    let _ = follow.wait();
+    got.sort();
+    assert!(
+        got.len() == 2 && got[0].starts_with("talker-1-0") && got[1].starts_with("talker-1-1"),
+        "{got:?}"
+    );
 }
 
 #[test]
@@ -405,6 +442,20 @@ fn a_failing_revision_rolls_back_and_an_invalid_commit_changes_nothing() {
     assert_eq!(c.json(&["revisions", "web"]).as_array().unwrap().len(), 2);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(c.running(), settled, "nothing changed on the host");
+
+    // A fixed manifest (a change): revision 3 rolls out, the errors are gone.
+    c.commit(
+        &[(
+            "web.yaml",
+            Some(&web(&c, "hello:v2", 1, &probe("/up"), UPDATE)),
+        )],
+        "web: fixed",
+    );
+    c.wait_revision("web", 3);
+    assert_eq!(c.rollout_wait("web", 3, "60s").0, 0, "{}", c.logs());
+    let status = c.json(&["status"]);
+    assert_eq!(status["sync"]["errors"], serde_json::json!([]), "{status}");
+    assert!(status["apps"][0]["last_error"].is_null(), "{status}");
 }
 
 #[test]

@@ -184,6 +184,16 @@ impl ContainerRuntime {
     }
 }
 
+/// The text of a log line (`<RFC 3339 time> <stream> <text>`, as the shim writes it).
+fn log_text(line: &str) -> &str {
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("stdout" | "stderr"), Some(text)) => text,
+        (Some(_), Some("stdout" | "stderr"), None) => "",
+        _ => line,
+    }
+}
+
 fn remove_labels(this: &ContainerRuntime, id: &str) -> Result<(), EffectError> {
     match std::fs::remove_file(this.labels_path(id)) {
         Ok(()) => Ok(()),
@@ -405,6 +415,19 @@ impl Runtime for ContainerRuntime {
         };
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        Ok(all[start..].iter().map(|l| (*l).to_string()).collect())
+        Ok(all[start..].iter().map(|l| log_text(l).to_string()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_lose_their_time_and_stream() {
+        assert_eq!(
+            super::log_text("2026-11-23T23:00:00.123Z stderr crasher: exiting 1"),
+            "crasher: exiting 1"
+        );
+        assert_eq!(super::log_text("2026-11-23T23:00:00Z stdout"), "");
+        assert_eq!(super::log_text("no prefix here"), "no prefix here");
     }
 }
