@@ -31,6 +31,8 @@ enum Command {
     Plan(cmd::plan::Args),
     /// Run berth all-in-one on this host (controller with embedded store + agent)
     Up(cmd::up::Args),
+    /// Stop `berth up` and remove every instance it started under the data dir
+    Down(cmd::down::Args),
     /// Run the controller: git sync, revisions, the agent and CLI API
     Controller(cmd::controller::Args),
     /// Show apps, hosts and the git source
@@ -117,6 +119,7 @@ fn main() -> ExitCode {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),
         Command::Plan(args) => cmd::plan::run(&cli.global, args),
         Command::Up(args) => cmd::up::run(&cli.global, args),
+        Command::Down(args) => cmd::down::run(&cli.global, args),
         Command::Controller(args) => cmd::controller::run(&cli.global, args),
         Command::Status(args) => cmd::status::run(&cli.global, args),
         Command::Apps(args) => cmd::apps::run(&cli.global, args),

@@ -215,6 +215,9 @@ pub struct Metrics {
     /// Assignment versions written but not yet answered to their host: host → (version,
     /// when the oldest undelivered change was written).
     undelivered: Mutex<HashMap<String, (u64, Instant)>>,
+    /// More families served with these (`berth up`: the agent's), as OpenMetrics text
+    /// without `# EOF`.
+    extra: std::sync::OnceLock<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// A registry that remembers the names it registered.
@@ -333,6 +336,7 @@ impl Metrics {
             api_requests,
             api_duration,
             undelivered: Mutex::new(HashMap::new()),
+            extra: std::sync::OnceLock::new(),
         }
     }
 
@@ -346,8 +350,18 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // writing to a String cannot fail
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        if let Some(extra) = self.extra.get() {
+            out.push_str(&extra());
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
+    }
+
+    /// Serves the families `extra` returns (OpenMetrics text without `# EOF`) with the
+    /// controller's, at the same `/metrics` (`berth up` adds the agent's). Set once.
+    pub fn set_extra(&self, extra: Box<dyn Fn() -> String + Send + Sync>) {
+        let _ = self.extra.set(extra);
     }
 
     /// The exposition text in the Prometheus text format 0.0.4.

@@ -122,6 +122,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
                     let verdict =
                         health::runner::run(&*fx.runtime, &*fx.prober, &o.id, o.address, health)
                             .await;
+                    crate::metrics::global().probe(app, verdict.is_ok());
                     mem.probe.record(health, o.started_at_ms, now, verdict);
                 }
             }
