@@ -1,6 +1,6 @@
 //! `berth ps`: the instances of every host through the controller (like `heroku ps`) when
-//! one is configured (`--controller`/`BERTH_CONTROLLER`) or answers at the default address
-//! (`berth up` or `berth controller` on this host); otherwise, or with `--local`, the
+//! one is configured (`--controller`/`BERTH_CONTROLLER`) or shares the data dir (`berth up`
+//! or `berth controller` on this host, at `--controller`); otherwise, or with `--local`, the
 //! containers of the local data dir (like `docker ps`), running ones by default, all with
 //! `-a`. The true local status is checked against the live process (pid + start time).
 
@@ -129,10 +129,14 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// The instances of all hosts from the controller; `None` when no controller was configured
-/// and none answers at the default address (then the local data dir is listed).
+/// The instances of all hosts from the controller; `None` (list the local data dir) when no
+/// controller was configured and none shares the data dir (`berth up` or `berth controller`
+/// with this `--data-dir` leave their token file there), or that one does not answer.
 fn cluster(global: &super::Global) -> anyhow::Result<Option<Vec<InstanceInfo>>> {
     let configured = super::remote::controller_configured();
+    if !configured && !berth_controller::token::token_path(&global.data_dir).exists() {
+        return Ok(None);
+    }
     let client = match super::remote::client(global) {
         Ok(c) => c,
         Err(_) if !configured => return Ok(None),
