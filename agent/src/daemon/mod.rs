@@ -62,7 +62,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 30 s apart.
+    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 5 s apart.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -70,7 +70,7 @@ impl AgentConfig {
             capacity: Capacity::default(),
             poll_wait: Duration::from_secs(30),
             report_interval: Duration::from_secs(10),
-            retry_max: Duration::from_secs(30),
+            retry_max: Duration::from_secs(5),
         }
     }
 }
@@ -447,6 +447,13 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
         for e in &out.errors {
             tracing::warn!(app = %name, error = %e.chain(), "reconcile step failed");
         }
+        tracing::debug!(
+            app = %name,
+            steps = out.steps,
+            requeue_ms = out.requeue_after.as_millis(),
+            took_ms = clock.now_ms().saturating_sub(now),
+            "reconciled"
+        );
         let finished = want.is_none() && out.instances.is_empty() && out.errors.is_empty();
         {
             let mut all = lock(&shared.history);
