@@ -10,7 +10,8 @@
     clippy::unwrap_used,
     clippy::expect_used,
     clippy::panic,
-    reason = "test helpers"
+    clippy::disallowed_methods,
+    reason = "test helpers; tests time their own waits"
 )]
 
 mod deploy_support;
@@ -639,7 +640,7 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
              health: {{ http: /up, interval: 200ms, timeout: 1s, failures: 2 }}\n\
              update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
              stop: {{ grace: 2s }}\n",
-            format!("{registry}/berth-test/{tag}")
+            format_args!("{registry}/berth-test/{tag}")
         )
     };
     c.commit(&[("web.yaml", Some(&app("hello:latest")))], "add web");
