@@ -38,9 +38,9 @@ pub struct Args {
     /// A git repository of manifests (URL or local path)
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
-    /// The branch of --repo
-    #[arg(long, value_name = "B", requires = "repo", default_value = "main")]
-    pub branch: String,
+    /// The branch of --repo (default main)
+    #[arg(long, value_name = "B", requires = "repo")]
+    pub branch: Option<String>,
     /// Where the API, /metrics and the dashboard listen
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
