@@ -223,7 +223,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
         }
         None => (
             args.repo.clone().unwrap_or_default(),
-            args.branch.clone(),
+            args.branch.clone().unwrap_or_else(|| "main".into()),
             None,
         ),
     };
