@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
     /// The branch of --repo (default main)
-    #[arg(long, value_name = "B", requires = "repo")]
+    #[arg(long, value_name = "B")]
     pub branch: Option<String>,
     /// Where the API, /metrics and the dashboard listen
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
@@ -83,6 +83,9 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs `berth up`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let name = host_name(args.name.as_deref())?;
+    if args.branch.is_some() && args.repo.is_none() {
+        return Err(UsageError("--branch goes with --repo".into()).into());
+    }
     if args.poll_interval.as_millis() < 100 {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
