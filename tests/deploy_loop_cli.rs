@@ -283,7 +283,10 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
     let (tx, rx) = std::sync::mpsc::channel();
     let stdout = follow.stdout.take().unwrap();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             if tx.send(line).is_err() {
                 break;
             }

@@ -178,7 +178,9 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     });
     // (In host mode with a fixed port the old instance may hold the port for its grace
     // period; the new one serves once it has it.)
-    wait_for("revision 2 to answer", 30, &sandbox, || sandbox.http(8080, "/up"));
+    wait_for("revision 2 to answer", 30, &sandbox, || {
+        sandbox.http(8080, "/up")
+    });
 
     // An invalid edit → refused with path:line:col; revision 2 keeps serving.
     std::fs::write(
