@@ -415,7 +415,10 @@ impl Runtime for ContainerRuntime {
         };
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        Ok(all[start..].iter().map(|l| log_text(l).to_string()).collect())
+        Ok(all[start..]
+            .iter()
+            .map(|l| log_text(l).to_string())
+            .collect())
     }
 }
 
