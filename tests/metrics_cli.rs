@@ -182,82 +182,6 @@ fn metrics_token_required_flag_closes_metrics_to_anonymous_scrapes() {
     assert_eq!(wait_status(&addr), 401);
 }
 
-/// A real Prometheus server (Debian `prometheus`) on a free loopback port, scraping `targets`
-/// (job name → `host:port`) every second; stopped by its pid on drop.
-struct Prometheus {
-    _daemon: Daemon,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    fn start(targets: &[(&str, &str)]) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let mut config = String::from(
-            "global: { scrape_interval: 1s, scrape_timeout: 900ms }\nscrape_configs:\n",
-        );
-        for (job, target) in targets {
-            config.push_str(&format!(
-                "  - job_name: {job}\n    static_configs: [ {{ targets: ['{target}'] }} ]\n"
-            ));
-        }
-        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let port = berth_testkit::free_port().unwrap();
-        let addr = format!("127.0.0.1:{port}");
-        let daemon = Daemon(
-            Command::new("prometheus")
-                .arg(format!(
-                    "--config.file={}",
-                    dir.path().join("prometheus.yml").display()
-                ))
-                .arg(format!(
-                    "--storage.tsdb.path={}",
-                    dir.path().join("tsdb").display()
-                ))
-                .arg(format!("--web.listen-address={addr}"))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("prometheus (Debian package prometheus; scripts/install-deps.sh)"),
-        );
-        Prometheus {
-            _daemon: daemon,
-            addr,
-            _dir: dir,
-        }
-    }
-
-    /// The instant vector of `query` through the HTTP API (empty when it has no series yet).
-    fn query(&self, query: &str) -> Vec<serde_json::Value> {
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "5", "-G"])
-            .arg(format!("http://{}/api/v1/query", self.addr))
-            .arg("--data-urlencode")
-            .arg(format!("query={query}"))
-            .output()
-            .unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        v["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-
-    /// Polls `query` until it has a series whose value satisfies `ok`; that value.
-    fn wait_value(&self, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
-        for _ in 0..120 {
-            for series in self.query(query) {
-                let value: f64 = series["value"][1]
-                    .as_str()
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(f64::NAN);
-                if ok(value) {
-                    return value;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-        panic!("prometheus at {} never had {query} as expected", self.addr);
-    }
-}
-
 #[test]
 fn a_real_prometheus_scrapes_the_controller() {
     let (dir, bare) = repo();
@@ -265,7 +189,12 @@ fn a_real_prometheus_scrapes_the_controller() {
     let addr = format!("127.0.0.1:{port}");
     let _controller = controller(dir.path(), &bare, port, &[]);
     assert_eq!(wait_status(&addr), 200);
-    let prometheus = Prometheus::start(&[("berth-controller", &addr)]);
+    let prometheus = berth_testkit::Prometheus::start(
+        &[("berth-controller", &addr)],
+        None,
+        berth_testkit::free_port().unwrap(),
+    )
+    .unwrap();
 
     // The target is up, the first sync was counted, requests are counted by route, and the
     // sync histogram has observations with a sane (positive, under two minutes) mean.
