@@ -164,6 +164,7 @@ impl Cluster {
             .args(args)
             .env_remove("BERTH_TOKEN")
             .env_remove("BERTH_CONTROLLER")
+            .envs(self.net_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -248,7 +249,7 @@ impl Cluster {
 impl Cli {
     /// `berth --data-dir D --controller URL ARGS`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"))
+        self.berth()
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--controller")
@@ -404,7 +405,8 @@ impl Cli {
     pub fn exec(&self, id: &str, cmd: &[&str]) -> (i32, String) {
         let mut args = vec!["exec", id, "--"];
         args.extend(cmd);
-        let out = in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"))
+        let out = self
+            .berth()
             .arg("--data-dir")
             .arg(&self.data)
             .args(&args)
@@ -419,9 +421,23 @@ impl Cli {
 }
 
 impl Cli {
-    /// The `berth` binary, to be run inside the test's namespace.
+    /// The `berth` binary, to be run inside the test's namespace with the test's network
+    /// names.
     pub fn berth(&self) -> Command {
-        in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"))
+        let mut c = in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"));
+        c.envs(self.net_env());
+        c
+    }
+
+    /// Instance namespaces are named under /run/netns, which every namespace shares: a
+    /// prefix of this test's own keeps parallel tests' `web-1-0`s apart.
+    fn net_env(&self) -> [(&'static str, String); 1] {
+        let name = self
+            .netns
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        [("BERTH_NETNS_PREFIX", format!("{name}-i-"))]
     }
 
     /// `GET http://ADDR/PATH` from inside the test's namespace: the body, if 2xx.
@@ -456,6 +472,15 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_agent();
         self.kill_controller();
+        // Instances, their network namespaces and veths, the proxy: what `down` removes.
+        let _ = self
+            .berth()
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["down", "--timeout", "5s", "--cgroup-parent", &self.cgroup.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let store = Store::new(&self.data);
         let cgroups: Box<dyn Cgroups> = match HostCgroups::detect(Path::new("/proc/self/mountinfo"))
         {
