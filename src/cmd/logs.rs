@@ -212,7 +212,7 @@ fn app_logs(store: &Store, args: &Args) -> anyhow::Result<ExitCode> {
             t.drain(store, args.timestamps, false)?;
         }
         rounds = rounds.wrapping_add(1);
-        if rounds % 10 == 0 {
+        if rounds.is_multiple_of(10) {
             // Instances a rollout or restart started since: follow them from their start.
             for id in instances(store, &args.id) {
                 if !ids.contains(&id) {
