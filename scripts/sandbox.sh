@@ -68,8 +68,8 @@ check_nothing_left() {
   done
   local p
   for p in /proc/[0-9]*; do
-    if tr '\0' ' ' <"$p/cmdline" 2>/dev/null | grep -qF "$SB_DATA"; then
-      echo "LEAK: process ${p#/proc/}: $(tr '\0' ' ' <"$p/cmdline")"; bad=1
+    if { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -qF "$SB_DATA"; then
+      echo "LEAK: process ${p#/proc/}: $({ tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null)"; bad=1
     fi
   done
   local netns_left

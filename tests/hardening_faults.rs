@@ -22,11 +22,45 @@ struct Sandbox {
     cgroup_parent: String,
 }
 
+/// A tmpfs of `size` mounted on a temp dir; unmounted (lazily, ours only) on drop.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new(size: &str) -> Tmpfs {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-tmpfs-")
+            .tempdir()
+            .unwrap();
+        run_ok(
+            Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={size},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(dir.path()),
+        );
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.0.path()).status();
+    }
+}
+
 impl Sandbox {
     fn new(tag: &str) -> Sandbox {
+        Sandbox::with_data(tag, tempfile::tempdir().unwrap())
+    }
+
+    fn with_data(tag: &str, data: tempfile::TempDir) -> Sandbox {
         Sandbox {
             netns: berth_testkit::Netns::new(tag).unwrap(),
-            data: tempfile::tempdir().unwrap(),
+            data,
             cgroup_parent: format!("berth-t-{tag}-{}", std::process::id()),
         }
     }
@@ -395,5 +429,120 @@ fn kill_9_of_up_during_rollouts_leaves_no_duplicate_and_restarts_no_healthy_inst
         }
         assert!(sandbox.http("/up").is_some());
     }
+    sandbox.down_and_check_nothing_left();
+}
+
+/// Fills the filesystem of `dir` with one file until ENOSPC; returns the file.
+fn fill(dir: &Path) -> std::path::PathBuf {
+    use std::io::Write;
+    let path = dir.join("filler");
+    let mut f = std::fs::File::create(&path).unwrap();
+    let block = vec![0u8; 64 << 10];
+    loop {
+        if let Err(e) = f.write_all(&block) {
+            assert_eq!(e.raw_os_error(), Some(libc_enospc()), "{e}");
+            break;
+        }
+    }
+    // smaller writes to take the last bytes
+    while f.write_all(&[0u8; 512]).is_ok() {}
+    path
+}
+
+fn libc_enospc() -> i32 {
+    28
+}
+
+#[test]
+fn a_full_disk_is_a_clear_error_and_the_old_revision_keeps_serving() {
+    let reg = Registry::start().unwrap();
+    reg.push_test_images(&["hello"]).unwrap();
+    let tmpfs = Tmpfs::new("64m");
+    let data = tempfile::Builder::new()
+        .prefix("data-")
+        .tempdir_in(tmpfs.0.path())
+        .unwrap();
+    let sandbox = Sandbox::with_data("diskfull", data);
+    let _inside = reg.serve_in(&sandbox.netns, 5000).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("hello.yaml");
+    std::fs::write(&file, manifest("berth-test/hello:latest", "")).unwrap();
+    sandbox.up(dir.path());
+    wait_for("revision 1 ready", 90, &sandbox, || ready_at(&sandbox, 1));
+    let serving: Vec<_> = sandbox
+        .containers()
+        .into_iter()
+        .filter(|c| c.2 == "running")
+        .collect();
+
+    // the disk fills up, then an edit asks for revision 2
+    let filler = fill(tmpfs.0.path());
+    std::fs::write(
+        &file,
+        manifest("berth-test/hello:latest", "env: { V: \"2\" }\n"),
+    )
+    .unwrap();
+    let full = Instant::now();
+    let (mut answered, mut missed) = (0, 0);
+    while full.elapsed() < Duration::from_secs(10) {
+        if sandbox.http("/up").is_some() {
+            answered += 1;
+        } else {
+            missed += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = std::fs::read_to_string(sandbox.data().join("up/up.log")).unwrap_or_default();
+    let st = sandbox.status();
+    eprintln!(
+        "disk full for 10 s: old revision answered {answered}, missed {missed}; status: {st}\n\
+         up.log:\n{}",
+        log_tail(&sandbox)
+    );
+    let running: Vec<_> = sandbox
+        .containers()
+        .into_iter()
+        .filter(|c| c.2 == "running")
+        .collect();
+    assert_eq!(
+        running, serving,
+        "the serving instance changed while the disk was full"
+    );
+    assert!(
+        missed * 10 <= answered,
+        "missed {missed} of {}",
+        answered + missed
+    );
+    // the error says what is full
+    let said = format!("{log}{st}");
+    assert!(
+        said.contains("No space left on device") || said.contains("no space"),
+        "no disk-full error reported:\n{}",
+        log_tail(&sandbox)
+    );
+    assert!(
+        said.lines()
+            .any(|l| l.to_lowercase().contains("space")
+                && l.contains(tmpfs.0.path().to_str().unwrap())),
+        "the disk-full error does not name the path:\n{}",
+        log_tail(&sandbox)
+    );
+
+    // space returns: the rollout completes, nothing is corrupt
+    std::fs::remove_file(filler).unwrap();
+    let freed = Instant::now();
+    wait_for(
+        "revision 2 ready after space returned",
+        120,
+        &sandbox,
+        || ready_at(&sandbox, 2),
+    );
+    eprintln!(
+        "revision 2 ready {:?} after space returned",
+        freed.elapsed()
+    );
+    let history = sandbox.data().join("agent/history.json");
+    let text = std::fs::read_to_string(&history).unwrap();
+    serde_json::from_str::<serde_json::Value>(&text).unwrap();
     sandbox.down_and_check_nothing_left();
 }
