@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Soak (issue 9; not in CI): N containers on this host under one `berth up` (sleepers in apps
 # of 10 replicas, plus one web app), every app rolled to a new revision every ROUND seconds,
-# for M minutes. Samples the agent's (berth up's) RSS and open fds, the running containers
-# and the mounts every 10 s into a CSV, prints first/last/max, then checks `berth down` left
+# for M minutes. Samples the agent's (berth up's) RSS and open fds, the running containers,
+# the mounts, the sum of the apps' revisions and of their ready instances every 10 s into a CSV, prints first/last/max, then checks `berth down` left
 # no mount, cgroup, process or link behind.
 #
 #   scripts/soak.sh [N=200] [MINUTES=10]    (root; env: ROUND=60, SOAK_NETWORK=private|host,
@@ -61,7 +61,7 @@ done
 echo "$n running after $((SECONDS - start)) s"
 
 csv=${SOAK_CSV:-/tmp/berth-soak-$$.csv}
-echo "t_s,rss_kib,fds,running,mounts,round" >"$csv"
+echo "t_s,rss_kib,fds,running,mounts,round,revisions,ready" >"$csv"
 pid=$(up_pid)
 end=$((SECONDS + minutes * 60))
 next_round=$((SECONDS + round_secs))
@@ -76,14 +76,18 @@ while ((SECONDS < end)); do
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
   fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
   mounts=$(grep -cF "$SB_DATA" /proc/self/mountinfo || true)
-  echo "$((SECONDS - t0)),$rss,$fds,$(running),$mounts,$round" >>"$csv"
+  revs=$(berth status -o json 2>/dev/null | python3 -c '
+import json, sys
+a = json.load(sys.stdin)["apps"]
+print(sum(x["revision"] for x in a), sum(x["ready"] for x in a), sep=",")' || echo 0,0)
+  echo "$((SECONDS - t0)),$rss,$fds,$(running),$mounts,$round,$revs" >>"$csv"
   sleep 10
 done
 echo "samples in $csv"
 python3 - "$csv" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
-for key in ("rss_kib", "fds", "running", "mounts"):
+for key in ("rss_kib", "fds", "running", "mounts", "revisions", "ready"):
     v = [int(r[key]) for r in rows]
     print(f"{key:8} first {v[0]:>8} last {v[-1]:>8} min {min(v):>8} max {max(v):>8}")
 print(f"rounds of rolling updates: {rows[-1]['round']}")
