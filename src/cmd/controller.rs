@@ -31,6 +31,9 @@ pub struct Args {
     /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
     #[arg(long)]
     pub metrics_token_required: bool,
+    /// Most API connections open at once; past it new ones are closed at once
+    #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// Runs `berth controller`.
@@ -39,7 +42,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
     let credentials = credentials_from_docker_config(&docker_config_path())?;
-    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?;
+    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?
+        .with_mirrors(global.mirrors()?);
     let mut config = Config::new(
         global.data_dir.clone(),
         args.repo,
@@ -51,6 +55,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.host_grace = args.host_grace.as_std();
     config.token = global.token.clone();
     config.metrics_token_required = args.metrics_token_required;
+    config.max_connections = args.max_connections;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -78,7 +83,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
-fn docker_config_path() -> std::path::PathBuf {
+pub(crate) fn docker_config_path() -> std::path::PathBuf {
     match std::env::var_os("DOCKER_CONFIG") {
         Some(dir) => std::path::PathBuf::from(dir).join("config.json"),
         None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())

@@ -21,6 +21,10 @@
 /// agent's other network code).
 pub use crate::host::controller_client as client;
 
+mod autoscale;
+
+pub mod teardown;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,7 +64,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 30 s apart.
+    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 5 s apart.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -68,7 +72,7 @@ impl AgentConfig {
             capacity: Capacity::default(),
             poll_wait: Duration::from_secs(30),
             report_interval: Duration::from_secs(10),
-            retry_max: Duration::from_secs(30),
+            retry_max: Duration::from_secs(5),
         }
     }
 }
@@ -140,6 +144,13 @@ struct Shared {
     history: Mutex<History>,
     status: Mutex<Status>,
     changed: Notify,
+    /// The autoscaler's instance count of each autoscaled app.
+    scales: Mutex<BTreeMap<String, u32>>,
+    /// A scale changed: the supervisor hands it to the app's worker.
+    rescale: Notify,
+    /// Apps a held request is waiting for (scale from zero), and the autoscaler's wake-up.
+    woken: Mutex<BTreeSet<String>>,
+    wake: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -236,6 +247,10 @@ where
             history: Mutex::new(history),
             status: Mutex::default(),
             changed: Notify::new(),
+            scales: Mutex::default(),
+            rescale: Notify::new(),
+            woken: Mutex::default(),
+            wake: Notify::new(),
         });
         Ok(Self {
             config,
@@ -274,6 +289,15 @@ where
             self.state.clone(),
             self.shared.clone(),
             self.clock,
+        ));
+        tasks.spawn(autoscale::run(
+            self.fx.clone(),
+            self.shared.clone(),
+            self.clock,
+        ));
+        tasks.spawn(autoscale::wake_on_held_requests(
+            self.fx.traffic.clone(),
+            self.shared.clone(),
         ));
         shutdown.await;
         tasks.shutdown().await;
@@ -382,7 +406,8 @@ async fn supervise<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             let desired = assignment
                 .as_ref()
                 .and_then(|a| a.apps.iter().find(|app| app.target.app == name))
-                .cloned();
+                .cloned()
+                .map(|d| autoscale::scaled(d, &lock(&shared.scales)));
             if let Some(tx) = workers.get(&name) {
                 tx.send_if_modified(|d| {
                     let changed = *d != desired;
@@ -413,6 +438,7 @@ async fn supervise<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
                     workers.remove(&name);
                 }
             }
+            () = shared.rescale.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(crate::reconcile::plan::RESYNC_MS)) => {}
         }
     }
@@ -435,10 +461,23 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             .cloned()
             .unwrap_or_default();
         let now = clock.now_ms();
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "metrics edge: the pass's duration"
+        )]
+        let started = std::time::Instant::now();
         let out = exec::reconcile(&fx, &name, want.as_ref(), &mut history, now).await;
+        record_metrics(&name, started.elapsed().as_secs_f64(), &out);
         for e in &out.errors {
             tracing::warn!(app = %name, error = %e.chain(), "reconcile step failed");
         }
+        tracing::debug!(
+            app = %name,
+            steps = out.steps,
+            requeue_ms = out.requeue_after.as_millis(),
+            took_ms = clock.now_ms().saturating_sub(now),
+            "reconciled"
+        );
         let finished = want.is_none() && out.instances.is_empty() && out.errors.is_empty();
         {
             let mut all = lock(&shared.history);
@@ -464,6 +503,37 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             () = tokio::time::sleep(out.requeue_after) => {}
         }
     }
+}
+
+/// Adds events (the autoscaler's) to the next report.
+fn push_events(shared: &Shared, events: Vec<Event>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut status = lock(&shared.status);
+    status.events.extend(events);
+    let excess = status.events.len().saturating_sub(MAX_PENDING_EVENTS);
+    status.events.drain(..excess);
+    status.first_event = status
+        .first_event
+        .saturating_add(u64::try_from(excess).unwrap_or(u64::MAX));
+    drop(status);
+    shared.changed.notify_one();
+}
+
+fn record_metrics(app: &str, seconds: f64, out: &exec::Outcome) {
+    let instances: Vec<(String, String, u32)> = out
+        .instances
+        .iter()
+        .map(|i| {
+            let state = serde_json::to_value(i.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            (i.id.clone(), state, i.restarts)
+        })
+        .collect();
+    crate::metrics::global().reconciled(app, seconds, &instances);
 }
 
 fn publish(shared: &Shared, name: &str, out: &exec::Outcome, finished: bool) {

@@ -18,11 +18,19 @@
 //!  `failures` in a row after start_period
 //! ```
 //!
+//! Inside `start_period`, until the first pass, a failed probe is repeated after at most
+//! [`START_PERIOD_PROBE_MS`] instead of `interval`: a starting instance enters rotation soon
+//! after it listens (the cold start of a scale from zero).
+//!
 //! Nothing here reads a clock: `now` (Unix ms) is passed in.
 
 pub mod runner;
 
 use berth_manifests::app::{Health, Probe};
+
+/// During the start period, before the first success, a failed probe is repeated after at
+/// most this long (failures do not count then, so probing faster changes no verdict).
+pub const START_PERIOD_PROBE_MS: u64 = 100;
 
 /// The probe's short description, as events name it: `GET /up`, `TCP :8080`, `exec [...]`.
 pub fn describe(probe: &Probe) -> String {
@@ -32,6 +40,11 @@ pub fn describe(probe: &Probe) -> String {
         Probe::Exec { command } => format!("exec {command:?}"),
     }
 }
+
+/// Until its first passing probe, an instance is probed at least this often (ms), whatever
+/// its `interval`: readiness of a new instance gates a rollout, so it is noticed within this
+/// time. Failures meanwhile count as usual (only a once-ready instance is restarted by them).
+pub const STARTING_INTERVAL_MS: u64 = 100;
 
 /// Where an instance stands with its probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +87,10 @@ impl ProbeState {
         now_ms >= self.next_at_ms
     }
 
-    /// Folds one probe result in. `started_at_ms` is the instance's (last) start.
+    /// Folds one probe result in. `started_at_ms` is the instance's (last) start. The next
+    /// probe is due after `interval`, or after at most [`STARTING_INTERVAL_MS`] while the
+    /// instance has not passed once (a new revision is ready as soon as it answers, not up to
+    /// an interval later).
     pub fn record(
         &mut self,
         health: &Health,
@@ -82,7 +98,6 @@ impl ProbeState {
         now_ms: u64,
         result: Result<(), String>,
     ) {
-        self.next_at_ms = now_ms.saturating_add(health.interval.as_millis().max(1));
         match result {
             Ok(()) => {
                 self.failures = 0;
@@ -94,6 +109,11 @@ impl ProbeState {
                 let in_start_period =
                     now_ms < started_at_ms.saturating_add(health.start_period.as_millis());
                 if in_start_period && !self.ever_ready {
+                    // Failures do not count yet: look again soon, so a starting instance
+                    // (a scale from zero) enters rotation within ~100 ms of listening.
+                    self.next_at_ms = now_ms.saturating_add(
+                        health.interval.as_millis().clamp(1, START_PERIOD_PROBE_MS),
+                    );
                     self.message = format!(
                         "health check {}: failing during start period: {detail}",
                         describe(&health.probe)
@@ -112,6 +132,13 @@ impl ProbeState {
                 }
             }
         }
+        let every = health.interval.as_millis().max(1);
+        let every = if self.ever_ready {
+            every
+        } else {
+            every.min(STARTING_INTERVAL_MS)
+        };
+        self.next_at_ms = now_ms.saturating_add(every);
     }
 
     /// Where the instance stands.
@@ -193,6 +220,17 @@ mod tests {
         s.record(&h, 0, 500, Ok(()));
         assert!(!s.due(1499));
         assert!(s.due(1500));
+    }
+
+    #[test]
+    fn probes_are_frequent_until_the_first_pass() {
+        let h = health(3, 0);
+        let mut s = ProbeState::default();
+        s.record(&h, 0, 500, Err("connection refused".into()));
+        assert!(s.due(500 + STARTING_INTERVAL_MS), "starting: every 100 ms");
+        s.record(&h, 0, 700, Ok(()));
+        assert!(!s.due(700 + STARTING_INTERVAL_MS), "ready: every interval");
+        assert!(s.due(1700));
     }
 
     #[test]

@@ -12,8 +12,15 @@
 //! Exec probes run in a child process, the current binary re-executed as
 //! [`PROBE_EXEC_VERB`] ([`probe_exec_main`]): the runtime's exec installs process-wide
 //! signal forwarding, right for the `berth exec` CLI but not inside the agent, so it happens in
-//! that child. Not yet: addresses of private-network instances (no veth yet: http/tcp probes
-//! reach only `network: host` instances, on loopback).
+//! that child.
+//!
+//! Networking ([`ContainerRuntime::with_network`]): a `network: private` instance gets its
+//! namespace, veth and address from [`HostNetwork::attach`] before its container is created,
+//! and the container joins that namespace by path; a `network: host` instance gets a host
+//! port as `$PORT` ([`HostNetwork::allocate_host_port`]). Both are recorded in the labels
+//! file (the instance's address and host port for probes and the proxy) and released on
+//! removal. Without a network (tests of the runtime alone) a private instance runs in a new,
+//! empty namespace that nothing outside reaches.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -27,11 +34,12 @@ use serde::{Deserialize, Serialize};
 use crate::host::agentstate::write_atomic;
 use crate::host::container::{self, Cgroups, ContainerError, Store, shim};
 use crate::host::image_store::ImageStore;
+use crate::host::net::Network as HostNetwork;
 use crate::reconcile::traits::{
     EffectError, InstanceSpec, LocalImage, ObservedInstance, RunState, Runtime,
 };
 use crate::runtime::spec::{ContainerSpec, Network};
-use crate::runtime::state::Status;
+use crate::runtime::state::{ProcessId, Status};
 
 /// What the agent records beside each of its containers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +49,12 @@ struct Labels {
     spec_hash: String,
     image_digest: String,
     host_network: bool,
+    /// Its address on the bridge (`network: private` with a network).
+    #[serde(default)]
+    address: Option<Ipv4Addr>,
+    /// Its `$PORT` on the host (`network: host` with a network).
+    #[serde(default)]
+    host_port: Option<u16>,
 }
 
 /// Containers of the host's runtime, as agent instances.
@@ -52,6 +66,7 @@ pub struct ContainerRuntime {
     labels_dir: PathBuf,
     cgroup_parent: String,
     data_dir: PathBuf,
+    net: Option<Arc<HostNetwork>>,
 }
 
 /// The hidden verb the agent re-executes itself as for exec probes:
@@ -119,13 +134,42 @@ impl ContainerRuntime {
             labels_dir,
             cgroup_parent: "berth".into(),
             data_dir: data_dir.to_path_buf(),
+            net: None,
         })
+    }
+
+    /// Wires instances through `net`: private ones get a namespace, veth and address, host
+    /// ones a host port.
+    pub fn with_network(mut self, net: Arc<HostNetwork>) -> Self {
+        self.net = Some(net);
+        self
+    }
+
+    /// The network instances are wired through, if any.
+    pub fn network(&self) -> Option<&Arc<HostNetwork>> {
+        self.net.as_ref()
     }
 
     /// The parent cgroup of the agent's containers (default `berth`).
     pub fn with_cgroup_parent(mut self, parent: impl Into<String>) -> Self {
         self.cgroup_parent = parent.into();
         self
+    }
+
+    /// Detaches the instance's network and frees its host port (idempotent).
+    fn release_network(&self, id: &str) -> Result<(), EffectError> {
+        if let Some(net) = &self.net {
+            let err = |e: crate::net::NetError| EffectError::new("remove", id, e.kind(), e);
+            net.detach(id).map_err(err)?;
+            net.release_host_port(id).map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// The container with exactly this id (the runtime's lookups also accept a unique id
+    /// prefix: `web-2-1` must never reach `web-2-10`).
+    fn exact(&self, id: &str) -> Option<container::Listed> {
+        self.store.get(id).ok().filter(|l| l.state.spec.id == id)
     }
 
     fn labels_path(&self, id: &str) -> PathBuf {
@@ -178,6 +222,44 @@ impl ContainerRuntime {
     }
 }
 
+/// The text of a log line (`<RFC 3339 time> <stream> <text>`, as the shim writes it).
+fn log_text(line: &str) -> &str {
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("stdout" | "stderr"), Some(text)) => text,
+        (Some(_), Some("stdout" | "stderr"), None) => "",
+        _ => line,
+    }
+}
+
+fn remove_labels(this: &ContainerRuntime, id: &str) -> Result<(), EffectError> {
+    match std::fs::remove_file(this.labels_path(id)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EffectError::new("remove", id, ErrorKind::Unavailable, e)),
+    }
+}
+
+/// Reaps the shim of a container once it has exited, if this process started it. The shim is
+/// a child of the process that started the container (here, the agent, which lives on): left
+/// a zombie, it would hold a pid until the agent exits and look alive to the runtime (same pid
+/// and start time), so removing the container would wait out the runtime's 5 s for it. Only a
+/// process with the recorded start time is reaped; `waitpid` refuses (ECHILD) a shim that is
+/// not our child (adopted after an agent restart: init reaps those).
+fn reap_shim(store: &Store, shim: ProcessId) {
+    if store.start_time(shim.pid) == Some(shim.start_time) {
+        let _ = crate::host::sys::waitpid(shim.pid, libc::WNOHANG);
+    }
+}
+
+/// Waits (at most 5 s) until the shim of a stopped container is gone, reaping it.
+fn reap_shim_wait(store: &Store, shim: ProcessId) {
+    container::wait_until(Duration::from_secs(5), || {
+        reap_shim(store, shim);
+        store.start_time(shim.pid) != Some(shim.start_time)
+    });
+}
+
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     id: &str,
@@ -196,6 +278,11 @@ impl Runtime for ContainerRuntime {
                 .store
                 .list()
                 .map_err(|e| effect("list", "containers", e))?;
+            for l in &listed {
+                if let (Status::Stopped, Some(shim)) = (l.status, l.state.shim) {
+                    reap_shim(&this.store, shim);
+                }
+            }
             Ok(listed
                 .into_iter()
                 .filter_map(|l| {
@@ -225,9 +312,12 @@ impl Runtime for ContainerRuntime {
                         image_digest: labels.image_digest,
                         state,
                         started_at_ms: l.state.created.saturating_mul(1000),
-                        address: labels
-                            .host_network
-                            .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                        address: if labels.host_network {
+                            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                        } else {
+                            labels.address.map(IpAddr::V4)
+                        },
+                        host_port: labels.host_port,
                     })
                 })
                 .collect())
@@ -240,29 +330,61 @@ impl Runtime for ContainerRuntime {
         spec: &InstanceSpec,
         image: &LocalImage,
     ) -> Result<(), EffectError> {
-        let c = self.container_spec(spec, image)?;
-        let labels = Labels {
+        let mut c = self.container_spec(spec, image)?;
+        let mut labels = Labels {
             app: spec.revision.app.clone(),
             revision: spec.revision.number,
             spec_hash: spec.revision.spec_hash.clone(),
             image_digest: spec.revision.image_digest.clone(),
             host_network: c.network == Network::Host,
+            address: None,
+            host_port: None,
         };
         let this = self.clone();
         let id = spec.id.clone();
         blocking("create_start", &spec.id, move || {
             // A restart reuses the id: the exited container goes first.
-            if this.store.find(&id).is_ok() {
+            if let Some(l) = this.exact(&id) {
+                if let (Status::Stopped, Some(shim)) = (l.status, l.state.shim) {
+                    reap_shim_wait(&this.store, shim);
+                }
                 container::remove(&this.store, this.cgroups.as_ref(), &id, false)
                     .map_err(|e| effect("create_start", &id, e))?;
             }
-            let bytes = serde_json::to_vec(&labels)
-                .map_err(|e| EffectError::new("create_start", &id, ErrorKind::Internal, e))?;
-            write_atomic(&this.labels_dir, &format!("{id}.json"), &bytes)
-                .map_err(|e| EffectError::new("create_start", &id, ErrorKind::Unavailable, e))?;
-            container::run_detached(&this.store, c, false)
-                .map(|_| ())
-                .map_err(|e| effect("create_start", &id, e))
+            if let Some(net) = &this.net {
+                let net_err = |e: crate::net::NetError| {
+                    EffectError::new("create_start", &id, e.kind(), e)
+                };
+                if labels.host_network {
+                    let port = net.allocate_host_port(&id).map_err(net_err)?;
+                    c.set_env(&format!("PORT={port}"));
+                    labels.host_port = Some(port);
+                } else {
+                    // A restart (or a crash mid-start) may have left the old wiring.
+                    net.detach(&id).map_err(net_err)?;
+                    let a = net.attach(&id).map_err(net_err)?;
+                    c.namespaces.join.retain(|(kind, _)| kind != "net");
+                    c.namespaces.join.push(("net".into(), a.netns_path));
+                    labels.address = Some(a.ip);
+                }
+            }
+            let started = (|| {
+                let bytes = serde_json::to_vec(&labels)
+                    .map_err(|e| EffectError::new("create_start", &id, ErrorKind::Internal, e))?;
+                write_atomic(&this.labels_dir, &format!("{id}.json"), &bytes).map_err(|e| {
+                    EffectError::new("create_start", &id, ErrorKind::Unavailable, e)
+                })?;
+                container::run_detached(&this.store, c, false)
+                    .map(|_| ())
+                    .map_err(|e| effect("create_start", &id, e))
+            })();
+            if started.is_err() {
+                // Nothing runs in the namespace: give its address and port back.
+                if let Err(e) = this.release_network(&id) {
+                    tracing::warn!(instance = %id, error = %e.chain(), "network cleanup after a failed start");
+                }
+            }
+            started
         })
         .await
     }
@@ -271,6 +393,9 @@ impl Runtime for ContainerRuntime {
         let this = self.clone();
         let key = id.to_string();
         blocking("signal", id, move || {
+            if this.exact(&key).is_none() {
+                return Ok(());
+            }
             match container::kill(&this.store, &key, i32::from(signal.number())) {
                 Ok(_) => Ok(()),
                 // Gone or not running: nothing to signal.
@@ -285,16 +410,23 @@ impl Runtime for ContainerRuntime {
         let this = self.clone();
         let key = id.to_string();
         blocking("remove", id, move || {
+            let Some(l) = this.exact(&key) else {
+                // gone already (only its labels and network may be left)
+                this.release_network(&key)?;
+                return remove_labels(&this, &key);
+            };
+            if l.status == Status::Stopped
+                && let Some(shim) = l.state.shim
+            {
+                reap_shim_wait(&this.store, shim);
+            }
             match container::remove(&this.store, this.cgroups.as_ref(), &key, false) {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(effect("remove", &key, e)),
             }
-            match std::fs::remove_file(this.labels_path(&key)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(EffectError::new("remove", &key, ErrorKind::Unavailable, e)),
-            }
+            this.release_network(&key)?;
+            remove_labels(&this, &key)
         })
         .await
     }
@@ -340,6 +472,19 @@ impl Runtime for ContainerRuntime {
         }
     }
 
+    async fn cpu_usage(&self, id: &str) -> Option<Duration> {
+        let this = self.clone();
+        let key = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let state = this.store.read(&key).ok()?;
+            let ns = this.cgroups.cpu_usage_ns(&state.spec)?;
+            Some(Duration::from_nanos(ns))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     async fn log_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, EffectError> {
         let path = shim::log_path(&self.store.dir(id).join("logs"));
         let text = match tokio::fs::read(&path).await {
@@ -355,6 +500,22 @@ impl Runtime for ContainerRuntime {
         };
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        Ok(all[start..].iter().map(|l| (*l).to_string()).collect())
+        Ok(all[start..]
+            .iter()
+            .map(|l| log_text(l).to_string())
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_lose_their_time_and_stream() {
+        assert_eq!(
+            super::log_text("2026-11-23T23:00:00.123Z stderr crasher: exiting 1"),
+            "crasher: exiting 1"
+        );
+        assert_eq!(super::log_text("2026-11-23T23:00:00Z stdout"), "");
+        assert_eq!(super::log_text("no prefix here"), "no prefix here");
     }
 }

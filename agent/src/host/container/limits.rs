@@ -37,10 +37,18 @@ pub trait Cgroups {
     }
     /// Whether the kernel OOM-killed a process of the container.
     fn oom_killed(&self, spec: &ContainerSpec) -> bool;
+    /// CPU time used by the container's cgroup so far, in ns (`None`: unknown).
+    fn cpu_usage_ns(&self, _spec: &ContainerSpec) -> Option<u64> {
+        None
+    }
     /// Sends `signal` to every process in the container's cgroup; false if unsupported.
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError>;
     /// Removes the container's cgroup (after its processes are gone).
     fn remove(&self, spec: &ContainerSpec) -> Result<(), ContainerError>;
+    /// The container's usage counters (cpu, memory, OOM kills), if it has a cgroup.
+    fn stats(&self, _spec: &ContainerSpec) -> Option<crate::host::cgroup::Stats> {
+        None
+    }
 }
 
 /// No cgroups: containers without limits still run (the pid namespace bounds their
@@ -100,6 +108,20 @@ impl HostCgroups {
         Ok(HostCgroups { layout })
     }
 
+    /// Removes the (empty) parent cgroup of an agent's containers in every hierarchy, as
+    /// `berth down` does after removing them. Busy (something still runs under it) is an
+    /// error that names the path; a missing parent is fine.
+    pub fn remove_parent(&self, parent: &str) -> Result<(), ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let parent = parent.trim_matches('/');
+        let cg_path =
+            crate::host::cgroup::CgroupPath::new(parent).map_err(|e| cg_err(parent, e))?;
+        self.layout
+            .cgroup(&cg_path)
+            .delete()
+            .map_err(|e| cg_err(parent, e))
+    }
+
     fn cgroup(&self, spec: &ContainerSpec) -> Result<crate::host::cgroup::Cgroup, ContainerError> {
         let path = self.path(spec).unwrap_or_default();
         let cg_path = crate::host::cgroup::CgroupPath::new(&path).map_err(|e| cg_err(&path, e))?;
@@ -130,6 +152,11 @@ pub fn cgroup_resources(r: &crate::runtime::spec::Resources) -> crate::host::cgr
 }
 
 impl Cgroups for HostCgroups {
+    fn stats(&self, spec: &ContainerSpec) -> Option<crate::host::cgroup::Stats> {
+        use crate::host::cgroup::CgroupManager;
+        self.cgroup(spec).ok()?.stats().ok()
+    }
+
     fn path(&self, spec: &ContainerSpec) -> Option<String> {
         if let Some(exact) = &spec.cgroup_path {
             return Some(exact.trim_matches('/').to_string());
@@ -191,6 +218,11 @@ impl Cgroups for HostCgroups {
             .ok()
             .and_then(|cg| cg.stats().ok())
             .is_some_and(|s| s.oom_kills > 0)
+    }
+
+    fn cpu_usage_ns(&self, spec: &ContainerSpec) -> Option<u64> {
+        use crate::host::cgroup::CgroupManager;
+        Some(self.cgroup(spec).ok()?.stats().ok()?.cpu_usage_ns)
     }
 
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError> {
