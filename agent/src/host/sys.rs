@@ -427,7 +427,7 @@ pub fn move_fds(fds: &[RawFd], first: RawFd) -> io::Result<()> {
 /// `clone3` into the cgroup v2 directory open at `cgroup` (`CLONE_INTO_CGROUP`), with
 /// `flags` and SIGCHLD, on the caller's stack like [`clone_process`]: the child starts in
 /// that cgroup, so nobody has to move it there. The caller must be single-threaded.
-pub fn clone_into_cgroup(flags: u64, cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
+pub fn clone_into_cgroup(flags: libc::c_ulong, cgroup: BorrowedFd<'_>) -> io::Result<Forked> {
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     /// `struct clone_args` (CLONE_ARGS_SIZE_VER2).
     #[repr(C)]

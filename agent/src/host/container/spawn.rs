@@ -201,7 +201,7 @@ pub fn spawn_helper(
             Some(dir) => {
                 let fd = sys::open(dir, libc::O_PATH | libc::O_DIRECTORY)
                     .map_err(ContainerError::io("open cgroup", dir.display()))?;
-                match sys::clone_into_cgroup(u64::from(flags), fd.as_fd()) {
+                match sys::clone_into_cgroup(flags, fd.as_fd()) {
                     Ok(f) => {
                         tasks = &j.tasks;
                         Some(f)
