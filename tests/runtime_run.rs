@@ -52,6 +52,27 @@ fn default_profile_caps_and_no_new_privs() {
 }
 
 #[test]
+fn the_program_starts_with_sigpipe_at_its_default() {
+    require_root!();
+    let env = Env::new();
+    let out = env.run_sh(&[], "grep '^SigIgn' /proc/self/status");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let s = stdout(&out);
+    let hex = s.trim().trim_start_matches("SigIgn:").trim();
+    let ignored = u64::from_str_radix(hex, 16).unwrap();
+    assert_eq!(
+        ignored & (1 << (libc_sigpipe() - 1)),
+        0,
+        "SIGPIPE ignored: {s}"
+    );
+}
+
+/// SIGPIPE is 13 on every architecture berth runs on.
+fn libc_sigpipe() -> u32 {
+    13
+}
+
+#[test]
 fn non_root_user_from_the_rootfs_gets_no_capabilities() {
     require_root!();
     let env = Env::new();

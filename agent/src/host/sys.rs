@@ -640,6 +640,16 @@ pub fn random16() -> io::Result<[u8; 16]> {
     Ok(buf)
 }
 
+/// Restores the default action of `signal` (e.g. SIGPIPE, which Rust's runtime ignores and
+/// `execve` would pass on ignored).
+pub fn default_signal_action(signal: i32) -> io::Result<()> {
+    // SAFETY: installing SIG_DFL involves no handler code.
+    if unsafe { libc::signal(signal, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// `setsid()`: a new session (and process group) led by the caller.
 pub fn setsid() -> io::Result<()> {
     // SAFETY: plain syscall.

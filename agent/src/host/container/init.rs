@@ -184,6 +184,8 @@ pub fn prepare_process(
     )
     .map_err(|e| format!("switch to user {}:{}: {e}", ids.uid, ids.gid))?;
 
+    // berth's runtime ignores SIGPIPE; the program starts with the default, as under runc.
+    sys::default_signal_action(libc::SIGPIPE).map_err(|e| format!("reset SIGPIPE: {e}"))?;
     std::env::set_current_dir(&spec.cwd).map_err(|e| format!("cwd {}: {e}", spec.cwd))?;
     verify_cwd(&spec.cwd)?;
     Ok((program, env))
