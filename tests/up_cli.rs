@@ -106,7 +106,7 @@ fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> 
 
 fn manifest(digest_ref: &str, extra: &str) -> String {
     format!(
-        "app: hello\nimage: {digest_ref}\nnetwork: host\nport: 8080\nexpose: {{ port: 8080 }}\n\
+        "app: hello\nimage: {digest_ref}\nnetwork: host\nport: 8080\nexpose: {{ port: 8090 }}\n\
          health: {{ http: /up, interval: 1s, timeout: 1s }}\n\
          update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
          stop: {{ grace: 2s }}\n{extra}"
@@ -144,7 +144,7 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     );
 
     let body = wait_for("the app to answer", 60, &sandbox, || {
-        sandbox.http(8080, "/up")
+        sandbox.http(8090, "/up")
     });
     assert!(!body.is_empty());
     let st = sandbox.status();
@@ -179,7 +179,17 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     // (In host mode with a fixed port the old instance may hold the port for its grace
     // period; the new one serves once it has it.)
     wait_for("revision 2 to answer", 30, &sandbox, || {
-        sandbox.http(8080, "/up")
+        sandbox.http(8090, "/up")
+    });
+    // With `expose`, each instance has a host port of its own: revision 2 may serve while
+    // revision 1 still waits out its stop grace. Let it go before counting at `down`.
+    wait_for("revision 1 to be removed", 30, &sandbox, || {
+        let ps = sandbox
+            .berth(&["ps", "-a", "--local", "-o", "json"])
+            .output()
+            .ok()?;
+        let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).ok()?;
+        (ps.as_array()?.len() == 1).then_some(())
     });
 
     // An invalid edit → refused with path:line:col; revision 2 keeps serving.
@@ -200,7 +210,7 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     assert!(error.contains("hello.yaml:9:11: replicas"), "{error}");
     let st = sandbox.status();
     assert_eq!(st["apps"][0]["revision"], 2, "{st}");
-    assert!(sandbox.http(8080, "/up").is_some());
+    assert!(sandbox.http(8090, "/up").is_some());
 
     // down: up stopped, the instance gone, nothing answering, a second down has nothing to do.
     let up_pid = std::fs::read_to_string(sandbox.data().join("up/up.pid")).unwrap();
@@ -208,12 +218,16 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     let up_pid = up_pid["pid"].as_i64().unwrap();
     let out = run_ok(&mut sandbox.berth(&["down"]));
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("removed 1 instance"), "{said}");
+    assert!(
+        said.contains("removed 1 instance"),
+        "{said}\nup.log:\n{}",
+        std::fs::read_to_string(sandbox.data().join("up/up.log")).unwrap_or_default()
+    );
     assert!(
         !Path::new(&format!("/proc/{up_pid}")).exists(),
         "up still runs"
     );
-    assert!(sandbox.http(8080, "/up").is_none());
+    assert!(sandbox.http(8090, "/up").is_none());
     let ps = run_ok(&mut sandbox.berth(&["ps", "-a", "--local", "-o", "json"]));
     let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(ps.as_array().map(Vec::len), Some(0), "{ps}");
