@@ -58,20 +58,21 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or_else(|| panic!("no {key:?} in {v}"))
 }
 
-/// `berth events -f -o json` in the background; its lines so far.
+/// A following verb (`berth events -f`, `berth logs -f`) in the background, killed on drop;
+/// its stdout lines so far.
 struct Follow {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Follow {
-    fn start(c: &Cluster) -> Follow {
+    fn start(c: &Cluster, args: &[&str]) -> Follow {
         let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .arg("--data-dir")
             .arg(&c.data)
             .arg("--controller")
             .arg(&c.url)
-            .args(["events", "-f", "-o", "json"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -145,7 +146,7 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
 
     // The image changes: a rolling update, with a ready instance and never more than
     // desired + surge instances the whole time.
-    let events = Follow::start(&c);
+    let events = Follow::start(&c, &["events", "-f", "-o", "json"]);
     let cli = c.cli.clone();
     let sampler = Sampler::start(Duration::from_millis(50), move || {
         // (ready, not stopping) web instances, and revisions running in the runtime
@@ -275,40 +276,16 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
         );
     }
     // `-f` follows them all.
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_berth"))
-        .arg("--data-dir")
-        .arg(&c.data)
-        .args(["logs", "-f", "talker"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let mut follow = Follow::start(&c, &["logs", "-f", "talker"]);
+    let mut got = c.wait_for("logs -f to print both instances' lines", 10, || {
+        let lines = follow.lines.lock().unwrap().clone();
+        (lines.len() >= 2).then_some(lines)
     });
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => got.push(line),
-            Err(_) => break,
-        }
-    }
     assert!(
-        follow.try_wait().unwrap().is_none(),
+        follow.child.try_wait().unwrap().is_none(),
         "logs -f keeps following"
     );
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
     got.sort();
     assert!(
         got.len() == 2 && got[0].starts_with("talker-1-0") && got[1].starts_with("talker-1-1"),
