@@ -1,5 +1,6 @@
 //! `GET /metrics` of a standalone agent (`berth agent --metrics-listen ADDR`): the agent's
-//! families as OpenMetrics text. Anything else is 404. Plain HTTP/1.1 without keep-alive
+//! families, as OpenMetrics when the scraper asks for it (Prometheus does), else in the
+//! classic text format (curl, promtool). Anything else is 404. Plain HTTP/1.1 without keep-alive
 //! state worth keeping: one request per connection is fine for a scraper, header reads time
 //! out, and connections in flight are bounded.
 
@@ -16,9 +17,6 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
-
-/// Content type of the answer.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 64;
@@ -64,9 +62,15 @@ async fn serve(listener: TcpListener) {
 
 async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     let response = if req.method() == Method::GET && req.uri().path() == "/metrics" {
+        let accept = req
+            .headers()
+            .get(hyper::header::ACCEPT)
+            .and_then(|v| v.to_str().ok());
+        let (content_type, text) =
+            berth_manifests::exposition::negotiate(crate::metrics::global().encode(), accept);
         Response::builder()
-            .header(hyper::header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(Full::new(Bytes::from(crate::metrics::global().encode())))
+            .header(hyper::header::CONTENT_TYPE, content_type)
+            .body(Full::new(Bytes::from(text)))
     } else {
         Response::builder()
             .status(StatusCode::NOT_FOUND)
