@@ -680,3 +680,62 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
         "hello from berth v2"
     );
 }
+
+#[test]
+fn a_crash_looping_revision_shows_its_exit_and_log_lines_and_rolls_back() {
+    let Some(mut c) = Cluster::new(&["hello"]) else {
+        return;
+    };
+    c.commit(
+        &[(
+            "web.yaml",
+            Some(&web(&c, "hello:latest", 1, &probe("/up"), UPDATE)),
+        )],
+        "add web",
+    );
+    c.start_controller();
+    c.start_agent();
+    c.wait_revision("web", 1);
+    assert_eq!(c.rollout_wait("web", 1, "90s").0, 0, "{}", c.logs());
+    let before = c.running();
+
+    // Revision 2 exits 3 at once, saying why on stderr.
+    let crashing = format!(
+        "{}command: [/bin/sh, -c, 'echo config file missing >&2; exit 3']\n",
+        web(&c, "hello:latest", 1, &probe("/up"), UPDATE)
+    );
+    c.commit(&[("web.yaml", Some(&crashing))], "web: crashes");
+    c.wait_revision("web", 2);
+    // While it loops, ps shows it restarting with its exit code and last log line.
+    let seen = c.wait_for("the crashing instance in ps", 30, || {
+        let ps = c.json(&["ps"]);
+        ps.as_array()?
+            .iter()
+            .find(|i| i["revision"] == 2 && i["state"] == "restarting")
+            .cloned()
+    });
+    let message = seen["message"].as_str().unwrap();
+    assert!(
+        message.contains("exit code 3") && message.contains("config file missing"),
+        "{seen}"
+    );
+    let (code, out) = c.rollout_wait("web", 2, "60s");
+    assert_eq!(code, 1, "{out}\n{}", c.logs());
+    assert!(
+        out.contains("crash loop") && out.contains("config file missing"),
+        "names the crash loop and its log line: {out}"
+    );
+    let status = c.json(&["status"]);
+    assert_eq!(status["apps"][0]["revision"], 1, "{status}");
+    assert!(
+        status["apps"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3"),
+        "{status}"
+    );
+    // Revision 1 was never touched.
+    c.wait_for("the crashing instance to be removed", 15, || {
+        (c.running() == before).then_some(())
+    });
+}
