@@ -61,6 +61,8 @@ pub struct Args {
     pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub net: super::agent::NetArgs,
 }
 
 /// `<data-dir>/up`.
@@ -231,6 +233,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
         ),
     };
     let options = args.registry.pull_options(global)?;
+    let net = args.net.config()?;
     let credentials = credentials_from_docker_config(&super::controller::docker_config_path())?;
     let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?
         .with_mirrors(global.mirrors()?);
@@ -286,6 +289,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
                     agent_config,
                     options,
                     &cgroup_parent,
+                    net,
                     &url,
                     Some(token),
                     shutdown,
