@@ -16,6 +16,7 @@
 //! | `GET /v1/instances` | `[InstanceInfo]` |
 //! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
+//! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard (no token: static assets) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text (token only with `metrics_token_required`) |
 //!
 //! `POST /v1/sync` is also the git hosting webhook: besides the bearer token it accepts
@@ -149,6 +150,9 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
             state.clone(),
             track::<S>,
         ))
+        // Merged after the auth layer: the dashboard's static assets need no token (the
+        // page reads the API with one).
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

@@ -7,6 +7,7 @@
 pub mod api;
 pub mod assign;
 pub mod client;
+pub mod dashboard;
 pub mod events;
 pub mod git;
 pub mod local;

@@ -20,7 +20,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::assign::{self, HostLabels, Placeable};
 use crate::events::EventLog;
-use crate::git::{CommitInfo, GitError, GitSource, Snapshot};
+use crate::git::{CommitInfo, GitError, GitSource, Snapshot, SourceFile};
 use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
 use crate::model::{
     AppHistory, AppRecord, HostRecord, SYNC_KEY, StoredRevision, app_key, assignment_key, host_key,
@@ -370,6 +370,7 @@ impl<S: Store> Core<S> {
         last_seen: &mut Option<(String, Vec<String>)>,
     ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
+        tracing::debug!("sync: fetching");
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
         status.branch = self.source.branch().to_string();
@@ -401,6 +402,7 @@ impl<S: Store> Core<S> {
                 return Ok((status, SyncResult::Error));
             }
         };
+        tracing::debug!(head = %head.short(), "sync: fetched");
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
         // a head already processed: show its outcome again (a fetch error is over)
@@ -428,14 +430,17 @@ impl<S: Store> Core<S> {
         let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
             .await
             .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
-        let outcome = match snapshot {
-            Ok(snapshot) => self.apply_snapshot(&snapshot).await?,
+        tracing::debug!("sync: read the commit's manifests");
+        let outcome = match &snapshot {
+            Ok(snapshot) => self.apply_snapshot(snapshot).await?,
             Err(err) => Err(vec![err.to_string()]),
         };
         let result = match outcome {
             Ok(()) => {
+                tracing::info!(commit = %head.short(), "applied the branch head");
                 status.commit = Some(head.to_string());
                 status.errors.clear();
+                status.app_errors.clear();
                 *last_seen = Some((head.to_string(), Vec::new()));
                 SyncResult::Ok
             }
@@ -450,6 +455,10 @@ impl<S: Store> Core<S> {
                     head.short(),
                     errors.len()
                 )];
+                status.app_errors = match &snapshot {
+                    Ok(snap) => errors_by_app(&snap.files, &errors),
+                    Err(_) => BTreeMap::new(),
+                };
                 lines.extend(errors);
                 if status.errors != lines {
                     self.events
@@ -592,6 +601,7 @@ impl<S: Store> Core<S> {
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
         }
+        tracing::debug!(apps = new_targets.len(), "sync: revisions stored");
         for app in &new_targets {
             self.metrics.target_changed(app, TargetCause::Commit);
         }
@@ -603,6 +613,7 @@ impl<S: Store> Core<S> {
         ));
         self.events.append(events).await?;
         self.reassign().await?;
+        tracing::debug!("sync: assignments stored");
         Ok(Ok(()))
     }
 
@@ -859,18 +870,32 @@ impl<S: Store> Core<S> {
                 assignments.insert(h.registration.name.clone(), a);
             }
         }
+        let sync = self.sync_status().await?;
         let apps = histories
             .values()
             .filter(|(h, _)| h.record.in_git)
             .map(|(h, _)| {
                 let (desired, ready) = app_counts(h, h.record.target, &hosts, &assignments);
+                // a refused commit that concerns the app is an error of the app too
+                let refused = sync.app_errors.get(&h.record.name).map(|lines| {
+                    let head = sync.head.as_deref().unwrap_or_default();
+                    format!(
+                        "commit {} refused: {}",
+                        head.get(..12).unwrap_or(head),
+                        lines.join("; ")
+                    )
+                });
                 AppStatus {
                     name: h.record.name.clone(),
                     revision: h.record.target,
                     desired,
                     ready,
                     pinned: h.record.pinned,
-                    last_error: h.record.last_error.clone(),
+                    // both when both hold: the head is refused and a revision failed
+                    last_error: match (refused, h.record.last_error.clone()) {
+                        (Some(r), Some(e)) => Some(format!("{r}; {e}")),
+                        (r, e) => r.or(e),
+                    },
                     head: h.newest().map_or(0, |r| r.number),
                 }
             })
@@ -884,11 +909,7 @@ impl<S: Store> Core<S> {
                 last_seen_ms: h.last_seen_ms,
             })
             .collect();
-        Ok(ClusterStatus {
-            apps,
-            hosts,
-            sync: self.sync_status().await?,
-        })
+        Ok(ClusterStatus { apps, hosts, sync })
     }
 
     /// `GET /v1/instances`: every instance from the hosts' newest reports.
@@ -1016,6 +1037,48 @@ fn plan_of(stored: &Histories, apps: &[App]) -> (Vec<(App, SyncAction)>, Vec<Str
     revisions::plan_sync(&plain, apps)
 }
 
+/// A refused commit's error lines by the app they concern: `path:line:col: …` lines go to
+/// the apps the file names (its top-level `app:` lines; the file may not parse), `app NAME: …`
+/// lines (an image that did not resolve) to that app.
+fn errors_by_app(files: &[SourceFile], errors: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in errors {
+        if let Some(rest) = line.strip_prefix("app ")
+            && let Some((name, _)) = rest.split_once(':')
+            && berth_manifests::is_dns_label(name)
+        {
+            out.entry(name.to_string()).or_default().push(line.clone());
+            continue;
+        }
+        let Some(file) = files
+            .iter()
+            .find(|f| line.starts_with(&format!("{}:", f.path)))
+        else {
+            continue;
+        };
+        for name in app_names(&file.bytes) {
+            out.entry(name).or_default().push(line.clone());
+        }
+    }
+    out
+}
+
+/// The names on top-level `app: NAME` lines of a manifest file, read leniently (the file
+/// may be invalid YAML).
+fn app_names(bytes: &[u8]) -> Vec<String> {
+    let mut names: Vec<String> = String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|l| l.strip_prefix("app:"))
+        .map(|v| {
+            let v = v.split(" #").next().unwrap_or_default().trim();
+            v.trim_matches(|c| c == '"' || c == '\'').to_string()
+        })
+        .filter(|v| berth_manifests::is_dns_label(v))
+        .collect();
+    names.dedup();
+    names
+}
+
 /// Marks resolution errors worth retrying at the next poll (stripped before display).
 const RETRY_MARK: &str = "\u{1}retry:";
 
@@ -1065,4 +1128,39 @@ fn app_counts(
         });
     }
     (desired, ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SourceFile, app_names, errors_by_app};
+
+    fn file(path: &str, text: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn names_apps_of_a_file_that_does_not_parse() {
+        let text = "app: web\nimage: x\nreplicas: [\n---\napp: \"api\" # second\n  app: nested\n";
+        assert_eq!(app_names(text.as_bytes()), ["web", "api"]);
+    }
+
+    #[test]
+    fn refused_commit_errors_go_to_the_apps_they_concern() {
+        let files = [
+            file("apps/web.yaml", "app: web\nreplicas: lots\n"),
+            file("apps/web.yaml.bak.yaml", "app: other\n"),
+            file("db.yaml", "app: db\n"),
+        ];
+        let errors = [
+            "apps/web.yaml:2:11: replicas: expected a number".to_string(),
+            "app db: image not found".to_string(),
+        ];
+        let by = errors_by_app(&files, &errors);
+        assert_eq!(by.len(), 2, "{by:?}");
+        assert_eq!(by["web"], [errors[0].clone()]);
+        assert_eq!(by["db"], [errors[1].clone()]);
+    }
 }

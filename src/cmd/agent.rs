@@ -33,6 +33,9 @@ pub struct Args {
     /// Placement labels, k=v,…
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Serve `GET /metrics` (OpenMetrics) on this address, e.g. 127.0.0.1:9700
+    #[arg(long, env = "BERTH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
     /// The parent cgroup of the instances (one per agent on a host)
     #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
@@ -65,6 +68,13 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     let rt = super::pull::runtime()?;
     rt.block_on(async {
         tracing::info!(controller = %global.controller, name = %args.name, "agent running");
+        if let Some(addr) = args.metrics_listen {
+            let (bound, serving) = berth_agent::host::metrics_server::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            tracing::info!(%bound, "metrics at /metrics");
+            tokio::spawn(serving);
+        }
         serve(
             global,
             config,
@@ -102,7 +112,11 @@ pub async fn serve(
         ),
     }
     .map_err(|e| anyhow::anyhow!(e.chain()))?;
-    let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
+    let cgroups = cgroups();
+    berth_agent::metrics::global().set_usage_source(Box::new(
+        berth_agent::host::usage::CgroupUsage::new(&global.data_dir, cgroups.clone()),
+    ));
+    let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups)
         .map_err(|e| anyhow::anyhow!(e.chain()))?
         .with_cgroup_parent(cgroup_parent);
     let fx = Effects {

@@ -4,6 +4,7 @@
 //! lives in the library crates.
 
 pub mod agent;
+pub mod completions;
 pub mod down;
 pub mod exec;
 pub mod image;
@@ -79,7 +80,15 @@ pub struct Global {
     )]
     pub registry_mirrors: Vec<String>,
     /// Output format of verbs that print tables
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    /// Output format of verbs that print tables: table, json or yaml
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FORMAT",
+        default_value = "table",
+        value_parser = crate::output::parse_format,
+        global = true
+    )]
     pub output: Format,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `berth_agent=debug`
     #[arg(long, env = "BERTH_LOG", default_value = "warn", global = true)]

@@ -38,9 +38,9 @@ pub struct Args {
     /// A git repository of manifests (URL or local path)
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
-    /// The branch of --repo
-    #[arg(long, value_name = "B", requires = "repo", default_value = "main")]
-    pub branch: String,
+    /// The branch of --repo (default main)
+    #[arg(long, value_name = "B")]
+    pub branch: Option<String>,
     /// Where the API, /metrics and the dashboard listen
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -83,6 +83,9 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs `berth up`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let name = host_name(args.name.as_deref())?;
+    if args.branch.is_some() && args.repo.is_none() {
+        return Err(UsageError("--branch goes with --repo".into()).into());
+    }
     if args.poll_interval.as_millis() < 100 {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
@@ -223,7 +226,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
         }
         None => (
             args.repo.clone().unwrap_or_default(),
-            args.branch.clone(),
+            args.branch.clone().unwrap_or_else(|| "main".into()),
             None,
         ),
     };
@@ -251,6 +254,11 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
             .await
             .with_context(|| format!("starting the controller on {}", args.listen))?;
         let url = handle.url();
+        // One /metrics for both halves.
+        handle
+            .core()
+            .metrics()
+            .set_extra(Box::new(|| berth_agent::metrics::global().encode_body()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let stopped = |mut rx: watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -291,10 +299,13 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
         let watcher = watch_manifests(local, core.clone(), stopped(stop_rx.clone()));
         let shown = show(
             core,
-            &name,
-            &url,
-            &repo_url,
-            args.manifests.as_deref(),
+            About {
+                host: &name,
+                url: &url,
+                token: handle.token(),
+                repo: &repo_url,
+                manifests: args.manifests.as_deref(),
+            },
             &mut lock,
             stopped(stop_rx.clone()),
         );
@@ -351,17 +362,30 @@ async fn watch_manifests(
     }
 }
 
+/// What `show` prints about this `up`.
+struct About<'a> {
+    host: &'a str,
+    url: &'a str,
+    token: &'a str,
+    repo: &'a str,
+    manifests: Option<&'a Path>,
+}
+
 /// Prints the source, then every change of an app's state, and marks `up` ready in its pid
 /// file after the first sync.
 async fn show(
     core: Arc<berth_controller::state::Core<berth_controller::store::redb::RedbStore>>,
-    host: &str,
-    url: &str,
-    repo: &str,
-    manifests: Option<&Path>,
+    about: About<'_>,
     lock: &mut PidLock,
     stop: impl std::future::Future<Output = ()>,
 ) {
+    let About {
+        host,
+        url,
+        token,
+        repo,
+        manifests,
+    } = about;
     tokio::pin!(stop);
     let mut ready = false;
     let mut shown_apps: BTreeMap<String, String> = BTreeMap::new();
@@ -374,6 +398,7 @@ async fn show(
                 ready = true;
                 let source = manifests.map_or(repo.to_string(), |d| d.display().to_string());
                 println!("berth up: controller {url}, host {host}, manifests from {source}");
+                println!("dashboard: {url}/#token={token}");
                 if let Err(e) = lock.update(serde_json::json!({
                     "state": "ready", "url": url, "host": host, "source": source,
                 })) {
