@@ -1183,7 +1183,7 @@ enum UnpackInto {
 /// Unpacks into `work/fs`, writes `work/layer.json`, renames `work` to `target`. Returns the
 /// bytes of file content.
 fn unpack_into(
-    raw: impl Read + Send,
+    raw: impl Read,
     expected: &Expected,
     work: &Path,
     target: &Path,

@@ -311,83 +311,11 @@ fn stream_error(err: io::Error, limits: &Limits, expected: &Expected) -> UnpackE
 #[error("{0}")]
 pub struct TransportError(pub io::Error);
 
-/// Decompressed bytes travel from the decompressing thread to the extracting one in chunks
-/// of this size (under glibc's mmap threshold, so they come from the heap and are reused).
-const CHUNK: usize = 64 * 1024;
-/// Chunks in flight between the two threads: 1 MiB per layer.
-const CHUNKS_IN_FLIGHT: usize = 16;
-
-/// Reads the decompressed chunks the decompressing thread sends; its end (or failure, which
-/// that thread reports itself) is the end of the stream.
-struct ChunkReader {
-    rx: std::sync::mpsc::Receiver<Vec<u8>>,
-    chunk: Vec<u8>,
-    at: usize,
-}
-
-impl Read for ChunkReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.at == self.chunk.len() {
-            match self.rx.recv() {
-                Ok(c) => {
-                    self.chunk = c;
-                    self.at = 0;
-                }
-                Err(_) => return Ok(0),
-            }
-        }
-        let n = buf.len().min(self.chunk.len() - self.at);
-        buf[..n].copy_from_slice(&self.chunk[self.at..self.at + n]);
-        self.at += n;
-        Ok(n)
-    }
-}
-
-/// Whether a stream error is the data's fault (a decoder or tar complaint), not a limit of
-/// ours or the network's: then the rest of the blob is read to tell a corrupt blob apart.
-fn is_malformed(e: &io::Error) -> bool {
-    let inner = e.get_ref();
-    !inner.is_some_and(|i| i.is::<StreamStop>() || i.is::<TransportError>())
-}
-
-/// The decompressing half: raw bytes → size cap + sha256 → decoder → chunks to `tx`. Returns
-/// the decoder's error, if any, and the raw reader (its hash and count so far) for the
-/// extracting half to finish; `None` when not even the first bytes could be read.
-fn decompress<R: Read>(
-    raw: Raw<R>,
-    tx: std::sync::mpsc::SyncSender<Vec<u8>>,
-) -> (Option<io::Error>, Option<Raw<R>>) {
-    let mut decoder = match Decoder::new(raw) {
-        Ok(d) => d,
-        Err(e) => return (Some(e), None),
-    };
-    loop {
-        let mut chunk = vec![0u8; CHUNK];
-        match decoder.read(&mut chunk) {
-            Ok(0) => break,
-            Ok(n) => {
-                chunk.truncate(n);
-                if tx.send(chunk).is_err() {
-                    // The extracting half stopped; it knows why.
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (Some(e), Some(decoder.into_inner())),
-        }
-    }
-    (None, Some(decoder.into_inner()))
-}
-
 /// Unpacks one layer blob from `raw` into the empty directory `root`, verifying size, digest
 /// and diff_id, and syncs the filesystem before returning success. On error the partial
 /// content stays in `root` for the caller to remove. A corrupt blob is reported as a digest
 /// mismatch (the rest of the blob is read to tell), not as the decoder error it caused.
-///
-/// Two threads share the work, so one layer keeps two cores busy: this one hashes the
-/// decompressed tar (diff_id) and writes the entries; a scoped helper reads and hashes the
-/// blob and decompresses it (about a third of the CPU time of a gzip layer).
-pub fn unpack_layer<R: Read + Send>(
+pub fn unpack_layer<R: Read>(
     raw: R,
     expected: &Expected,
     root: &Path,
@@ -396,60 +324,22 @@ pub fn unpack_layer<R: Read + Send>(
     let mut ex = Extractor::open(root, limits)?;
     let raw = HashReader::new(raw, expected.size, StreamStop::TooLong);
     let raw = BufReader::with_capacity(256 * 1024, raw);
-    let (tx, rx) = std::sync::mpsc::sync_channel(CHUNKS_IN_FLIGHT);
-    let (extracted, plain, (decoder_error, raw)) = std::thread::scope(|scope| {
-        let helper = std::thread::Builder::new()
-            .name("berth-gunzip".into())
-            .spawn_scoped(scope, move || decompress(raw, tx))
-            .map_err(|e| io_err("start the decompressing thread", "", e))?;
-        let reader = ChunkReader {
-            rx,
-            chunk: Vec::new(),
-            at: 0,
-        };
-        let plain = HashReader::new(reader, limits.max_uncompressed_bytes, StreamStop::TooLarge);
-        let mut archive = tar::Archive::new(plain);
-        let extracted = ex.extract(&mut archive);
-        let mut plain = archive.into_inner();
-        let extracted = match extracted {
-            Ok(()) => plain.drain().map_err(ExtractError::Stream),
-            e => e,
-        };
-        // Hang up first, so a helper still sending stops.
-        let (diff_id, uncompressed, reader) = plain.into_parts();
-        drop(reader);
-        let joined = helper.join().map_err(|_| {
-            io_err(
-                "decompress",
-                "",
-                io::Error::other("the decompressing thread panicked"),
-            )
-        })?;
-        Ok::<_, UnpackError>((extracted, (diff_id, uncompressed), joined))
-    })?;
-    let (diff_id, uncompressed) = plain;
-    // The first failure in stream order counts. A refused entry or failed write came from data
-    // the helper had already decoded; our own uncompressed limit stopped the helper (it saw a
-    // hang-up); otherwise a helper failure is the cause of what the tar reader saw after it.
-    let streamed = match (extracted, decoder_error) {
-        (Err(ExtractError::Fatal(e)), _) => return Err(e),
-        (Err(ExtractError::Stream(e)), _) if e.get_ref().is_some_and(|i| i.is::<StreamStop>()) => {
-            Err(e)
-        }
-        (_, Some(e)) | (Err(ExtractError::Stream(e)), None) => Err(e),
-        (Ok(()), None) => Ok(()),
+    let decoder = Decoder::new(raw).map_err(|e| stream_error(e, limits, expected))?;
+    let plain = HashReader::new(decoder, limits.max_uncompressed_bytes, StreamStop::TooLarge);
+    let mut archive = tar::Archive::new(plain);
+    let extracted = ex.extract(&mut archive);
+    let mut plain = archive.into_inner();
+    let streamed = match extracted {
+        Ok(()) => plain.drain(),
+        Err(ExtractError::Stream(e)) => Err(e),
+        // An entry was refused or a write failed: that is the error, whatever the blob.
+        Err(ExtractError::Fatal(e)) => return Err(e),
     };
-    let Some(raw) = raw else {
-        let e = streamed
-            .err()
-            .unwrap_or_else(|| io::Error::other("no data"));
-        return Err(stream_error(e, limits, expected));
-    };
-    let mut raw = raw.into_inner();
+    let (diff_id, uncompressed, decoder) = plain.into_parts();
+    let mut raw = decoder.into_inner().into_inner();
     if let Err(e) = streamed {
-        let malformed = is_malformed(&e);
         let err = stream_error(e, limits, expected);
-        if malformed && raw.drain().is_ok() {
+        if matches!(err, UnpackError::Malformed { .. }) && raw.drain().is_ok() {
             // A flipped byte shows up as a decoder error first; name the blob instead.
             let (digest, size, _) = raw.into_parts();
             check_blob(expected, &digest, size)?;
