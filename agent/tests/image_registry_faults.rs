@@ -56,6 +56,9 @@ struct State {
     flooded: u64,
     /// Answer range requests with 200 and the whole blob, like registries without ranges.
     ignore_ranges: bool,
+    /// A token registry: `/v2/` challenges with `Bearer realm=<this>`, `/token` hands out
+    /// `t0k3n`, and every other path wants `Authorization: Bearer t0k3n`.
+    bearer_realm: Option<String>,
 }
 
 struct FaultyRegistry {
@@ -224,16 +227,20 @@ async fn serve(conn: TcpStream, state: Arc<Mutex<State>>, content: Arc<Content>)
         else {
             return;
         };
-        let range = head.iter().find_map(|h| {
-            let (k, v) = h.split_once(':')?;
-            k.eq_ignore_ascii_case("range").then(|| v.trim().to_owned())
-        });
+        let header = |name: &str| {
+            head.iter().find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let range = header("range");
+        let authorization = header("authorization");
         #[allow(
             clippy::disallowed_methods,
             reason = "the test server stamps requests to check Retry-After was honoured"
         )]
         let at = Instant::now();
-        let (fault, ignore_ranges) = {
+        let (fault, ignore_ranges, realm) = {
             let mut st = state.lock().unwrap();
             st.log.push(Logged {
                 path: path.clone(),
@@ -247,9 +254,29 @@ async fn serve(conn: TcpStream, state: Arc<Mutex<State>>, content: Arc<Content>)
             (
                 i.and_then(|i| st.faults.remove(i)).map(|(_, f)| f),
                 st.ignore_ranges,
+                st.bearer_realm.clone(),
             )
         };
         let w = conn.get_mut();
+        if let Some(realm) = realm {
+            let reply = if path.starts_with("/token?") {
+                Some(
+                    "HTTP/1.1 200 OK\r\nContent-Length: 17\r\n\r\n{\"token\":\"t0k3n\"}".to_owned(),
+                )
+            } else if authorization.as_deref() != Some("Bearer t0k3n") {
+                Some(format!(
+                    "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"{realm}\",service=\"faulty\"\r\nContent-Length: 2\r\n\r\n{{}}"
+                ))
+            } else {
+                None
+            };
+            if let Some(reply) = reply {
+                if w.write_all(reply.as_bytes()).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
         let body: Option<&[u8]> = if path == "/v2/" {
             Some(b"{}")
         } else if path.contains("/manifests/") {
@@ -566,4 +593,35 @@ async fn a_manifest_digest_mismatch_is_not_retried() {
         Digest::of(&reg.manifest),
         client(&reg).manifest(&reg.reference()).await.unwrap().1
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bearer_token_is_fetched_from_the_realm_and_sent_with_every_request() {
+    let reg = FaultyRegistry::start().await;
+    reg.state.lock().unwrap().bearer_realm = Some(format!("http://{}/token", reg.addr));
+    let (_dir, result) = reg.pull().await;
+    result.unwrap();
+    let tokens = reg.requests("/token?");
+    assert_eq!(tokens.len(), 1, "one token for the whole pull");
+    assert!(
+        tokens[0]
+            .path
+            .contains("scope=repository%3Aberth-test%2Ffaults%3Apull")
+            && tokens[0].path.contains("service=faulty"),
+        "{}",
+        tokens[0].path
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_realm_on_a_link_local_address_is_refused() {
+    let reg = FaultyRegistry::start().await;
+    reg.state.lock().unwrap().bearer_realm =
+        Some("http://169.254.169.254/latest/meta-data/iam".to_owned());
+    let err = client(&reg).manifest(&reg.reference()).await.unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Redirect { target, .. } if target.contains("169.254")),
+        "{err}"
+    );
+    assert!(reg.requests("/manifests/").is_empty());
 }

@@ -1,5 +1,6 @@
-//! The registry client: berth's own HTTP requests (reqwest) for manifests and blobs, with
-//! oci-client 0.18 only for the auth dance (anonymous, basic, bearer tokens). berth's rules:
+//! The registry client: berth's own HTTP requests (reqwest) for the auth dance (anonymous,
+//! basic, bearer tokens from the realm a `/v2/` challenge names), manifests and blobs; from
+//! oci-client only its types (`RegistryAuth`, references). berth's rules:
 //! credentials from flags/env or a docker-style `config.json`; plain HTTP only for registries
 //! listed as insecure; manifests capped in size *while they are read* (Content-Length first,
 //! then a running count), so a hostile registry cannot make the agent buffer more than the cap;
@@ -8,8 +9,9 @@
 //! cut mid-way) retried with exponential backoff and jitter, a bounded number of times, a cut
 //! blob resumed with a `Range` request; permanent ones (401/403/404) never retried.
 //!
-//! Why not oci-client for the requests too: `pull_manifest_raw` reads the whole body before
-//! berth can look at its size, its reqwest client follows any redirect, and it does not retry.
+//! Why not oci-client's requests: `pull_manifest_raw` reads the whole body before berth can
+//! look at its size, its reqwest client follows any redirect (also for the token realm, with
+//! the credentials), and it does not retry.
 //!
 //! Blob bytes are not verified here: the consumer hashes them (digest, size, diff_id).
 //!
@@ -27,9 +29,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use oci_client::RegistryOperation;
-use oci_client::client::{ClientConfig, ClientProtocol};
-use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
 
 use crate::image::{Digest, ErrorKind, Reference};
@@ -186,9 +185,23 @@ pub enum FetchError {
         /// What the registry said it sent.
         content_range: String,
     },
-    /// The token exchange (oci-client) failed.
-    #[error("the registry's token exchange failed")]
-    Auth(#[source] OciDistributionError),
+    /// The token service answered something that is not a token.
+    #[error("the token service at {url} answered without a token")]
+    Token {
+        /// The realm asked.
+        url: String,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The registry names a token realm berth does not go to.
+    #[error("token realm {realm:?} refused: {reason}")]
+    Realm {
+        /// The realm as the registry gave it.
+        realm: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// The body is over the cap (manifests and configs).
     #[error("{url} is over {limit} bytes (at least {size})")]
     TooLarge {
@@ -212,8 +225,10 @@ impl FetchError {
                 matches!(status, 408 | 429) || (*status >= 500 && !matches!(status, 501 | 505))
             }
             Self::Truncated { .. } => true,
-            Self::Auth(OciDistributionError::RequestError(e)) => e.is_connect() || e.is_timeout(),
-            Self::Range { .. } | Self::Auth(_) | Self::TooLarge { .. } => false,
+            Self::Range { .. }
+            | Self::Token { .. }
+            | Self::Realm { .. }
+            | Self::TooLarge { .. } => false,
         }
     }
 
@@ -395,6 +410,22 @@ pub fn is_link_local(ip: IpAddr) -> bool {
     }
 }
 
+/// `realm` and `service` of a `Bearer` challenge in a `WWW-Authenticate` value.
+fn bearer_challenge(header: &str) -> Option<(String, Option<String>)> {
+    http_auth::parser::ChallengeParser::new(header)
+        .filter_map(Result::ok)
+        .find(|c| c.scheme.eq_ignore_ascii_case("bearer"))
+        .and_then(|c| {
+            let param = |name: &str| {
+                c.params
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.to_unescaped())
+            };
+            Some((param("realm")?, param("service")))
+        })
+}
+
 /// Name resolution that drops link-local addresses, so no name (a redirect target or a
 /// registry) leads to a metadata service; a name with nothing else is an error.
 struct NoLinkLocal;
@@ -493,17 +524,19 @@ impl Ctx {
             };
         }
         match &e {
+            FetchError::Realm { realm, reason } => RegistryError::Redirect {
+                registry,
+                reference,
+                target: realm.clone(),
+                reason,
+            },
             FetchError::TooLarge { size, limit, .. } => RegistryError::TooLarge {
                 what: "manifest",
                 reference,
                 size: *size,
                 limit: *limit,
             },
-            FetchError::Auth(
-                OciDistributionError::AuthenticationFailure(_)
-                | OciDistributionError::UnauthorizedError { .. },
-            )
-            | FetchError::Status { status: 401, .. } => RegistryError::Unauthorized {
+            FetchError::Status { status: 401, .. } => RegistryError::Unauthorized {
                 registry,
                 reference,
                 hint: if self.had_credentials {
@@ -536,7 +569,6 @@ impl Ctx {
 
 /// The shared part of a client: what a blob stream keeps after `blob_stream` returned.
 struct Inner {
-    oci: oci_client::Client,
     http: reqwest::Client,
     config: RegistryConfig,
     /// Authorization per `registry/repository`, found once per client.
@@ -580,12 +612,6 @@ type Body = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 impl RegistryClient {
     /// A client; plain HTTP only for `config.insecure`.
     pub fn new(config: RegistryConfig) -> Result<Self, RegistryError> {
-        let oci = oci_client::Client::new(ClientConfig {
-            protocol: ClientProtocol::HttpsExcept(config.insecure.clone()),
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
-            ..Default::default()
-        });
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(10))
             .read_timeout(Duration::from_secs(60))
@@ -604,7 +630,6 @@ impl RegistryClient {
             .map_err(RegistryError::Client)?;
         Ok(Self {
             inner: Arc::new(Inner {
-                oci,
                 http,
                 config,
                 tokens: tokio::sync::Mutex::new(HashMap::new()),
@@ -781,8 +806,10 @@ impl Inner {
         format!("{}/{}", oci_ref.resolve_registry(), oci_ref.repository())
     }
 
-    /// The authorization for the repository: the auth dance once per client (oci-client:
-    /// `/v2/` challenge, then a token from the realm for bearer registries).
+    /// The authorization for the repository: the auth dance once per client. `GET /v2/`; a
+    /// 401 with a Bearer challenge sends berth to the challenge's realm for a pull token (with
+    /// the basic credentials, when there are any); a Basic challenge or none means the
+    /// credentials, if any, go with every request. The realm is held to the redirect rules.
     async fn authorization(
         &self,
         oci_ref: &oci_client::Reference,
@@ -797,18 +824,107 @@ impl Inner {
             // Reported with its path by ctx() before any request; anonymous here.
             Err(_) => RegistryAuth::Anonymous,
         };
-        let token = self
-            .oci
-            .auth(oci_ref, &auth, RegistryOperation::Pull)
-            .await
-            .map_err(FetchError::Auth)?;
-        let authorization = match (token, auth) {
-            (Some(t), _) | (None, RegistryAuth::Bearer(t)) => Authorization::Bearer(t),
-            (None, RegistryAuth::Basic(u, p)) => Authorization::Basic(u, p),
-            (None, RegistryAuth::Anonymous) => Authorization::Anonymous,
+        let plain = match &auth {
+            RegistryAuth::Bearer(t) => Authorization::Bearer(t.clone()),
+            RegistryAuth::Basic(u, p) => Authorization::Basic(u.clone(), p.clone()),
+            RegistryAuth::Anonymous => Authorization::Anonymous,
+        };
+        let authorization = match (&auth, self.challenge(oci_ref).await?) {
+            (RegistryAuth::Bearer(_), _) | (_, None) => plain,
+            (_, Some((realm, service))) => {
+                let token = self
+                    .token(oci_ref, &plain, &realm, service.as_deref())
+                    .await?;
+                Authorization::Bearer(token)
+            }
         };
         tokens.insert(key, authorization.clone());
         Ok(authorization)
+    }
+
+    /// The realm and service of the registry's Bearer challenge, if it makes one.
+    async fn challenge(
+        &self,
+        oci_ref: &oci_client::Reference,
+    ) -> Result<Option<(reqwest::Url, Option<String>)>, FetchError> {
+        let base = self.repo_url(oci_ref);
+        let url = format!("{}/v2/", base.split("/v2/").next().unwrap_or(&base));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|source| FetchError::Request {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        if status != 401 {
+            if status >= 500 || status == 429 || status == 408 {
+                return Err(FetchError::Status {
+                    url,
+                    status,
+                    body: error_body(resp).await,
+                    retry_after: None,
+                });
+            }
+            return Ok(None);
+        }
+        let Some((realm, service)) = resp
+            .headers()
+            .get_all(reqwest::header::WWW_AUTHENTICATE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find_map(bearer_challenge)
+        else {
+            return Ok(None);
+        };
+        let refused = |reason| FetchError::Realm {
+            realm: realm.clone(),
+            reason,
+        };
+        let realm_url: reqwest::Url = realm.parse().map_err(|_| refused("not a URL"))?;
+        let from: reqwest::Url = url.parse().map_err(|_| refused("not a URL"))?;
+        if let Some(reason) = refuse_redirect(&[from], &realm_url) {
+            return Err(refused(reason));
+        }
+        Ok(Some((realm_url, service)))
+    }
+
+    /// A pull token for the repository from `realm`.
+    async fn token(
+        &self,
+        oci_ref: &oci_client::Reference,
+        credentials: &Authorization,
+        realm: &reqwest::Url,
+        service: Option<&str>,
+    ) -> Result<String, FetchError> {
+        let mut url = realm.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair(
+                "scope",
+                &format!("repository:{}:pull", oci_ref.repository()),
+            );
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+        }
+        let resp = self.get(url.as_str(), credentials, None, 0).await?;
+        let body = read_capped(resp, url.as_str(), MAX_MANIFEST_BYTES).await?;
+        #[derive(serde::Deserialize)]
+        struct Token {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Token = serde_json::from_slice(&body).map_err(|source| FetchError::Token {
+            url: realm.to_string(),
+            source,
+        })?;
+        t.token.or(t.access_token).ok_or_else(|| FetchError::Token {
+            url: realm.to_string(),
+            source: <serde_json::Error as serde::de::Error>::missing_field("token"),
+        })
     }
 
     /// Drops a cached bearer token (it may have expired); true when there was one.
