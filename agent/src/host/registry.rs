@@ -215,6 +215,23 @@ pub enum FetchError {
 }
 
 impl FetchError {
+    /// The error's class.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Status { status: 404, .. } => ErrorKind::NotFound,
+            Self::Status {
+                status: 401 | 403, ..
+            }
+            | Self::Realm { .. } => ErrorKind::InvalidInput,
+            Self::TooLarge { .. } => ErrorKind::ResourceExhausted,
+            Self::Request { source, .. } if redirect_refusal(source).is_some() => {
+                ErrorKind::InvalidInput
+            }
+            _ if self.transient() => ErrorKind::Unavailable,
+            _ => ErrorKind::Internal,
+        }
+    }
+
     /// Whether another attempt may succeed.
     fn transient(&self) -> bool {
         match self {
@@ -1375,6 +1392,9 @@ mod tests {
         for s in [400, 401, 403, 404, 416, 501, 505] {
             assert!(!status(s).transient(), "{s}");
         }
+        assert_eq!(status(503).kind(), ErrorKind::Unavailable);
+        assert_eq!(status(404).kind(), ErrorKind::NotFound);
+        assert_eq!(status(401).kind(), ErrorKind::InvalidInput);
     }
 
     #[test]
