@@ -42,7 +42,16 @@ pub struct Config {
     /// Whether `GET /metrics` needs the API token (default false: scrapers usually carry
     /// none, and the text holds no secrets).
     pub metrics_token_required: bool,
+    /// Most connections open at once (default [`MAX_CONNECTIONS`]); past it new ones are
+    /// closed at once, so a flood cannot exhaust the process's file descriptors.
+    pub max_connections: usize,
 }
+
+/// Default cap on open API connections (each agent holds one or two).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Longest time a client may take to send a request head, and longest idle time of a
+/// keep-alive connection between requests: slow-loris clients and idle floods are closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// A config with the defaults: listen on 127.0.0.1:7070, poll every 5 s, 30 s grace.
@@ -63,6 +72,7 @@ impl Config {
             host_grace: Duration::from_secs(30),
             clock: system_clock(),
             metrics_token_required: false,
+            max_connections: MAX_CONNECTIONS,
         }
     }
 }
@@ -179,14 +189,12 @@ impl Controller {
             shutdown: shutdown_rx.clone(),
             metrics_token_required: config.metrics_token_required,
         });
-        let mut server_stop = shutdown_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let server = tokio::spawn(serve(
+            listener,
+            app,
+            config.max_connections.max(1),
+            shutdown_rx.clone(),
+        ));
         let poller = tokio::spawn(poll(
             core.clone(),
             watched,
@@ -203,6 +211,68 @@ impl Controller {
             poller,
         })
     }
+}
+
+/// Serves HTTP/1 connections until `stop`, then lets each finish its request in flight.
+/// Unlike `axum::serve` it bounds what a client can hold: the request head must arrive within
+/// [`HEADER_READ_TIMEOUT`] (also the idle limit between keep-alive requests), and at most
+/// `max_connections` are open, newer ones being closed at once.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    max_connections: usize,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // out of file descriptors (EMFILE) or a connection reset before accept:
+                // pause a little instead of spinning
+                tracing::warn!(%error, "accepting an API connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "too many API connections; closing the new one");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "API connection ended");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
 }
 
 /// How often a repository on this machine has its ref files checked for pushes.

@@ -31,6 +31,9 @@ pub struct Args {
     /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
     #[arg(long)]
     pub metrics_token_required: bool,
+    /// Most API connections open at once; past it new ones are closed at once
+    #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS)]
+    pub max_connections: usize,
 }
 
 /// Runs `berth controller`.
@@ -52,6 +55,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.host_grace = args.host_grace.as_std();
     config.token = global.token.clone();
     config.metrics_token_required = args.metrics_token_required;
+    config.max_connections = args.max_connections;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

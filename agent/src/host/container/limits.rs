@@ -17,6 +17,10 @@ pub trait Cgroups {
     fn add(&self, spec: &ContainerSpec, pid: i32) -> Result<(), ContainerError>;
     /// Whether the kernel OOM-killed a process of the container.
     fn oom_killed(&self, spec: &ContainerSpec) -> bool;
+    /// CPU time used by the container's cgroup so far, in ns (`None`: unknown).
+    fn cpu_usage_ns(&self, _spec: &ContainerSpec) -> Option<u64> {
+        None
+    }
     /// Sends `signal` to every process in the container's cgroup; false if unsupported.
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError>;
     /// Removes the container's cgroup (after its processes are gone).
@@ -82,6 +86,20 @@ impl HostCgroups {
             }
         })?;
         Ok(HostCgroups { layout })
+    }
+
+    /// Removes the (empty) parent cgroup of an agent's containers in every hierarchy, as
+    /// `berth down` does after removing them. Busy (something still runs under it) is an
+    /// error that names the path; a missing parent is fine.
+    pub fn remove_parent(&self, parent: &str) -> Result<(), ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let parent = parent.trim_matches('/');
+        let cg_path =
+            crate::host::cgroup::CgroupPath::new(parent).map_err(|e| cg_err(parent, e))?;
+        self.layout
+            .cgroup(&cg_path)
+            .delete()
+            .map_err(|e| cg_err(parent, e))
     }
 
     fn cgroup(&self, spec: &ContainerSpec) -> Result<crate::host::cgroup::Cgroup, ContainerError> {
@@ -161,6 +179,11 @@ impl Cgroups for HostCgroups {
             .ok()
             .and_then(|cg| cg.stats().ok())
             .is_some_and(|s| s.oom_kills > 0)
+    }
+
+    fn cpu_usage_ns(&self, spec: &ContainerSpec) -> Option<u64> {
+        use crate::host::cgroup::CgroupManager;
+        Some(self.cgroup(spec).ok()?.stats().ok()?.cpu_usage_ns)
     }
 
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError> {
