@@ -1,11 +1,12 @@
 //! System tests of the deploy loop (issue 5's acceptance) with the real `berth controller`
 //! and `berth agent` binaries, a real registry, real git and real containers (root).
 //!
-//! Until the traffic issue's proxy and private networking are in, `network: private`
-//! instances have an empty network namespace: their health is an exec probe (`wget` of
-//! `/up` inside the instance), and "serving" is checked as "ready by its probe" through
-//! `berth ps`, polled during the whole rollout, plus `berth exec … wget` against each
-//! instance. HTTP from the test itself goes to a single `network: host` instance.
+//! Everything berth runs here lives in a network namespace of the test (the harness in
+//! `deploy_support`). `web` runs in private mode behind the agent's proxy on port 8000:
+//! "serving" is checked with HTTP through the proxy (a client loop during the rolling update
+//! sees no failed request), "ready" through `berth ps`, polled during the whole rollout, and
+//! each instance with `berth exec … wget`. Most health checks are exec probes (`wget` of `/up`
+//! inside the instance), to run that path too; the controller-outage test probes over HTTP.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -21,7 +22,7 @@ mod deploy_support;
 mod runtime_support;
 
 use std::io::BufRead;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,11 +39,18 @@ fn probe(path: &str) -> String {
 
 const UPDATE: &str = "update: { max_surge: 1, max_unavailable: 0, deadline: 30s }\n";
 
-/// The `web` app: the hello image's httpd on 8080 in its own network namespace.
+/// The port of the agent's proxy for `web` (inside the test's namespace).
+const PROXY_PORT: u16 = 8000;
+
+/// An http probe of `/up` (private instances have an address now).
+const HTTP_UP: &str = "health: { http: /up, interval: 200ms, timeout: 1s, failures: 2 }\n";
+
+/// The `web` app: the hello image's httpd on 8080 in its own network namespace, exposed on
+/// the proxy's port 8000.
 fn web(c: &Cluster, tag: &str, replicas: u32, health: &str, update: &str) -> String {
     format!(
-        "app: web\nimage: {}\nport: 8080\nreplicas: {replicas}\n{health}{update}\
-         stop: {{ grace: 2s }}\n",
+        "app: web\nimage: {}\nport: 8080\nexpose: {{ port: {PROXY_PORT} }}\n\
+         replicas: {replicas}\n{health}{update}stop: {{ grace: 2s }}\n",
         c.image(tag)
     )
 }
@@ -58,21 +66,36 @@ fn field<'a>(v: &'a Value, key: &str) -> &'a Value {
     v.get(key).unwrap_or_else(|| panic!("no {key:?} in {v}"))
 }
 
-/// `berth events -f -o json` in the background; its lines so far.
+/// A following verb (`berth events -f`, `berth logs -f`) in the background, killed on drop;
+/// its stdout lines so far.
 struct Follow {
     child: std::process::Child,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
 impl Follow {
-    fn start(c: &Cluster) -> Follow {
-        let mut child = c
-            .berth()
-            .arg("--data-dir")
-            .arg(&c.data)
-            .arg("--controller")
-            .arg(&c.url)
-            .args(["events", "-f", "-o", "json"])
+    fn start(c: &Cluster, args: &[&str]) -> Follow {
+        let mut cmd = c.berth();
+        cmd.args(args);
+        Follow::spawn(cmd)
+    }
+
+    /// A client in the namespace requesting `GET /` through the proxy in a loop, one line
+    /// per request: `<body>|<status>` (`|000` when it got no answer).
+    fn load(c: &Cluster) -> Follow {
+        let mut cmd = c.inside("sh");
+        cmd.args([
+            "-c",
+            &format!(
+                "while :; do printf '%s\\n' \"$(curl -s -m 3 -w '|%{{http_code}}' \
+                 http://127.0.0.1:{PROXY_PORT}/ | tr -d '\\n')\"; done"
+            ),
+        ]);
+        Follow::spawn(cmd)
+    }
+
+    fn spawn(mut cmd: Command) -> Follow {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -96,6 +119,15 @@ impl Follow {
                 v["reason"] == reason && v["message"].as_str().unwrap_or("").contains(text)
             })
         })
+    }
+}
+
+impl Follow {
+    /// Kills the process; the lines read so far stay.
+    fn child_killed(mut self) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self
     }
 }
 
@@ -145,8 +177,11 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
     }
 
     // The image changes: a rolling update, with a ready instance and never more than
-    // desired + surge instances the whole time.
-    let events = Follow::start(&c);
+    // desired + surge instances the whole time, and a client looping through the proxy
+    // meanwhile sees no failed request.
+    c.wait_for("the proxy to answer", 10, || c.http_get(PROXY_PORT, "/"));
+    let load = Follow::load(&c);
+    let events = Follow::start(&c, &["events", "-f", "-o", "json"]);
     let cli = c.cli.clone();
     let sampler = Sampler::start(Duration::from_millis(50), move || {
         // (ready, not stopping) web instances, and revisions running in the runtime
@@ -198,6 +233,18 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
         let web = web_of(&running);
         (web.len() == 2 && web.iter().all(|r| r.revision == "2")).then_some(running.clone())
     });
+    std::thread::sleep(Duration::from_millis(300));
+    let load = load.child_killed();
+    let answers = load.lines.lock().unwrap().clone();
+    assert!(answers.len() > 20, "{answers:?}");
+    let failed: Vec<&String> = answers.iter().filter(|l| !l.ends_with("|200")).collect();
+    assert!(
+        failed.is_empty(),
+        "failed requests during the rollout: {failed:?}"
+    );
+    for body in ["hello from berth|200", "hello from berth v2|200"] {
+        assert!(answers.iter().any(|l| l == body), "{body} in {answers:?}");
+    }
     for r in web_of(&running) {
         let (code, body) = c.exec(&r.id, &["wget", "-q", "-O-", "http://127.0.0.1:8080/"]);
         assert_eq!(code, 0, "{} answers", r.id);
@@ -276,41 +323,16 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
         );
     }
     // `-f` follows them all.
-    let mut follow = c
-        .berth()
-        .arg("--data-dir")
-        .arg(&c.data)
-        .args(["logs", "-f", "talker"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follow.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
+    let mut follow = Follow::start(&c, &["logs", "-f", "talker"]);
+    let mut got = c.wait_for("logs -f to print both instances' lines", 10, || {
+        let lines = follow.lines.lock().unwrap().clone();
+        (lines.len() >= 2).then_some(lines)
     });
-    let mut got = Vec::new();
-    while got.len() < 2 {
-        match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(line) => got.push(line),
-            Err(_) => break,
-        }
-    }
     assert!(
-        follow.try_wait().unwrap().is_none(),
+        follow.child.try_wait().unwrap().is_none(),
         "logs -f keeps following"
     );
-    let _ = follow.kill();
-    let _ = follow.wait();
+    drop(follow);
     got.sort();
     assert!(
         got.len() == 2 && got[0].starts_with("talker-1-0") && got[1].starts_with("talker-1-1"),
@@ -434,7 +456,7 @@ fn a_failing_revision_rolls_back_and_an_invalid_commit_changes_nothing() {
     });
     let errors = status["sync"]["errors"].to_string();
     assert!(
-        errors.contains("web.yaml:7:11"),
+        errors.contains("web.yaml:8:11"),
         "path:line:col in {errors}"
     );
     let app = &status["apps"][0];
@@ -443,11 +465,11 @@ fn a_failing_revision_rolls_back_and_an_invalid_commit_changes_nothing() {
         app["last_error"]
             .as_str()
             .unwrap_or("")
-            .contains("web.yaml:7:11"),
+            .contains("web.yaml:8:11"),
         "the app's last_error names the file: {status}"
     );
     let table = String::from_utf8_lossy(&c.cli(&["status"]).stdout).into_owned();
-    assert!(table.contains("web.yaml:7:11"), "{table}");
+    assert!(table.contains("web.yaml:8:11"), "{table}");
     assert_eq!(c.json(&["revisions", "web"]).as_array().unwrap().len(), 2);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(c.running(), settled, "nothing changed on the host");
@@ -648,30 +670,24 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
     let Some(mut c) = Cluster::new(&["hello"]) else {
         return;
     };
-    let port = berth_testkit::free_port().unwrap();
-    let registry = c.reg.addr().to_string();
-    let app = |tag: &str| {
-        format!(
-            "app: web\nimage: {registry}/berth-test/{tag}\nport: 8080\nexpose: {{ port: {port} }}\nreplicas: 1\n\
-             health: {{ http: /up, interval: 200ms, timeout: 1s, failures: 2 }}\n\
-             update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
-             stop: {{ grace: 2s }}\n"
-        )
-    };
-    c.commit(&[("web.yaml", Some(&app("hello:latest")))], "add web");
+    let (v1, v2) = (
+        web(&c, "hello:latest", 1, HTTP_UP, UPDATE),
+        web(&c, "hello:v2", 1, HTTP_UP, UPDATE),
+    );
+    c.commit(&[("web.yaml", Some(&v1))], "add web");
     c.start_controller();
     c.start_agent();
     c.wait_revision("web", 1);
     assert_eq!(c.rollout_wait("web", 1, "90s").0, 0, "{}", c.logs());
-    let addr = format!("127.0.0.1:{port}");
-    assert_eq!(c.http_get(&addr, "/").unwrap().trim(), "hello from berth");
+    let body = c.wait_for("the proxy to answer", 10, || c.http_get(PROXY_PORT, "/"));
+    assert_eq!(body.trim(), "hello from berth");
     let before = c.running();
 
     c.kill_controller();
     let until = Instant::now() + Duration::from_secs(60);
     let mut requests = 0;
     while Instant::now() < until {
-        let body = c.http_get(&addr, "/");
+        let body = c.http_get(PROXY_PORT, "/");
         assert!(
             body.as_deref()
                 .is_some_and(|b| b.trim() == "hello from berth"),
@@ -694,11 +710,71 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
         (s["hosts"][0]["ready"] == true && s["apps"][0]["ready"] == 1).then_some(())
     });
     assert_eq!(c.running(), before);
-    c.commit(&[("web.yaml", Some(&app("hello:v2")))], "web: v2");
+    c.commit(&[("web.yaml", Some(&v2))], "web: v2");
     c.wait_revision("web", 2);
     assert_eq!(c.rollout_wait("web", 2, "60s").0, 0, "{}", c.logs());
-    assert_eq!(
-        c.http_get(&addr, "/").unwrap().trim(),
-        "hello from berth v2"
+    let body = c.wait_for("revision 2 behind the proxy", 10, || {
+        c.http_get(PROXY_PORT, "/")
+            .filter(|b| b.trim() == "hello from berth v2")
+    });
+    assert_eq!(body.trim(), "hello from berth v2");
+}
+
+#[test]
+fn a_crash_looping_revision_shows_its_exit_and_log_lines_and_rolls_back() {
+    let Some(mut c) = Cluster::new(&["hello"]) else {
+        return;
+    };
+    c.commit(
+        &[(
+            "web.yaml",
+            Some(&web(&c, "hello:latest", 1, &probe("/up"), UPDATE)),
+        )],
+        "add web",
     );
+    c.start_controller();
+    c.start_agent();
+    c.wait_revision("web", 1);
+    assert_eq!(c.rollout_wait("web", 1, "90s").0, 0, "{}", c.logs());
+    let before = c.running();
+
+    // Revision 2 exits 3 at once, saying why on stderr.
+    let crashing = format!(
+        "{}command: [/bin/sh, -c, 'echo config file missing >&2; exit 3']\n",
+        web(&c, "hello:latest", 1, &probe("/up"), UPDATE)
+    );
+    c.commit(&[("web.yaml", Some(&crashing))], "web: crashes");
+    c.wait_revision("web", 2);
+    // While it loops, ps shows it restarting with its exit code and last log line.
+    let seen = c.wait_for("the crashing instance in ps", 30, || {
+        let ps = c.json(&["ps"]);
+        ps.as_array()?
+            .iter()
+            .find(|i| i["revision"] == 2 && i["state"] == "restarting")
+            .cloned()
+    });
+    let message = seen["message"].as_str().unwrap();
+    assert!(
+        message.contains("exit code 3") && message.contains("config file missing"),
+        "{seen}"
+    );
+    let (code, out) = c.rollout_wait("web", 2, "60s");
+    assert_eq!(code, 1, "{out}\n{}", c.logs());
+    assert!(
+        out.contains("crash loop") && out.contains("config file missing"),
+        "names the crash loop and its log line: {out}"
+    );
+    let status = c.json(&["status"]);
+    assert_eq!(status["apps"][0]["revision"], 1, "{status}");
+    assert!(
+        status["apps"][0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3"),
+        "{status}"
+    );
+    // Revision 1 was never touched.
+    c.wait_for("the crashing instance to be removed", 15, || {
+        (c.running() == before).then_some(())
+    });
 }

@@ -225,7 +225,7 @@ fn log_tail(sandbox: &Sandbox) -> String {
 
 fn manifest(image: &str, extra: &str) -> String {
     format!(
-        "app: hello\nimage: {image}\nnetwork: host\nport: 8080\n\
+        "app: hello\nimage: {image}\nport: 8080\nexpose: {{ port: 8080 }}\n\
          health: {{ http: /up, interval: 1s, timeout: 1s }}\n\
          update: {{ max_surge: 0, max_unavailable: 1, deadline: 60s }}\n\
          stop: {{ grace: 2s }}\n{extra}"

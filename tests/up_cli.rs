@@ -154,8 +154,6 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     assert_eq!(st["apps"][0]["revision"], 1, "{st}");
     assert_eq!(st["hosts"][0]["name"], "t1", "{st}");
 
-    check_metrics(&sandbox);
-
     // A second `up` on the same data dir is refused and changes nothing.
     let again = sandbox
         .berth(&["up", "-d", "--manifests", dir_arg])
@@ -239,8 +237,19 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
 
 /// `berth up`'s one /metrics: promtool accepts it; every agent family has samples and the
 /// ones this run must have moved did; a real Prometheus in the namespace scrapes both halves.
-fn check_metrics(sandbox: &Sandbox) {
-    let text = sandbox.http(7070, "/metrics").expect("GET /metrics");
+fn check_metrics(sandbox: &Sandbox, app: &str) {
+    // Every agent family gets samples once the first passes, probes, autoscaler evaluations
+    // and proxy refreshes have happened: wait for that, then check the text.
+    let families = berth_agent::metrics::global().family_names();
+    let sampled = |text: &str, family: &str| {
+        let exposed = family.strip_suffix("_total").unwrap_or(family);
+        text.lines()
+            .any(|l| l.starts_with(exposed) && !l.starts_with('#'))
+    };
+    let text = wait_for("every agent family to have samples", 30, sandbox, || {
+        let text = sandbox.http(7070, "/metrics")?;
+        families.iter().all(|f| sampled(&text, f)).then_some(text)
+    });
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(std::process::Stdio::piped())
@@ -268,24 +277,27 @@ fn check_metrics(sandbox: &Sandbox) {
             .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     };
-    for family in berth_agent::metrics::global().family_names() {
-        let exposed = family.strip_suffix("_total").unwrap_or(family);
+    for family in families {
         assert!(
-            text.lines()
-                .any(|l| l.starts_with(exposed) && !l.starts_with('#')),
+            sampled(&text, family),
             "agent family {family} has no sample:\n{text}"
         );
     }
+    let a = format!("app=\"{app}\"");
     for series in [
-        "berth_instances{app=\"hello\",state=\"ready\"}",
-        "berth_probe_total{app=\"hello\",result=\"success\"}",
-        "berth_image_pulls_total{result=\"ok\"}",
-        "berth_image_pull_bytes_total",
-        "berth_reconcile_duration_seconds_count{app=\"hello\"}",
-        "berth_instance_cpu_seconds_total{app=\"hello\"",
-        "berth_instance_memory_bytes{app=\"hello\"",
-        "berth_controller_sync_total{result=\"ok\"}",
+        format!("berth_instances{{{a},state=\"ready\"}}"),
+        format!("berth_probe_total{{{a},result=\"success\"}}"),
+        "berth_image_pulls_total{result=\"ok\"}".to_string(),
+        "berth_image_pull_bytes_total".to_string(),
+        format!("berth_reconcile_duration_seconds_count{{{a}}}"),
+        format!("berth_instance_cpu_seconds_total{{{a}"),
+        format!("berth_instance_memory_bytes{{{a}"),
+        format!("berth_autoscaler_desired_replicas{{{a}}}"),
+        format!("berth_proxy_requests_total{{{a},code=\"200\"}}"),
+        format!("berth_proxy_request_duration_seconds_count{{{a}}}"),
+        "berth_controller_sync_total{result=\"ok\"}".to_string(),
     ] {
+        let series = series.as_str();
         assert!(value(series) > 0.0, "{series} is not above 0:\n{text}");
     }
 
@@ -296,12 +308,18 @@ fn check_metrics(sandbox: &Sandbox) {
     )
     .unwrap();
     prometheus.wait_value(r#"up{job="berth"}"#, |v| v == 1.0);
-    prometheus.wait_value(r#"berth_instances{app="hello",state="ready"}"#, |v| {
-        v == 1.0
+    prometheus.wait_value(&format!("berth_instances{{{a},state=\"ready\"}}"), |v| {
+        v >= 1.0
     });
     prometheus.wait_value(r#"berth_controller_sync_total{result="ok"}"#, |v| v >= 1.0);
-    prometheus.wait_value(r#"berth_instance_memory_bytes{app="hello"}"#, |v| {
+    prometheus.wait_value(&format!("berth_instance_memory_bytes{{{a}}}"), |v| {
         v > 0.0 && v < 64.0 * 1024.0 * 1024.0
+    });
+    prometheus.wait_value(&format!("sum(berth_proxy_requests_total{{{a}}})"), |v| {
+        v >= 1.0
+    });
+    prometheus.wait_value(&format!("berth_autoscaler_desired_replicas{{{a}}}"), |v| {
+        (1.0..=5.0).contains(&v)
     });
 }
 
@@ -361,6 +379,7 @@ fn the_examples_deploy_and_answer_on_their_exposed_ports() {
                 .all(|a| a["ready"] == a["desired"] && a["desired"].as_u64() > Some(0)))
         .then_some(())
     });
+    check_metrics(&sandbox, "web");
     let out = run_ok(&mut sandbox.berth(&["down"]));
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(said.contains("removed 6 instances"), "{said}");

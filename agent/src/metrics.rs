@@ -91,6 +91,116 @@ pub struct AgentMetrics {
     /// Instance states last published per app, to zero the states that went away.
     seen_states: Mutex<BTreeMap<String, Vec<String>>>,
     usage: Arc<UsageCollector>,
+    desired_replicas: Family<AppLabel, Gauge>,
+    decisions: Family<Decision, Counter>,
+    proxy: Arc<ProxyCollector>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Decision {
+    app: String,
+    direction: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppCode {
+    app: String,
+    code: String,
+}
+
+/// The proxy's per-app counters as last fetched (the proxy is its own process; the agent
+/// refreshes this copy every few seconds and whenever the autoscaler samples).
+#[derive(Default)]
+struct ProxyCollector {
+    apps: Mutex<BTreeMap<String, crate::proxy::metrics::MetricsSnapshot>>,
+}
+
+impl std::fmt::Debug for ProxyCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for ProxyCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let apps = lock(&self.apps).clone();
+        let app_label = |app: &str| AppLabel { app: app.into() };
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_proxy_requests",
+                "Requests the proxy answered, by app and status code (its own 502/503 included)",
+                None,
+                MetricType::Counter,
+            )?;
+            for (app, s) in &apps {
+                for (code, n) in &s.by_code {
+                    let label = AppCode {
+                        app: app.clone(),
+                        code: code.to_string(),
+                    };
+                    ConstCounter::new(*n).encode(family.encode_family(&label)?)?;
+                }
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_proxy_in_flight",
+                "Requests (TCP: connections) in progress at the proxy, by app",
+                None,
+                MetricType::Gauge,
+            )?;
+            for (app, s) in &apps {
+                let n = i64::try_from(s.in_flight).unwrap_or(i64::MAX);
+                ConstGauge::new(n).encode(family.encode_family(&app_label(app))?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_proxy_no_backend",
+                "Requests the proxy answered 503 for want of a ready instance, by app",
+                None,
+                MetricType::Counter,
+            )?;
+            for (app, s) in &apps {
+                ConstCounter::new(s.no_backend_total)
+                    .encode(family.encode_family(&app_label(app))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "berth_proxy_request_duration",
+            "Time from a request's arrival at the proxy to the end of its response body, by app",
+            Some(&Unit::Seconds),
+            MetricType::Histogram,
+        )?;
+        for (app, s) in &apps {
+            // The snapshot's buckets are cumulative; the encoder wants each bucket's own count.
+            let mut before = 0u64;
+            let buckets: Vec<(f64, u64)> = s
+                .latency
+                .buckets
+                .iter()
+                .map(|(upper_us, cumulative)| {
+                    #[allow(clippy::cast_precision_loss, reason = "µs bounds as seconds")]
+                    let upper = upper_us.map_or(f64::INFINITY, |us| us as f64 / 1e6);
+                    let own = cumulative.saturating_sub(before);
+                    before = *cumulative;
+                    (upper, own)
+                })
+                .collect();
+            #[allow(clippy::cast_precision_loss, reason = "µs sum as seconds")]
+            let sum = s.latency.sum_us as f64 / 1e6;
+            family
+                .encode_family(&app_label(app))?
+                .encode_histogram::<prometheus_client::encoding::NoLabelSet>(
+                    sum,
+                    s.latency.count,
+                    &buckets,
+                    None,
+                )?;
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AgentMetrics {
@@ -223,6 +333,41 @@ impl AgentMetrics {
         );
         let usage = Arc::new(UsageCollector::default());
         registry.register_collector(Box::new(usage.clone()));
+        names.extend(
+            [
+                "berth_instance_cpu_seconds",
+                "berth_instance_memory_bytes",
+                "berth_instance_oom_kills",
+            ]
+            .map(String::from),
+        );
+        let desired_replicas = Family::<AppLabel, Gauge>::default();
+        plain(
+            &mut registry,
+            &mut names,
+            "berth_autoscaler_desired_replicas",
+            "Instances the autoscaler wants on this host, by app (evaluated every second)",
+            desired_replicas.clone(),
+        );
+        let decisions = Family::<Decision, Counter>::default();
+        plain(
+            &mut registry,
+            &mut names,
+            "berth_autoscaler_decisions",
+            "Autoscaler evaluations by app, direction (up, down, hold) and reason",
+            decisions.clone(),
+        );
+        let proxy = Arc::new(ProxyCollector::default());
+        registry.register_collector(Box::new(proxy.clone()));
+        names.extend(
+            [
+                "berth_proxy_requests",
+                "berth_proxy_in_flight",
+                "berth_proxy_no_backend",
+                "berth_proxy_request_duration_seconds",
+            ]
+            .map(String::from),
+        );
         for result in ["ok", "error"] {
             let _ = pulls.get_or_create(&ResultLabel { result });
         }
@@ -239,6 +384,9 @@ impl AgentMetrics {
             seen_restarts: Mutex::new(BTreeMap::new()),
             seen_states: Mutex::new(BTreeMap::new()),
             usage,
+            desired_replicas,
+            decisions,
+            proxy,
         }
     }
 
@@ -320,6 +468,37 @@ impl AgentMetrics {
             .inc();
         self.pull_bytes.inc_by(bytes);
         self.pull_duration.observe(seconds);
+    }
+
+    /// One autoscaler evaluation of `app`: the count it wants, and which way it moved and why
+    /// (`direction` `up`, `down` or `hold`).
+    pub fn autoscaled(
+        &self,
+        app: &str,
+        desired: u32,
+        direction: &'static str,
+        reason: &'static str,
+    ) {
+        self.desired_replicas
+            .get_or_create(&AppLabel { app: app.into() })
+            .set(i64::from(desired));
+        self.decisions
+            .get_or_create(&Decision {
+                app: app.into(),
+                direction,
+                reason,
+            })
+            .inc();
+    }
+
+    /// An app left autoscaling (or this host): its desired-replicas series goes.
+    pub fn not_autoscaled(&self, app: &str) {
+        self.desired_replicas.remove(&AppLabel { app: app.into() });
+    }
+
+    /// The proxy's counters, as just fetched from it.
+    pub fn proxy_snapshot(&self, apps: BTreeMap<String, crate::proxy::metrics::MetricsSnapshot>) {
+        *lock(&self.proxy.apps) = apps;
     }
 
     /// The families as OpenMetrics text without the final `# EOF` line, so that a process
@@ -404,6 +583,67 @@ mod tests {
             Some(1.0)
         );
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn autoscaler_and_proxy_families() {
+        use crate::proxy::metrics::{Histogram as Latency, MetricsSnapshot};
+        let m = AgentMetrics::new();
+        m.autoscaled("web", 3, "up", "above_target");
+        m.autoscaled("web", 3, "hold", "within_tolerance");
+        let snapshot = MetricsSnapshot {
+            requests_total: 3,
+            by_code: [(200, 2), (503, 1)].into(),
+            in_flight: 1,
+            waiting: 0,
+            no_backend_total: 1,
+            upstream_errors_total: 0,
+            connections_total: 2,
+            connections_open: 1,
+            latency: Latency {
+                buckets: vec![(Some(500), 1), (Some(1_000_000), 2), (None, 3)],
+                sum_us: 1_500_500,
+                count: 3,
+            },
+        };
+        m.proxy_snapshot([("web".to_string(), snapshot)].into());
+        let text = m.encode();
+        assert_eq!(
+            value(&text, r#"berth_autoscaler_desired_replicas{app="web"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"berth_autoscaler_decisions_total{app="web",direction="up",reason="above_target"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, r#"berth_proxy_requests_total{app="web",code="503"}"#),
+            Some(1.0)
+        );
+        assert_eq!(
+            value(&text, r#"berth_proxy_in_flight{app="web"}"#),
+            Some(1.0)
+        );
+        // cumulative in the exposition again
+        assert_eq!(
+            value(
+                &text,
+                r#"berth_proxy_request_duration_seconds_bucket{le="1.0",app="web"}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(
+                &text,
+                r#"berth_proxy_request_duration_seconds_bucket{le="+Inf",app="web"}"#
+            ),
+            Some(3.0)
+        );
+        m.not_autoscaled("web");
+        assert!(!m.encode().contains("berth_autoscaler_desired_replicas{"));
     }
 
     #[test]

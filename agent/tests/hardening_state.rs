@@ -169,8 +169,9 @@ fn crash_loop(helper: &str, kills: usize) {
             mid_write += 1;
         }
         let now = read_version(helper, dir.path());
+        // (the token child deletes the file before each creation, so only tearing counts)
         assert!(
-            now >= last,
+            helper == "token" || now >= last,
             "{helper}: the file went back from {last:?} to {now:?}"
         );
         last = now;

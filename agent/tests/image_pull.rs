@@ -232,7 +232,7 @@ async fn basic_auth_works_with_credentials_and_fails_clearly_without() {
 
 /// The layer digests of an image as the registry serves them.
 async fn layer_digests(reg: &Registry, name: &str) -> Vec<String> {
-    let client = berth_agent::host::registry::RegistryClient::new(options(reg).registry);
+    let client = berth_agent::host::registry::RegistryClient::new(options(reg).registry).unwrap();
     let (bytes, _) = client.manifest(&reference(reg, name)).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
     v["layers"]

@@ -216,11 +216,17 @@ pub async fn serve(
     let traffic = ProxyTraffic::open(&exe, &global.data_dir, &keep)
         .await
         .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let traffic = Arc::new(traffic);
+    let refresher = tokio::spawn(
+        traffic
+            .clone()
+            .refresh_metrics(std::time::Duration::from_secs(2)),
+    );
     let fx = Effects {
         runtime: Arc::new(runtime),
         images: Arc::new(StoreImages::new(images, options)),
         prober: Arc::new(NetProber::new().context("building the probe client")?),
-        traffic: Arc::new(traffic),
+        traffic,
     };
     let agent = Agent::new(
         config,
@@ -230,6 +236,7 @@ pub async fn serve(
         Clock::system(),
     )?;
     agent.run(shutdown).await;
+    refresher.abort();
     Ok(())
 }
 

@@ -87,6 +87,7 @@ impl RegistryArgs {
                 credentials,
                 auth_file,
                 mirrors: global.mirrors()?,
+                ..RegistryConfig::default()
             },
             ..PullOptions::default()
         })

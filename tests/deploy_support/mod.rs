@@ -1,12 +1,12 @@
 //! The deploy loop's system-test harness: a real registry (berth-testkit) with the test
 //! images, a bare git repository the test pushes manifests to, and the real `berth
 //! controller` and `berth agent` binaries sharing one temp data dir, with the instances under
-//! a cgroup parent of their own. Both daemons, every CLI call and every HTTP check run inside
-//! a network namespace the test creates (`nsenter --net`), with the registry's storage served
-//! in there on the same port, so the agent's bridge, veths and instance namespaces never
-//! touch the machine's own network. [`Cluster`]'s drop stops both daemons (by pid), removes
-//! every container of the data dir (SIGKILL, then the runtime's delete), the cgroup parent in
-//! every hierarchy and the temp dir, also when the test failed.
+//! a cgroup parent of their own. Everything berth runs (daemons, CLI, the agent's proxy and
+//! bridge) runs in a network namespace of the test (`nsenter --net`), with the registry served
+//! into it at 127.0.0.1:5000 and this test's bridge, subnet and name prefixes.
+//! [`Cluster`]'s drop stops both daemons (by pid), runs `berth down` (instances, proxy,
+//! network), removes any container left (SIGKILL, then the runtime's delete), the cgroup
+//! parent in every hierarchy, the namespace and the temp dir, also when the test failed.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![allow(
@@ -45,20 +45,27 @@ pub struct Running {
 pub struct Cli {
     /// The shared data dir.
     pub data: PathBuf,
-    /// The test's network namespace (`/run/netns/NAME`).
-    pub netns: PathBuf,
-    /// The controller's URL.
+    /// The controller's URL (inside the namespace).
     pub url: String,
+    /// The test's network namespace (`/run/netns/<name>`).
+    pub netns: PathBuf,
+    /// Environment of every berth process: cgroup parent, bridge, subnet, prefixes.
+    env: Vec<(String, String)>,
     clog: PathBuf,
     alog: PathBuf,
 }
+
+/// The registry address inside the namespace.
+pub const REGISTRY: &str = "127.0.0.1:5000";
 
 /// Controller, agent, registry, git and data dir of one test.
 pub struct Cluster {
     /// CLI access (also through `Deref`).
     pub cli: Cli,
-    /// The registry with the test images.
+    /// The registry with the test images (pushed to on the host's loopback).
     pub reg: Registry,
+    /// The same storage served inside the namespace at [`REGISTRY`].
+    inside: Registry,
     /// The bare repository the controller follows.
     pub bare: PathBuf,
     /// The clone the test commits in.
@@ -68,10 +75,8 @@ pub struct Cluster {
     pub cgroup: CgroupParent,
     controller: Option<Child>,
     agent: Option<Child>,
-    /// The registry's storage served inside the namespace, on the same address.
-    reg_inside: Registry,
-    /// Dropped after the daemons and containers (field order).
-    ns: Netns,
+    /// Dropped after `berth down` ran in it.
+    netns: Netns,
     tmp: tempfile::TempDir,
 }
 
@@ -109,42 +114,53 @@ impl Cluster {
         git(&work, &["init", "--quiet"]);
         git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let cgroup = CgroupParent(format!("berth-test-{}-deploy{n}", std::process::id()));
-        let listen = format!("127.0.0.1:{}", berth_testkit::free_port().unwrap());
-        let ns = Netns::new(&format!("deploy{n}")).expect("create the test's network namespace");
-        let port = reg
-            .addr()
-            .rsplit(':')
-            .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap();
-        let reg_inside = reg
-            .serve_in(&ns, port)
-            .expect("serve the registry inside the namespace");
+        let pid = std::process::id();
+        let cgroup = CgroupParent(format!("berth-test-{pid}-deploy{n}"));
+        let netns = Netns::new(&format!("deploy{n}")).expect("create a network namespace");
+        let inside = reg
+            .serve_in(&netns, 5000)
+            .expect("serve the registry in the namespace");
+        let listen = "127.0.0.1:7070".to_string();
+        let env = [
+            ("BERTH_CGROUP_PARENT", cgroup.0.clone()),
+            ("BERTH_BRIDGE", format!("dl{}{n}", pid % 100_000)),
+            (
+                "BERTH_SUBNET",
+                format!("10.{}.{}.0/24", 180 + n % 20, pid % 250),
+            ),
+            ("BERTH_NETNS_PREFIX", format!("{}-i-", netns.name())),
+            ("BERTH_VETH_PREFIX", "dv".to_string()),
+            ("BERTH_INSECURE_REGISTRIES", REGISTRY.to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
         Some(Cluster {
             cli: Cli {
-                netns: ns.path(),
                 data,
                 url: format!("http://{listen}"),
+                netns: netns.path(),
+                env,
                 clog: tmp.path().join("controller.log"),
                 alog: tmp.path().join("agent.log"),
             },
             reg,
+            inside,
             bare,
             work,
             listen,
             cgroup,
             controller: None,
             agent: None,
-            reg_inside,
-            ns,
+            netns,
             tmp,
         })
     }
 
-    /// The registry's image reference of a test image (`HOST:PORT/berth-test/NAME:TAG`).
+    /// The image reference of a test image inside the namespace
+    /// (`127.0.0.1:5000/berth-test/NAME:TAG`).
     pub fn image(&self, name_tag: &str) -> String {
-        format!("{}/berth-test/{name_tag}", self.reg.addr())
+        format!("{REGISTRY}/berth-test/{name_tag}")
     }
 
     fn daemon(&self, args: &[&str], log: &Path) -> Command {
@@ -153,18 +169,9 @@ impl Cluster {
             .append(true)
             .open(log)
             .unwrap();
-        let mut c = in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"));
+        let mut c = self.berth();
         c.args(["--log", "info,berth_agent=debug,berth_controller=debug"])
-            .arg("--data-dir")
-            .arg(&self.data)
-            .arg("--insecure-registry")
-            .arg(self.reg.addr())
-            .arg("--controller")
-            .arg(&self.url)
             .args(args)
-            .env_remove("BERTH_TOKEN")
-            .env_remove("BERTH_CONTROLLER")
-            .envs(self.net_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -195,7 +202,7 @@ impl Cluster {
             .unwrap();
         self.controller = Some(child);
         self.wait_for("the controller to answer", 30, || {
-            self.http_get(&self.listen, "/metrics").map(|_| ())
+            self.netns.http_get(&self.listen, "/metrics").map(|_| ())
         });
     }
 
@@ -247,16 +254,49 @@ impl Cluster {
 }
 
 impl Cli {
-    /// `berth --data-dir D --controller URL ARGS`.
-    pub fn cli(&self, args: &[&str]) -> Output {
-        self.berth()
+    /// `berth --data-dir D --controller URL` in the namespace, with the test's environment.
+    pub fn berth(&self) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(env!("CARGO_BIN_EXE_berth"))
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--controller")
             .arg(&self.url)
-            .args(args)
             .env_remove("BERTH_TOKEN")
             .env_remove("BERTH_CONTROLLER")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
+        c
+    }
+
+    /// A program run in the namespace (`nsenter --net`).
+    pub fn inside(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns.display()))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
+    /// `GET http://127.0.0.1:PORT/PATH` in the namespace: the body if 2xx.
+    pub fn http_get(&self, port: u16, path: &str) -> Option<String> {
+        let out = self
+            .inside("curl")
+            .args(["-sf", "--max-time", "3"])
+            .arg(format!("http://127.0.0.1:{port}{path}"))
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `berth ARGS` (see [`Cli::berth`]).
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.berth()
+            .args(args)
             .stdin(Stdio::null())
             .output()
             .unwrap()
@@ -407,8 +447,6 @@ impl Cli {
         args.extend(cmd);
         let out = self
             .berth()
-            .arg("--data-dir")
-            .arg(&self.data)
             .args(&args)
             .stdin(Stdio::null())
             .output()
@@ -420,49 +458,6 @@ impl Cli {
     }
 }
 
-impl Cli {
-    /// The `berth` binary, to be run inside the test's namespace with the test's network
-    /// names.
-    pub fn berth(&self) -> Command {
-        let mut c = in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"));
-        c.envs(self.net_env());
-        c
-    }
-
-    /// Instance namespaces are named under /run/netns, which every namespace shares: a
-    /// prefix of this test's own keeps parallel tests' `web-1-0`s apart.
-    fn net_env(&self) -> [(&'static str, String); 1] {
-        let name = self
-            .netns
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        [("BERTH_NETNS_PREFIX", format!("{name}-i-"))]
-    }
-
-    /// `GET http://ADDR/PATH` from inside the test's namespace: the body, if 2xx.
-    pub fn http_get(&self, addr: &str, path: &str) -> Option<String> {
-        let out = in_netns(&self.netns, "curl")
-            .args(["-sf", "--max-time", "3"])
-            .arg(format!("http://{addr}{path}"))
-            .stderr(Stdio::null())
-            .output()
-            .ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-/// `program` run inside the network namespace at `netns`.
-fn in_netns(netns: &Path, program: &str) -> Command {
-    let mut c = Command::new("nsenter");
-    c.arg(format!("--net={}", netns.display()))
-        .arg("--")
-        .arg(program);
-    c
-}
-
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -472,15 +467,22 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_agent();
         self.kill_controller();
-        // Instances, their network namespaces and veths, the proxy: what `down` removes.
-        let _ = self
-            .berth()
-            .arg("--data-dir")
-            .arg(&self.data)
-            .args(["down", "--timeout", "5s", "--cgroup-parent", &self.cgroup.0])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        // Instances, the proxy and the instances' network (namespaces, veths, bridge).
+        let down = self.berth().args(["down", "--timeout", "5s"]).output();
+        if let Ok(out) = &down
+            && !out.status.success()
+        {
+            eprintln!("berth down: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let prefix = format!("{}-i-", self.netns.name());
+        if let Ok(rd) = std::fs::read_dir("/run/netns") {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&prefix) {
+                    let _ = Command::new("ip").args(["netns", "del", &name]).output();
+                }
+            }
+        }
         let store = Store::new(&self.data);
         let cgroups: Box<dyn Cgroups> = match HostCgroups::detect(Path::new("/proc/self/mountinfo"))
         {

@@ -137,7 +137,13 @@ pub(super) async fn run<R: Runtime, I: Images, P: Prober, T: Traffic>(
                 _ => None,
             })
             .collect();
-        apps.retain(|name, _| autos.iter().any(|(a, ..)| a == name));
+        apps.retain(|name, _| {
+            let keep = autos.iter().any(|(a, ..)| a == name);
+            if !keep {
+                crate::metrics::global().not_autoscaled(name);
+            }
+            keep
+        });
         lock(&shared.scales).retain(|name, _| autos.iter().any(|(a, ..)| a == name));
         let woken: BTreeSet<String> = std::mem::take(&mut *lock(&shared.woken));
         if autos.is_empty() {
@@ -210,6 +216,17 @@ pub(super) async fn run<R: Runtime, I: Images, P: Prober, T: Traffic>(
                 },
             );
             app.previous = Some(sample_now);
+            let direction = match decision.desired.cmp(&current) {
+                std::cmp::Ordering::Greater => "up",
+                std::cmp::Ordering::Less => "down",
+                std::cmp::Ordering::Equal => "hold",
+            };
+            crate::metrics::global().autoscaled(
+                &name,
+                decision.desired,
+                direction,
+                decision.reason.as_str(),
+            );
             if decision.desired != current {
                 lock(&shared.scales).insert(name.clone(), decision.desired);
                 changed = true;

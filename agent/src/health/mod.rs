@@ -41,9 +41,11 @@ pub fn describe(probe: &Probe) -> String {
     }
 }
 
-/// Until its first passing probe, an instance is probed at least this often (ms), whatever
-/// its `interval`: readiness of a new instance gates a rollout, so it is noticed within this
-/// time. Failures meanwhile count as usual (only a once-ready instance is restarted by them).
+/// Until its first passing probe, an instance is probed every `max(this, age / 4)` ms (never
+/// less often than its `interval`): readiness of a new instance gates a rollout, so a fast
+/// starter is noticed within this time, while a slow one (a JVM) costs a number of probes
+/// that grows with the log of its start time. Failures meanwhile count as usual (only a
+/// once-ready instance is restarted by them).
 pub const STARTING_INTERVAL_MS: u64 = 100;
 
 /// Where an instance stands with its probe.
@@ -88,9 +90,9 @@ impl ProbeState {
     }
 
     /// Folds one probe result in. `started_at_ms` is the instance's (last) start. The next
-    /// probe is due after `interval`, or after at most [`STARTING_INTERVAL_MS`] while the
-    /// instance has not passed once (a new revision is ready as soon as it answers, not up to
-    /// an interval later).
+    /// probe is due after `interval`, or sooner while the instance has not passed once (see
+    /// [`STARTING_INTERVAL_MS`]): a new revision is ready as soon as it answers, not up to an
+    /// interval later.
     pub fn record(
         &mut self,
         health: &Health,
@@ -136,7 +138,8 @@ impl ProbeState {
         let every = if self.ever_ready {
             every
         } else {
-            every.min(STARTING_INTERVAL_MS)
+            let age = now_ms.saturating_sub(started_at_ms);
+            every.min(STARTING_INTERVAL_MS.max(age / 4))
         };
         self.next_at_ms = now_ms.saturating_add(every);
     }
@@ -226,11 +229,21 @@ mod tests {
     fn probes_are_frequent_until_the_first_pass() {
         let h = health(3, 0);
         let mut s = ProbeState::default();
-        s.record(&h, 0, 500, Err("connection refused".into()));
+        s.record(&h, 400, 500, Err("connection refused".into()));
         assert!(s.due(500 + STARTING_INTERVAL_MS), "starting: every 100 ms");
-        s.record(&h, 0, 700, Ok(()));
+        s.record(&h, 400, 700, Ok(()));
         assert!(!s.due(700 + STARTING_INTERVAL_MS), "ready: every interval");
         assert!(s.due(1700));
+        // A slow starter is probed less often as it ages: every age / 4, up to the interval.
+        let h = Health {
+            interval: Duration::from_secs(10),
+            ..health(3, 0)
+        };
+        let mut s = ProbeState::default();
+        s.record(&h, 0, 4_000, Err("connection refused".into()));
+        assert!(!s.due(4_999) && s.due(5_000), "1 s at 4 s of age");
+        s.record(&h, 0, 60_000, Err("connection refused".into()));
+        assert!(!s.due(69_999) && s.due(70_000), "capped by the interval");
     }
 
     #[test]

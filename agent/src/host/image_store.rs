@@ -494,7 +494,7 @@ impl ImageStore {
         let _shared =
             blocking(move || FileLock::acquire(&lock_path, false).map_err(ImageError::from))
                 .await?;
-        let client = RegistryClient::new(options.registry.clone());
+        let client = RegistryClient::new(options.registry.clone())?;
         let wanted = options.platform.clone().unwrap_or_else(Platform::host);
 
         let (bytes, mut digest) = client.manifest(reference).await?;

@@ -172,9 +172,23 @@ impl ProxyTraffic {
         {
             return Ok(BTreeMap::new());
         }
-        self.call(&mut inner, |c| Box::pin(c.snapshot()))
+        let apps = self
+            .call(&mut inner, |c| Box::pin(c.snapshot()))
             .await
-            .map_err(|e| effect("proxy snapshot", "proxy", e))
+            .map_err(|e| effect("proxy snapshot", "proxy", e))?;
+        crate::metrics::global().proxy_snapshot(apps.clone());
+        Ok(apps)
+    }
+
+    /// Refreshes the proxy's counters in the agent's metrics every `every` (the autoscaler
+    /// refreshes them too, every second, when an app autoscales). Runs until dropped.
+    pub async fn refresh_metrics(self: std::sync::Arc<Self>, every: std::time::Duration) {
+        loop {
+            if let Err(e) = self.snapshot().await {
+                tracing::debug!(error = %e.chain(), "no proxy counters for the metrics");
+            }
+            tokio::time::sleep(every).await;
+        }
     }
 
     /// A connection that reports requests finding no backend (scale from zero); `None`

@@ -129,6 +129,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
                         health::runner::run(&*fx.runtime, &*fx.prober, &o.id, o.address, health)
                             .await;
                     crate::metrics::global().probe(app, verdict.is_ok());
+                    tracing::debug!(app, id = %o.id, verdict = ?verdict, "probed");
                     mem.probe.record(health, o.started_at_ms, now, verdict);
                 }
             }
