@@ -1,15 +1,17 @@
 //! The controller's store: a small key-value interface shaped like etcd's, so the embedded
-//! default ([`redb::RedbStore`], one file under the data dir) and the HA backend (etcd, a
-//! later layer) implement the same trait and pass the same [`conformance`] suite.
+//! default ([`redb::RedbStore`], one file under the data dir) and the HA backend
+//! ([`etcd::EtcdStore`], the real etcd) implement the same trait and pass the same
+//! [`conformance`] suite.
 //!
 //! Keys are `/`-separated strings (`apps/web/revisions/00000003`); values are bytes (the
 //! callers store JSON). Every write goes through [`Txn`]: conditions on the versions of keys,
-//! then puts and deletes, applied all-or-nothing. Each applied transaction bumps the store's
-//! revision; each entry remembers the revision that last wrote it (its version), which is
+//! then puts and deletes, applied all-or-nothing. Each applied transaction that writes bumps the
+//! store's revision; each entry remembers the revision that last wrote it (its version), which is
 //! what optimistic concurrency compares.
 //!
 //! The store knows nothing of apps or hosts: the layers above give keys their meaning.
 
+pub mod etcd;
 pub mod redb;
 
 use std::future::Future;
@@ -182,7 +184,9 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<(String, Entry)>, StoreError>> + Send;
 
-    /// Applies `txn` all-or-nothing; durable when it returns [`Outcome::Applied`].
+    /// Applies `txn` all-or-nothing; durable when it returns [`Outcome::Applied`]. Several
+    /// ops on one key leave the last one's effect. A transaction that changes nothing may
+    /// leave the revision where it was (etcd does).
     fn commit(&self, txn: Txn) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
 
     /// The store's current revision (0 when nothing was ever written).
@@ -204,6 +208,7 @@ pub mod conformance {
         failed_condition_writes_nothing(store).await;
         list_returns_prefix_sorted(store).await;
         delete_removes_and_bumps_revision(store).await;
+        the_last_op_on_a_key_wins(store).await;
         bad_keys_and_large_values_are_refused(store).await;
     }
 
@@ -324,6 +329,20 @@ pub mod conformance {
                 .delete("apps/web/1"),
         );
         assert_eq!(out.await.unwrap(), Outcome::Conflict);
+    }
+
+    async fn the_last_op_on_a_key_wins<S: Store>(store: &S) {
+        let txn = Txn::new()
+            .put("dup/a", b"first".to_vec())
+            .put("dup/a", b"second".to_vec())
+            .put("dup/b", b"gone".to_vec())
+            .delete("dup/b");
+        assert!(matches!(
+            store.commit(txn).await.unwrap(),
+            Outcome::Applied { .. }
+        ));
+        assert_eq!(store.get("dup/a").await.unwrap().unwrap().value, b"second");
+        assert_eq!(store.get("dup/b").await.unwrap(), None);
     }
 
     async fn bad_keys_and_large_values_are_refused<S: Store>(store: &S) {
