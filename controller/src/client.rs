@@ -140,6 +140,11 @@ impl Client {
         self.get("/v1/status").await
     }
 
+    /// `GET /v1/leader`: which controller leads (HA on etcd).
+    pub async fn leader(&self) -> Result<crate::api::LeaderStatus, ClientError> {
+        self.get("/v1/leader").await
+    }
+
     /// `GET /v1/apps`.
     pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
         self.get("/v1/apps").await

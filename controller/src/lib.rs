@@ -9,6 +9,7 @@ pub mod assign;
 pub mod client;
 pub mod events;
 pub mod git;
+pub mod leader;
 pub mod metrics;
 pub mod model;
 pub mod process;
@@ -20,4 +21,4 @@ pub mod store;
 pub mod token;
 
 pub use berth_manifests::ErrorKind;
-pub use server::{Config, Controller, ControllerHandle, StartError};
+pub use server::{Config, Controller, ControllerHandle, StartError, StoreConfig};

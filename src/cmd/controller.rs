@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use berth_controller::resolve::{RegistryResolver, credentials_from_docker_config};
-use berth_controller::{Config, Controller};
+use berth_controller::{Config, Controller, StoreConfig};
 
 use super::{Global, UsageError};
 
@@ -31,6 +31,16 @@ pub struct Args {
     /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
     #[arg(long)]
     pub metrics_token_required: bool,
+    /// Where the state lives: `embedded` (a file under --data-dir) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (several controllers, one elected leader)
+    #[arg(long, env = "BERTH_STORE", default_value = "embedded")]
+    pub store: String,
+    /// With etcd: the leader's lease; a dead leader is replaced within about this long
+    #[arg(long, default_value = "5s")]
+    pub lease_ttl: berth_manifests::Duration,
+    /// With etcd: the URL the other controllers forward writes to (default: http://<--listen>)
+    #[arg(long)]
+    pub advertise: Option<String>,
 }
 
 /// Runs `berth controller`.
@@ -38,6 +48,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if args.poll_interval.as_millis() < 100 {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
+    if args.lease_ttl.as_millis() < 2000 {
+        return Err(
+            UsageError("--lease-ttl must be at least 2s (etcd's shortest lease)".into()).into(),
+        );
+    }
+    let store = StoreConfig::parse(&args.store).map_err(|e| UsageError(format!("--store: {e}")))?;
     let credentials = credentials_from_docker_config(&docker_config_path())?;
     let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?;
     let mut config = Config::new(
@@ -51,6 +67,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.host_grace = args.host_grace.as_std();
     config.token = global.token.clone();
     config.metrics_token_required = args.metrics_token_required;
+    config.store = store;
+    config.lease_ttl = args.lease_ttl.as_std();
+    config.advertise = args.advertise;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

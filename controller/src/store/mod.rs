@@ -107,6 +107,12 @@ pub enum StoreError {
         /// The backend's words.
         reason: String,
     },
+    /// A write on a controller that does not lead (HA): the leader takes writes.
+    #[error("write refused: {reason}; the leader controller takes writes (retry)")]
+    NotLeader {
+        /// Why this controller may not write.
+        reason: String,
+    },
     /// A key or value breaks the store's rules.
     #[error("store key {key:?}: {reason}")]
     BadKey {
@@ -123,6 +129,7 @@ impl StoreError {
         match self {
             StoreError::Open { .. } => crate::ErrorKind::Unavailable,
             StoreError::Backend { .. } => crate::ErrorKind::Unavailable,
+            StoreError::NotLeader { .. } => crate::ErrorKind::Unavailable,
             StoreError::BadKey { .. } => crate::ErrorKind::InvalidInput,
         }
     }
@@ -191,6 +198,46 @@ pub trait Store: Send + Sync + 'static {
 
     /// The store's current revision (0 when nothing was ever written).
     fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// The store a controller runs on, chosen at start (youki's enum-over-backends pattern):
+/// the embedded file, or etcd with the leader's fence.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The embedded default.
+    Redb(redb::RedbStore),
+    /// etcd, written only by the elected leader (boxed: the client is large).
+    Etcd(Box<crate::leader::FencedStore>),
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.get(key).await,
+            AnyStore::Etcd(s) => s.get(key).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.list(prefix).await,
+            AnyStore::Etcd(s) => s.list(prefix).await,
+        }
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<Outcome, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.commit(txn).await,
+            AnyStore::Etcd(s) => s.commit(txn).await,
+        }
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.revision().await,
+            AnyStore::Etcd(s) => s.revision().await,
+        }
+    }
 }
 
 /// The behaviour every [`Store`] must have, as async checks a backend's tests call with a
