@@ -16,6 +16,7 @@ packages=(
   iproute2          # ip netns / veth for networking tests
   gcc libc6-dev     # the runtime tests compile a static syscall probe into their rootfs
   apache2-utils     # htpasswd for the basic-auth registry fixture
+  chromium fonts-dejavu-core  # the dashboard test drives the page in headless Chromium
   curl jq ca-certificates python3
 )
 if [[ "${1:-}" == "--bench" ]]; then

@@ -5,7 +5,8 @@
 #   scripts/test-images.sh push HOST:PORT [NAME...]
 #
 # Images (all under berth-test/, tag latest):
-#   hello    busybox httpd on $PORT (default 8080) serving / and /up (200)
+#   hello    busybox httpd on $PORT (default 8080) serving / and /up (200); also tag v2,
+#            the same but / says "hello from berth v2" (another digest, for rolling updates)
 #   sleeper  sleeps until SIGTERM, then exits 0
 #   crasher  prints to stderr and exits 1 at once
 #   burner   a busy loop (burns one core)
@@ -114,7 +115,16 @@ for name in "${names[@]}"; do
   case "$name" in
   hello)
     image "$repo" latest amd64 '["/bin/sh","-c","exec /bin/httpd -f -p \"${PORT:-8080}\" -h /www"]' \
-      '{"8080/tcp":{}}' "$base" "$hello" ;;
+      '{"8080/tcp":{}}' "$base" "$hello"
+    latest_digest=$MANIFEST_DIGEST
+    hello2=$work/hello2-layer
+    mkdir -p "$hello2/www"
+    echo "hello from berth v2" > "$hello2/www/index.html"
+    echo "ok" > "$hello2/www/up"
+    image "$repo" v2 amd64 '["/bin/sh","-c","exec /bin/httpd -f -p \"${PORT:-8080}\" -h /www"]' \
+      '{"8080/tcp":{}}' "$base" "$hello2"
+    echo "pushed $registry/$repo:v2 ($MANIFEST_DIGEST)"
+    MANIFEST_DIGEST=$latest_digest ;;
   sleeper)
     image "$repo" latest amd64 '["/bin/sh","-c","trap \"exit 0\" TERM INT; sleep 2147483647 & wait"]' \
       "$none" "$base" ;;

@@ -5,18 +5,43 @@ use std::io::Write;
 
 use serde::Serialize;
 
-/// `-o` values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// What verbs print: a table for people, or one structured document for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {
-    /// Aligned columns for people
+    /// Aligned columns for people (`-o table`, the default)
     Table,
-    /// One JSON document on stdout
+    /// One structured document on stdout: JSON (`-o json`) or YAML (`-o yaml`), the same
+    /// value either way; [`json`] writes whichever was asked for.
     Json,
 }
 
-/// Prints `value` as pretty JSON followed by a newline.
+/// `-o yaml` was given: [`json`] writes YAML. Set once, while the command line is parsed.
+static YAML: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Parses `-o`: `table`, `json` or `yaml` (a structured document in YAML).
+pub fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "table" => Ok(Format::Table),
+        "json" => Ok(Format::Json),
+        "yaml" => {
+            YAML.store(true, std::sync::atomic::Ordering::Relaxed);
+            Ok(Format::Json)
+        }
+        other => Err(format!("{other:?} is not one of table, json, yaml")),
+    }
+}
+
+/// Prints `value` as pretty JSON (or YAML after `-o yaml`) followed by a newline.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
+    if YAML.load(std::sync::atomic::Ordering::Relaxed) {
+        let text = serde_saphyr::to_string(value)?;
+        out.write_all(text.as_bytes())?;
+        if !text.ends_with('\n') {
+            writeln!(out)?;
+        }
+        return Ok(());
+    }
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
     Ok(())

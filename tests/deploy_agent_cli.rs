@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+mod runtime_support;
+
 use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
 use berth_testkit::Registry;
 use berth_testkit::git;
@@ -141,6 +143,8 @@ fn a_commit_runs_and_answers_and_a_killed_agent_adopts_it() {
     git(&work, &["commit", "--quiet", "-m", "add web"]);
     git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
 
+    // Dropped after the containers (reverse order): the cgroup parent goes last.
+    let cgroup = runtime_support::CgroupParent::new(0);
     let _containers = Containers(data.clone());
     let (clog, alog) = (
         dir.path().join("controller.log"),
@@ -173,7 +177,15 @@ fn a_commit_runs_and_answers_and_a_killed_agent_adopts_it() {
         .spawn()
         .unwrap(),
     );
-    let agent_args = ["--controller", url.as_str(), "agent", "--name", "h1"];
+    let agent_args = [
+        "--controller",
+        url.as_str(),
+        "agent",
+        "--name",
+        "h1",
+        "--cgroup-parent",
+        cgroup.0.as_str(),
+    ];
     let mut agent = Daemon(
         berth(&data, reg.addr(), &agent_args, &alog)
             .spawn()

@@ -91,6 +91,42 @@ fn pull_images_rmi_and_prune_through_the_cli() {
 }
 
 #[test]
+fn a_registry_mirror_serves_docker_hub_names_without_contacting_docker_hub() {
+    let reg = Registry::start().unwrap();
+    reg.push_test_images(&["hello"]).unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let mirror = format!("docker.io={}", reg.addr());
+    let out = ok(berth(data.path(), &reg).args([
+        "--registry-mirror",
+        &mirror,
+        "pull",
+        "berth-test/hello",
+    ]));
+    assert!(
+        out.contains("Pulled docker.io/berth-test/hello:latest"),
+        "{out}"
+    );
+    let rows: serde_json::Value =
+        serde_json::from_str(&ok(berth(data.path(), &reg).args(["images", "-o", "json"]))).unwrap();
+    assert_eq!(
+        rows[0]["repository"], "docker.io/berth-test/hello",
+        "{rows}"
+    );
+
+    // A malformed mirror is a usage error.
+    let out = berth(data.path(), &reg)
+        .args(["--registry-mirror", "docker.io", "pull", "berth-test/hello"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_usage_error_exits_2_and_a_missing_image_exits_1() {
     let reg = Registry::start().unwrap();
     let data = tempfile::tempdir().unwrap();

@@ -2,7 +2,12 @@
 //! syncing a local bare git repository; its scraped text must pass `promtool check metrics`
 //! (Debian `prometheus`), and `--metrics-token-required` closes it to scrapes without the
 //! token.
-#![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    reason = "test helpers"
+)]
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -175,4 +180,42 @@ fn metrics_token_required_flag_closes_metrics_to_anonymous_scrapes() {
     let addr = format!("127.0.0.1:{port}");
     let _daemon = controller(dir.path(), &bare, port, &["--metrics-token-required"]);
     assert_eq!(wait_status(&addr), 401);
+}
+
+#[test]
+fn a_real_prometheus_scrapes_the_controller() {
+    let (dir, bare) = repo();
+    let port = berth_testkit::free_port().unwrap();
+    let addr = format!("127.0.0.1:{port}");
+    let _controller = controller(dir.path(), &bare, port, &[]);
+    assert_eq!(wait_status(&addr), 200);
+    let prometheus = berth_testkit::Prometheus::start(
+        &[("berth-controller", &addr)],
+        None,
+        berth_testkit::free_port().unwrap(),
+    )
+    .unwrap();
+
+    // The target is up, the first sync was counted, requests are counted by route, and the
+    // sync histogram has observations with a sane (positive, under two minutes) mean.
+    prometheus.wait_value(r#"up{job="berth-controller"}"#, |v| v == 1.0);
+    prometheus.wait_value(r#"berth_controller_sync_total{result="ok"}"#, |v| v >= 1.0);
+    prometheus.wait_value(
+        r#"sum(berth_controller_api_requests_total{route="/metrics",code="200"})"#,
+        |v| v >= 1.0,
+    );
+    let mean = prometheus.wait_value(
+        "berth_controller_sync_duration_seconds_sum / berth_controller_sync_duration_seconds_count",
+        |v| v.is_finite(),
+    );
+    assert!(mean > 0.0 && mean < 120.0, "mean sync duration {mean}");
+    let last = prometheus.wait_value(
+        "berth_controller_sync_last_success_timestamp_seconds",
+        |v| v > 0.0,
+    );
+    let now = std::time::SystemTime::UNIX_EPOCH
+        .elapsed()
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - last).abs() < 600.0, "last success {last}, now {now}");
 }

@@ -11,6 +11,7 @@ pub mod daemon;
 pub mod health;
 pub mod host;
 pub mod image;
+pub mod metrics;
 pub mod net;
 pub mod proxy;
 pub mod reconcile;

@@ -16,6 +16,7 @@
 //! | `GET /v1/instances` | `[InstanceInfo]` |
 //! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
+//! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard (no token: static assets) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text (token only with `metrics_token_required`) |
 //! | `GET /v1/leader` | [`LeaderStatus`]: which controller leads (HA on etcd) |
 //!
@@ -198,6 +199,9 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
             state.clone(),
             track::<S>,
         ))
+        // Merged after the auth layer: the dashboard's static assets need no token (the
+        // page reads the API with one).
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 

@@ -7,9 +7,11 @@
 pub mod api;
 pub mod assign;
 pub mod client;
+pub mod dashboard;
 pub mod events;
 pub mod git;
 pub mod leader;
+pub mod local;
 pub mod metrics;
 pub mod model;
 pub mod process;

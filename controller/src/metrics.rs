@@ -26,60 +26,12 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Metric, Registry, Unit};
 use tokio::time::Instant;
 
-/// The content type of [`Metrics::encode`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-/// The content type of [`Metrics::encode_prometheus`]'s text.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use berth_manifests::exposition::{CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE};
 
 /// The text and content type for a scraper's `Accept` header: OpenMetrics when it asks for
 /// it, else the classic Prometheus text format.
 pub fn negotiate(metrics: &Metrics, accept: Option<&str>) -> (&'static str, String) {
-    if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
-        (CONTENT_TYPE, metrics.encode())
-    } else {
-        (PROMETHEUS_CONTENT_TYPE, metrics.encode_prometheus())
-    }
-}
-
-/// Turns OpenMetrics text as prometheus-client writes it into the Prometheus text format
-/// 0.0.4: a counter family `x` is named `x_total` in its `# HELP`/`# TYPE` lines (its samples
-/// already are), and `# UNIT` and `# EOF` lines go (0.0.4 has neither). Samples are the same
-/// in both formats (no exemplars or `_created` series are written here).
-fn openmetrics_to_prometheus(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut help: Option<(&str, &str)> = None;
-    for line in text.lines() {
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            help = Some(rest.split_once(' ').unwrap_or((rest, "")));
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
-            let exposed = if kind == "counter" && !name.ends_with("_total") {
-                format!("{name}_total")
-            } else {
-                name.to_string()
-            };
-            if let Some((help_name, text)) = help.take() {
-                if help_name == name {
-                    out.push_str(&format!("# HELP {exposed} {text}\n"));
-                } else {
-                    out.push_str(&format!("# HELP {help_name} {text}\n"));
-                }
-            }
-            out.push_str(&format!("# TYPE {exposed} {kind}\n"));
-            continue;
-        }
-        if let Some((name, text)) = help.take() {
-            out.push_str(&format!("# HELP {name} {text}\n"));
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    out
+    berth_manifests::exposition::negotiate(metrics.encode(), accept)
 }
 
 /// Outcome of one sync (`result` label of `berth_controller_sync_total`).
@@ -215,6 +167,9 @@ pub struct Metrics {
     /// Assignment versions written but not yet answered to their host: host → (version,
     /// when the oldest undelivered change was written).
     undelivered: Mutex<HashMap<String, (u64, Instant)>>,
+    /// More families served with these (`berth up`: the agent's), as OpenMetrics text
+    /// without `# EOF`.
+    extra: std::sync::OnceLock<Box<dyn Fn() -> String + Send + Sync>>,
 }
 
 /// A registry that remembers the names it registered.
@@ -333,6 +288,7 @@ impl Metrics {
             api_requests,
             api_duration,
             undelivered: Mutex::new(HashMap::new()),
+            extra: std::sync::OnceLock::new(),
         }
     }
 
@@ -346,13 +302,23 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // writing to a String cannot fail
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        if let Some(extra) = self.extra.get() {
+            out.push_str(&extra());
+        }
+        let _ = prometheus_client::encoding::text::encode_eof(&mut out);
         out
+    }
+
+    /// Serves the families `extra` returns (OpenMetrics text without `# EOF`) with the
+    /// controller's, at the same `/metrics` (`berth up` adds the agent's). Set once.
+    pub fn set_extra(&self, extra: Box<dyn Fn() -> String + Send + Sync>) {
+        let _ = self.extra.set(extra);
     }
 
     /// The exposition text in the Prometheus text format 0.0.4.
     pub fn encode_prometheus(&self) -> String {
-        openmetrics_to_prometheus(&self.encode())
+        berth_manifests::exposition::openmetrics_to_prometheus(&self.encode())
     }
 
     /// One sync ended after `seconds`; `now_ms` is the wall clock (Unix ms).

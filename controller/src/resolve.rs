@@ -264,6 +264,7 @@ pub struct RegistryResolver {
     http: reqwest::Client,
     insecure: Vec<String>,
     credentials: BTreeMap<String, Credential>,
+    mirrors: BTreeMap<String, String>,
 }
 
 impl RegistryResolver {
@@ -286,7 +287,21 @@ impl RegistryResolver {
             http,
             insecure,
             credentials,
+            mirrors: BTreeMap::new(),
         })
+    }
+
+    /// Pull mirrors, registry → `host[:port]` (`--registry-mirror docker.io=HOST:PORT`): tags
+    /// of that registry are resolved at the mirror, never at the registry itself; credentials
+    /// and `insecure` apply to the mirror's name.
+    pub fn with_mirrors(mut self, mirrors: BTreeMap<String, String>) -> RegistryResolver {
+        self.mirrors = mirrors;
+        self
+    }
+
+    /// The host contacted for `registry`: its mirror, else itself.
+    fn endpoint<'a>(&'a self, registry: &'a str) -> &'a str {
+        self.mirrors.get(registry).map_or(registry, String::as_str)
     }
 
     fn base(&self, registry: &str) -> String {
@@ -304,7 +319,7 @@ impl RegistryResolver {
     }
 
     async fn resolve_ref(&self, image: &ImageRef) -> Result<String, ResolveError> {
-        let registry = image.registry().to_string();
+        let registry = self.endpoint(image.registry()).to_string();
         let shown = image.to_string();
         let unavailable = |reason: String| ResolveError::Unavailable {
             registry: registry.clone(),

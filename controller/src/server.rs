@@ -282,7 +282,7 @@ impl Controller {
 }
 
 /// How often a repository on this machine has its ref files checked for pushes.
-const LOCAL_WATCH: Duration = Duration::from_millis(200);
+const LOCAL_WATCH: Duration = Duration::from_millis(50);
 
 /// Syncs every `interval`, and as soon as a push moves the branch of a repository on this
 /// machine (its ref files are checked every [`LOCAL_WATCH`]). With a `role` (etcd), only

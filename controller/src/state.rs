@@ -21,7 +21,7 @@ use tokio::sync::{Mutex, watch};
 
 use crate::assign::{self, HostLabels, Placeable};
 use crate::events::EventLog;
-use crate::git::{CommitInfo, GitError, GitSource, Snapshot};
+use crate::git::{CommitInfo, GitError, GitSource, Snapshot, SourceFile};
 use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
 use crate::model::{
     AppHistory, AppRecord, HostRecord, SYNC_KEY, StoredRevision, app_key, assignment_key, host_key,
@@ -388,6 +388,7 @@ impl<S: Store> Core<S> {
         last_seen: &mut Option<(String, Vec<String>)>,
     ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
+        tracing::debug!("sync: fetching");
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
         status.branch = self.source.branch().to_string();
@@ -419,6 +420,7 @@ impl<S: Store> Core<S> {
                 return Ok((status, SyncResult::Error));
             }
         };
+        tracing::debug!(head = %head.short(), "sync: fetched");
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
         // a head already processed: show its outcome again (a fetch error is over)
@@ -446,14 +448,17 @@ impl<S: Store> Core<S> {
         let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
             .await
             .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
-        let outcome = match snapshot {
-            Ok(snapshot) => self.apply_snapshot(&snapshot).await?,
+        tracing::debug!("sync: read the commit's manifests");
+        let outcome = match &snapshot {
+            Ok(snapshot) => self.apply_snapshot(snapshot).await?,
             Err(err) => Err(vec![err.to_string()]),
         };
         let result = match outcome {
             Ok(()) => {
+                tracing::info!(commit = %head.short(), "applied the branch head");
                 status.commit = Some(head.to_string());
                 status.errors.clear();
+                status.app_errors.clear();
                 *last_seen = Some((head.to_string(), Vec::new()));
                 SyncResult::Ok
             }
@@ -468,6 +473,10 @@ impl<S: Store> Core<S> {
                     head.short(),
                     errors.len()
                 )];
+                status.app_errors = match &snapshot {
+                    Ok(snap) => errors_by_app(&snap.files, &errors),
+                    Err(_) => BTreeMap::new(),
+                };
                 lines.extend(errors);
                 if status.errors != lines {
                     self.events
@@ -610,6 +619,7 @@ impl<S: Store> Core<S> {
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
         }
+        tracing::debug!(apps = new_targets.len(), "sync: revisions stored");
         for app in &new_targets {
             self.metrics.target_changed(app, TargetCause::Commit);
         }
@@ -621,6 +631,7 @@ impl<S: Store> Core<S> {
         ));
         self.events.append(events).await?;
         self.reassign().await?;
+        tracing::debug!("sync: assignments stored");
         Ok(Ok(()))
     }
 
@@ -877,18 +888,28 @@ impl<S: Store> Core<S> {
                 assignments.insert(h.registration.name.clone(), a);
             }
         }
+        let sync = self.sync_status().await?;
         let apps = histories
             .values()
             .filter(|(h, _)| h.record.in_git)
             .map(|(h, _)| {
                 let (desired, ready) = app_counts(h, h.record.target, &hosts, &assignments);
+                // a refused commit that concerns the app is its newest error
+                let refused = sync.app_errors.get(&h.record.name).map(|lines| {
+                    let head = sync.head.as_deref().unwrap_or_default();
+                    format!(
+                        "commit {} refused: {}",
+                        head.get(..12).unwrap_or(head),
+                        lines.join("; ")
+                    )
+                });
                 AppStatus {
                     name: h.record.name.clone(),
                     revision: h.record.target,
                     desired,
                     ready,
                     pinned: h.record.pinned,
-                    last_error: h.record.last_error.clone(),
+                    last_error: refused.or_else(|| h.record.last_error.clone()),
                     head: h.newest().map_or(0, |r| r.number),
                 }
             })
@@ -902,11 +923,7 @@ impl<S: Store> Core<S> {
                 last_seen_ms: h.last_seen_ms,
             })
             .collect();
-        Ok(ClusterStatus {
-            apps,
-            hosts,
-            sync: self.sync_status().await?,
-        })
+        Ok(ClusterStatus { apps, hosts, sync })
     }
 
     /// `GET /v1/instances`: every instance from the hosts' newest reports.
@@ -1032,6 +1049,48 @@ fn plan_of(stored: &Histories, apps: &[App]) -> (Vec<(App, SyncAction)>, Vec<Str
         .map(|(k, (h, _))| (k.clone(), h.clone()))
         .collect();
     revisions::plan_sync(&plain, apps)
+}
+
+/// A refused commit's error lines by the app they concern: `path:line:col: …` lines go to
+/// the apps the file names (its top-level `app:` lines; the file may not parse), `app NAME: …`
+/// lines (an image that did not resolve) to that app.
+fn errors_by_app(files: &[SourceFile], errors: &[String]) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in errors {
+        if let Some(rest) = line.strip_prefix("app ")
+            && let Some((name, _)) = rest.split_once(':')
+            && berth_manifests::is_dns_label(name)
+        {
+            out.entry(name.to_string()).or_default().push(line.clone());
+            continue;
+        }
+        let Some(file) = files
+            .iter()
+            .find(|f| line.starts_with(&format!("{}:", f.path)))
+        else {
+            continue;
+        };
+        for name in app_names(&file.bytes) {
+            out.entry(name).or_default().push(line.clone());
+        }
+    }
+    out
+}
+
+/// The names on top-level `app: NAME` lines of a manifest file, read leniently (the file
+/// may be invalid YAML).
+fn app_names(bytes: &[u8]) -> Vec<String> {
+    let mut names: Vec<String> = String::from_utf8_lossy(bytes)
+        .lines()
+        .filter_map(|l| l.strip_prefix("app:"))
+        .map(|v| {
+            let v = v.split(" #").next().unwrap_or_default().trim();
+            v.trim_matches(|c| c == '"' || c == '\'').to_string()
+        })
+        .filter(|v| berth_manifests::is_dns_label(v))
+        .collect();
+    names.dedup();
+    names
 }
 
 /// Marks resolution errors worth retrying at the next poll (stripped before display).

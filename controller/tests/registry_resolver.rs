@@ -46,6 +46,14 @@ async fn resolves_a_tag_to_the_registrys_manifest_digest() {
     let strict = RegistryResolver::new(Vec::new(), BTreeMap::new()).unwrap();
     let err = strict.resolve(&image).await.unwrap_err();
     assert!(matches!(err, ResolveError::Unavailable { .. }), "{err}");
+
+    // docker.io names resolved at a mirror (never at Docker Hub)
+    let mirrored = RegistryResolver::new(vec![addr.clone()], BTreeMap::new())
+        .unwrap()
+        .with_mirrors(BTreeMap::from([("docker.io".to_string(), addr.clone())]));
+    let hub: ImageRef = "berth-test/hello".parse().unwrap();
+    assert_eq!(hub.registry(), "docker.io");
+    assert_eq!(mirrored.resolve(&hub).await.unwrap(), digest);
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@
 pub mod app;
 pub mod defaults;
 pub mod error;
+pub mod exposition;
 mod normalize;
 pub mod plan;
 pub mod raw;

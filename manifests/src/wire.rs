@@ -288,6 +288,10 @@ pub struct SyncStatus {
     /// The newest commit fetched, applied or refused.
     #[serde(default)]
     pub head: Option<String>,
+    /// The refused commit's errors by the app they concern (the apps defined in a file with
+    /// errors, or whose image did not resolve), shown as those apps' `last_error`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub app_errors: BTreeMap<String, Vec<String>>,
 }
 
 /// A revision in `berth revisions APP -o json`.

@@ -33,11 +33,20 @@ pub struct Args {
     /// Placement labels, k=v,…
     #[arg(long, value_delimiter = ',')]
     pub labels: Vec<String>,
+    /// Serve `GET /metrics` (OpenMetrics) on this address, e.g. 127.0.0.1:9700
+    #[arg(long, env = "BERTH_METRICS_LISTEN", value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The parent cgroup of the instances (one per agent on a host)
+    #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
 
-fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
+/// The parent cgroup of an agent's instances unless `--cgroup-parent` says otherwise.
+pub const DEFAULT_CGROUP_PARENT: &str = "berth";
+
+pub(crate) fn labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
     raw.iter()
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -59,10 +68,18 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     let rt = super::pull::runtime()?;
     rt.block_on(async {
         tracing::info!(controller = %global.controller, name = %args.name, "agent running");
+        if let Some(addr) = args.metrics_listen {
+            let (bound, serving) = berth_agent::host::metrics_server::bind(addr)
+                .await
+                .with_context(|| format!("listening for metrics on {addr}"))?;
+            tracing::info!(%bound, "metrics at /metrics");
+            tokio::spawn(serving);
+        }
         serve(
             global,
             config,
             options,
+            &args.cgroup_parent,
             &global.controller,
             global.token.clone(),
             stop_signal(),
@@ -79,6 +96,7 @@ pub async fn serve(
     global: &super::Global,
     config: AgentConfig,
     options: berth_agent::host::image_store::PullOptions,
+    cgroup_parent: &str,
     controller_url: &str,
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -94,8 +112,13 @@ pub async fn serve(
         ),
     }
     .map_err(|e| anyhow::anyhow!(e.chain()))?;
-    let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups())
-        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let cgroups = cgroups();
+    berth_agent::metrics::global().set_usage_source(Box::new(
+        berth_agent::host::usage::CgroupUsage::new(&global.data_dir, cgroups.clone()),
+    ));
+    let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups)
+        .map_err(|e| anyhow::anyhow!(e.chain()))?
+        .with_cgroup_parent(cgroup_parent);
     let fx = Effects {
         runtime: Arc::new(runtime),
         images: Arc::new(StoreImages::new(images, options)),
@@ -124,7 +147,7 @@ pub fn probe_exec() -> ExitCode {
     ))
 }
 
-fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
+pub(crate) fn cgroups() -> Arc<dyn Cgroups + Send + Sync> {
     match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
         Ok(host) => Arc::new(host),
         Err(e) => {

@@ -55,7 +55,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     let store = StoreConfig::parse(&args.store).map_err(|e| UsageError(format!("--store: {e}")))?;
     let credentials = credentials_from_docker_config(&docker_config_path())?;
-    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?;
+    let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?
+        .with_mirrors(global.mirrors()?);
     let mut config = Config::new(
         global.data_dir.clone(),
         args.repo,
@@ -97,7 +98,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
-fn docker_config_path() -> std::path::PathBuf {
+pub(crate) fn docker_config_path() -> std::path::PathBuf {
     match std::env::var_os("DOCKER_CONFIG") {
         Some(dir) => std::path::PathBuf::from(dir).join("config.json"),
         None => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())

@@ -4,6 +4,8 @@
 //! lives in the library crates.
 
 pub mod agent;
+pub mod completions;
+pub mod down;
 pub mod exec;
 pub mod image;
 pub mod images;
@@ -68,12 +70,54 @@ pub struct Global {
         global = true
     )]
     pub insecure_registries: Vec<String>,
+    /// A pull mirror REGISTRY=HOST[:PORT] (e.g. docker.io=127.0.0.1:5000): that registry's
+    /// images are fetched from the mirror only; repeatable
+    #[arg(
+        long = "registry-mirror",
+        env = "BERTH_REGISTRY_MIRRORS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub registry_mirrors: Vec<String>,
     /// Output format of verbs that print tables
-    #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Table, global = true)]
+    /// Output format of verbs that print tables: table, json or yaml
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FORMAT",
+        default_value = "table",
+        value_parser = crate::output::parse_format,
+        global = true
+    )]
     pub output: Format,
     /// Log filter (tracing's EnvFilter syntax), e.g. `info` or `berth_agent=debug`
     #[arg(long, env = "BERTH_LOG", default_value = "warn", global = true)]
     pub log: String,
+}
+
+impl Global {
+    /// `--registry-mirror` as registry → mirror host (`index.docker.io` means `docker.io`).
+    pub fn mirrors(&self) -> Result<std::collections::BTreeMap<String, String>, UsageError> {
+        self.registry_mirrors
+            .iter()
+            .filter(|m| !m.is_empty())
+            .map(|m| {
+                let (registry, mirror) = m
+                    .split_once('=')
+                    .filter(|(r, h)| !r.is_empty() && !h.is_empty() && !h.contains('/'))
+                    .ok_or_else(|| {
+                        UsageError(format!(
+                            "--registry-mirror {m:?} is not REGISTRY=HOST[:PORT], e.g. docker.io=127.0.0.1:5000"
+                        ))
+                    })?;
+                let registry = match registry {
+                    "index.docker.io" | "registry-1.docker.io" => "docker.io",
+                    r => r,
+                };
+                Ok((registry.to_owned(), mirror.to_owned()))
+            })
+            .collect()
+    }
 }
 
 /// An error in how berth was called, as opposed to a failure of what was asked: exit code 2.

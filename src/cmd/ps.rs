@@ -1,11 +1,15 @@
-//! `berth ps`: containers of the local data dir (like `docker ps`), running ones by default,
-//! all with `-a`. The true status is checked against the live process (pid + start time).
+//! `berth ps`: the instances of every host through the controller (like `heroku ps`) when
+//! one is configured (`--controller`/`BERTH_CONTROLLER`) or shares the data dir (`berth up`
+//! or `berth controller` on this host, at `--controller`); otherwise, or with `--local`, the
+//! containers of the local data dir (like `docker ps`), running ones by default, all with
+//! `-a`. The true local status is checked against the live process (pid + start time).
 
 use std::process::ExitCode;
 
 use berth_agent::host::container::{self as host, Listed, Store};
 use berth_agent::runtime::id;
 use berth_agent::runtime::state::Status;
+use berth_manifests::wire::InstanceInfo;
 use serde::Serialize;
 
 use crate::output::{self, Format};
@@ -75,7 +79,12 @@ pub fn row(l: &Listed, host: &str) -> Row {
 
 /// Runs `berth ps`.
 pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
-    let _ = args.local;
+    if !args.local {
+        match cluster(global)? {
+            Some(instances) => return print_cluster(global, &instances),
+            None => tracing::debug!("no controller answers; listing the local data dir"),
+        }
+    }
     let store = Store::new(&global.data_dir);
     let (listed, bad) = store.list()?;
     for (id, err) in &bad {
@@ -116,6 +125,59 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
                 table,
             )?;
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The instances of all hosts from the controller; `None` (list the local data dir) when no
+/// controller was configured and none shares the data dir (`berth up` or `berth controller`
+/// with this `--data-dir` leave their token file there), or that one does not answer.
+fn cluster(global: &super::Global) -> anyhow::Result<Option<Vec<InstanceInfo>>> {
+    let configured = super::remote::controller_configured();
+    if !configured && !berth_controller::token::token_path(&global.data_dir).exists() {
+        return Ok(None);
+    }
+    let client = match super::remote::client(global) {
+        Ok(c) => c,
+        Err(_) if !configured => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    match super::remote::block_on(client.instances())? {
+        Ok(list) => Ok(Some(list)),
+        Err(e) if !configured && e.kind() == berth_manifests::ErrorKind::Unavailable => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn print_cluster(global: &super::Global, instances: &[InstanceInfo]) -> anyhow::Result<ExitCode> {
+    match global.output {
+        Format::Json => output::json(&instances)?,
+        Format::Table => output::table(
+            &[
+                "id", "app", "host", "revision", "state", "restarts", "message",
+            ],
+            instances
+                .iter()
+                .map(|i| {
+                    vec![
+                        i.id.clone(),
+                        i.app.clone(),
+                        i.host.clone(),
+                        i.revision.to_string(),
+                        serde_json::to_value(i.state)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_string))
+                            .unwrap_or_default(),
+                        i.restarts.to_string(),
+                        if i.message.is_empty() {
+                            "-".into()
+                        } else {
+                            i.message.clone()
+                        },
+                    ]
+                })
+                .collect(),
+        )?,
     }
     Ok(ExitCode::SUCCESS)
 }

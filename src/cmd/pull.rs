@@ -86,6 +86,7 @@ impl RegistryArgs {
                 insecure: global.insecure_registries.clone(),
                 credentials,
                 auth_file,
+                mirrors: global.mirrors()?,
             },
             ..PullOptions::default()
         })

@@ -23,6 +23,14 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
     Ok(Client::new(&global.controller, &token)?)
 }
 
+/// Whether the user named a controller (`--controller` or `BERTH_CONTROLLER`) rather than
+/// leaving the default: verbs that fall back to local state when no controller answers
+/// (`berth ps`) must not do so silently when one was asked for.
+pub fn controller_configured() -> bool {
+    std::env::var_os("BERTH_CONTROLLER").is_some()
+        || std::env::args().any(|a| a == "--controller" || a.starts_with("--controller="))
+}
+
 /// Runs `future` on a single-threaded runtime.
 pub fn block_on<F: std::future::Future>(future: F) -> anyhow::Result<F::Output> {
     let rt = tokio::runtime::Builder::new_current_thread()

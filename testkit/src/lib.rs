@@ -12,6 +12,12 @@
 //! It must not touch anything it did not create. Panics are allowed here: it is test code.
 #![allow(clippy::panic)]
 
+mod netns;
+mod prometheus;
+
+pub use netns::Netns;
+pub use prometheus::Prometheus;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -118,6 +124,19 @@ impl Registry {
             "registry on {} did not become ready",
             self.addr
         )))
+    }
+
+    fn adopt(child: Child, addr: String, dir: tempfile::TempDir) -> Registry {
+        Registry {
+            child,
+            addr,
+            auth: None,
+            dir,
+        }
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
     }
 
     /// `127.0.0.1:PORT`.

@@ -21,6 +21,8 @@
 /// agent's other network code).
 pub use crate::host::controller_client as client;
 
+pub mod teardown;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -60,7 +62,7 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 30 s apart.
+    /// Defaults: 30 s long-polls, a report every 10 s, retries up to 5 s apart.
     pub fn new(name: impl Into<String>) -> Self {
         Self {
             name: name.into(),
@@ -68,7 +70,7 @@ impl AgentConfig {
             capacity: Capacity::default(),
             poll_wait: Duration::from_secs(30),
             report_interval: Duration::from_secs(10),
-            retry_max: Duration::from_secs(30),
+            retry_max: Duration::from_secs(5),
         }
     }
 }
@@ -435,10 +437,23 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             .cloned()
             .unwrap_or_default();
         let now = clock.now_ms();
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "metrics edge: the pass's duration"
+        )]
+        let started = std::time::Instant::now();
         let out = exec::reconcile(&fx, &name, want.as_ref(), &mut history, now).await;
+        record_metrics(&name, started.elapsed().as_secs_f64(), &out);
         for e in &out.errors {
             tracing::warn!(app = %name, error = %e.chain(), "reconcile step failed");
         }
+        tracing::debug!(
+            app = %name,
+            steps = out.steps,
+            requeue_ms = out.requeue_after.as_millis(),
+            took_ms = clock.now_ms().saturating_sub(now),
+            "reconciled"
+        );
         let finished = want.is_none() && out.instances.is_empty() && out.errors.is_empty();
         {
             let mut all = lock(&shared.history);
@@ -464,6 +479,21 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             () = tokio::time::sleep(out.requeue_after) => {}
         }
     }
+}
+
+fn record_metrics(app: &str, seconds: f64, out: &exec::Outcome) {
+    let instances: Vec<(String, String, u32)> = out
+        .instances
+        .iter()
+        .map(|i| {
+            let state = serde_json::to_value(i.state)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_else(|| "unknown".into());
+            (i.id.clone(), state, i.restarts)
+        })
+        .collect();
+    crate::metrics::global().reconciled(app, seconds, &instances);
 }
 
 fn publish(shared: &Shared, name: &str, out: &exec::Outcome, finished: bool) {

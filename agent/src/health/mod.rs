@@ -33,6 +33,11 @@ pub fn describe(probe: &Probe) -> String {
     }
 }
 
+/// Until its first passing probe, an instance is probed at least this often (ms), whatever
+/// its `interval`: readiness of a new instance gates a rollout, so it is noticed within this
+/// time. Failures meanwhile count as usual (only a once-ready instance is restarted by them).
+pub const STARTING_INTERVAL_MS: u64 = 100;
+
 /// Where an instance stands with its probe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -74,7 +79,10 @@ impl ProbeState {
         now_ms >= self.next_at_ms
     }
 
-    /// Folds one probe result in. `started_at_ms` is the instance's (last) start.
+    /// Folds one probe result in. `started_at_ms` is the instance's (last) start. The next
+    /// probe is due after `interval`, or after at most [`STARTING_INTERVAL_MS`] while the
+    /// instance has not passed once (a new revision is ready as soon as it answers, not up to
+    /// an interval later).
     pub fn record(
         &mut self,
         health: &Health,
@@ -82,7 +90,6 @@ impl ProbeState {
         now_ms: u64,
         result: Result<(), String>,
     ) {
-        self.next_at_ms = now_ms.saturating_add(health.interval.as_millis().max(1));
         match result {
             Ok(()) => {
                 self.failures = 0;
@@ -112,6 +119,13 @@ impl ProbeState {
                 }
             }
         }
+        let every = health.interval.as_millis().max(1);
+        let every = if self.ever_ready {
+            every
+        } else {
+            every.min(STARTING_INTERVAL_MS)
+        };
+        self.next_at_ms = now_ms.saturating_add(every);
     }
 
     /// Where the instance stands.
@@ -193,6 +207,17 @@ mod tests {
         s.record(&h, 0, 500, Ok(()));
         assert!(!s.due(1499));
         assert!(s.due(1500));
+    }
+
+    #[test]
+    fn probes_are_frequent_until_the_first_pass() {
+        let h = health(3, 0);
+        let mut s = ProbeState::default();
+        s.record(&h, 0, 500, Err("connection refused".into()));
+        assert!(s.due(500 + STARTING_INTERVAL_MS), "starting: every 100 ms");
+        s.record(&h, 0, 700, Ok(()));
+        assert!(!s.due(700 + STARTING_INTERVAL_MS), "ready: every interval");
+        assert!(s.due(1700));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use berth_manifests::ImageRef;
 
-use crate::host::image_store::{ImageStore, NoProgress, PullOptions};
+use crate::host::image_store::{ImageStore, PullOptions};
 use crate::image::Reference;
 use crate::reconcile::traits::{EffectError, Images, LocalImage};
 
@@ -41,12 +41,45 @@ impl Images for StoreImages {
         let reference: Reference = pinned.parse().map_err(|e| {
             EffectError::new("pull", &pinned, berth_manifests::ErrorKind::InvalidInput, e)
         })?;
-        let pulled = self
-            .store
-            .pull(&reference, &self.options, &NoProgress)
-            .await
-            .map_err(|e| EffectError::new("pull", &pinned, kind(e.kind()), e))?;
+        let counted = CountBytes::default();
+        #[allow(
+            clippy::disallowed_methods,
+            reason = "metrics edge: the pull's duration"
+        )]
+        let started = std::time::Instant::now();
+        let pulled = self.store.pull(&reference, &self.options, &counted).await;
+        crate::metrics::global().pulled(
+            pulled.is_ok(),
+            counted.total(),
+            started.elapsed().as_secs_f64(),
+        );
+        let pulled = pulled.map_err(|e| EffectError::new("pull", &pinned, kind(e.kind()), e))?;
         Ok(local(pulled))
+    }
+}
+
+/// Counts the compressed bytes a pull fetched: the last progress figure of every layer.
+#[derive(Debug, Default)]
+struct CountBytes {
+    layers: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+impl CountBytes {
+    fn total(&self) -> u64 {
+        self.layers
+            .lock()
+            .map(|l| l.values().sum())
+            .unwrap_or_default()
+    }
+}
+
+impl crate::host::image_store::PullProgress for CountBytes {
+    fn event(&self, event: crate::host::image_store::PullEvent) {
+        if let crate::host::image_store::PullEvent::LayerProgress { digest, bytes, .. } = event
+            && let Ok(mut layers) = self.layers.lock()
+        {
+            layers.insert(digest.to_string(), bytes);
+        }
     }
 }
 

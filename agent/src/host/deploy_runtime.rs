@@ -31,7 +31,7 @@ use crate::reconcile::traits::{
     EffectError, InstanceSpec, LocalImage, ObservedInstance, RunState, Runtime,
 };
 use crate::runtime::spec::{ContainerSpec, Network};
-use crate::runtime::state::Status;
+use crate::runtime::state::{ProcessId, Status};
 
 /// What the agent records beside each of its containers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,6 +128,12 @@ impl ContainerRuntime {
         self
     }
 
+    /// The container with exactly this id (the runtime's lookups also accept a unique id
+    /// prefix: `web-2-1` must never reach `web-2-10`).
+    fn exact(&self, id: &str) -> Option<container::Listed> {
+        self.store.get(id).ok().filter(|l| l.state.spec.id == id)
+    }
+
     fn labels_path(&self, id: &str) -> PathBuf {
         self.labels_dir.join(format!("{id}.json"))
     }
@@ -178,6 +184,44 @@ impl ContainerRuntime {
     }
 }
 
+/// The text of a log line (`<RFC 3339 time> <stream> <text>`, as the shim writes it).
+fn log_text(line: &str) -> &str {
+    let mut parts = line.splitn(3, ' ');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some("stdout" | "stderr"), Some(text)) => text,
+        (Some(_), Some("stdout" | "stderr"), None) => "",
+        _ => line,
+    }
+}
+
+fn remove_labels(this: &ContainerRuntime, id: &str) -> Result<(), EffectError> {
+    match std::fs::remove_file(this.labels_path(id)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(EffectError::new("remove", id, ErrorKind::Unavailable, e)),
+    }
+}
+
+/// Reaps the shim of a container once it has exited, if this process started it. The shim is
+/// a child of the process that started the container (here, the agent, which lives on): left
+/// a zombie, it would hold a pid until the agent exits and look alive to the runtime (same pid
+/// and start time), so removing the container would wait out the runtime's 5 s for it. Only a
+/// process with the recorded start time is reaped; `waitpid` refuses (ECHILD) a shim that is
+/// not our child (adopted after an agent restart: init reaps those).
+fn reap_shim(store: &Store, shim: ProcessId) {
+    if store.start_time(shim.pid) == Some(shim.start_time) {
+        let _ = crate::host::sys::waitpid(shim.pid, libc::WNOHANG);
+    }
+}
+
+/// Waits (at most 5 s) until the shim of a stopped container is gone, reaping it.
+fn reap_shim_wait(store: &Store, shim: ProcessId) {
+    container::wait_until(Duration::from_secs(5), || {
+        reap_shim(store, shim);
+        store.start_time(shim.pid) != Some(shim.start_time)
+    });
+}
+
 async fn blocking<T: Send + 'static>(
     op: &'static str,
     id: &str,
@@ -196,6 +240,11 @@ impl Runtime for ContainerRuntime {
                 .store
                 .list()
                 .map_err(|e| effect("list", "containers", e))?;
+            for l in &listed {
+                if let (Status::Stopped, Some(shim)) = (l.status, l.state.shim) {
+                    reap_shim(&this.store, shim);
+                }
+            }
             Ok(listed
                 .into_iter()
                 .filter_map(|l| {
@@ -252,7 +301,10 @@ impl Runtime for ContainerRuntime {
         let id = spec.id.clone();
         blocking("create_start", &spec.id, move || {
             // A restart reuses the id: the exited container goes first.
-            if this.store.find(&id).is_ok() {
+            if let Some(l) = this.exact(&id) {
+                if let (Status::Stopped, Some(shim)) = (l.status, l.state.shim) {
+                    reap_shim_wait(&this.store, shim);
+                }
                 container::remove(&this.store, this.cgroups.as_ref(), &id, false)
                     .map_err(|e| effect("create_start", &id, e))?;
             }
@@ -271,6 +323,9 @@ impl Runtime for ContainerRuntime {
         let this = self.clone();
         let key = id.to_string();
         blocking("signal", id, move || {
+            if this.exact(&key).is_none() {
+                return Ok(());
+            }
             match container::kill(&this.store, &key, i32::from(signal.number())) {
                 Ok(_) => Ok(()),
                 // Gone or not running: nothing to signal.
@@ -285,16 +340,21 @@ impl Runtime for ContainerRuntime {
         let this = self.clone();
         let key = id.to_string();
         blocking("remove", id, move || {
+            let Some(l) = this.exact(&key) else {
+                // gone already (only its labels may be left)
+                return remove_labels(&this, &key);
+            };
+            if l.status == Status::Stopped
+                && let Some(shim) = l.state.shim
+            {
+                reap_shim_wait(&this.store, shim);
+            }
             match container::remove(&this.store, this.cgroups.as_ref(), &key, false) {
                 Ok(_) => {}
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(effect("remove", &key, e)),
             }
-            match std::fs::remove_file(this.labels_path(&key)) {
-                Ok(()) => Ok(()),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-                Err(e) => Err(EffectError::new("remove", &key, ErrorKind::Unavailable, e)),
-            }
+            remove_labels(&this, &key)
         })
         .await
     }
@@ -355,6 +415,19 @@ impl Runtime for ContainerRuntime {
         };
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        Ok(all[start..].iter().map(|l| (*l).to_string()).collect())
+        Ok(all[start..].iter().map(|l| log_text(l).to_string()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn log_lines_lose_their_time_and_stream() {
+        assert_eq!(
+            super::log_text("2026-11-23T23:00:00.123Z stderr crasher: exiting 1"),
+            "crasher: exiting 1"
+        );
+        assert_eq!(super::log_text("2026-11-23T23:00:00Z stdout"), "");
+        assert_eq!(super::log_text("no prefix here"), "no prefix here");
     }
 }

@@ -62,6 +62,18 @@ pub struct RegistryConfig {
     pub credentials: Option<Credentials>,
     /// A docker-style `config.json` (`auths.<registry>.auth` or `username`/`password`).
     pub auth_file: Option<PathBuf>,
+    /// Pull mirrors, registry → `host[:port]` (`--registry-mirror docker.io=HOST:PORT`):
+    /// everything of that registry is fetched from the mirror instead, never from the
+    /// registry itself. Safe because every manifest and blob is checked against its digest;
+    /// credentials and `insecure` apply to the mirror's name.
+    pub mirrors: std::collections::BTreeMap<String, String>,
+}
+
+impl RegistryConfig {
+    /// The host actually contacted for `registry`: its mirror, else itself.
+    pub fn endpoint<'a>(&'a self, registry: &'a str) -> &'a str {
+        self.mirrors.get(registry).map_or(registry, String::as_str)
+    }
 }
 
 /// What can go wrong talking to a registry.
@@ -162,8 +174,8 @@ impl std::fmt::Debug for RegistryClient {
     }
 }
 
-fn oci_reference(r: &Reference) -> oci_client::Reference {
-    match (r.digest(), r.tag()) {
+fn oci_reference(config: &RegistryConfig, r: &Reference) -> oci_client::Reference {
+    let mut oci = match (r.digest(), r.tag()) {
         (Some(d), _) => oci_client::Reference::with_digest(
             r.registry().into(),
             r.repository().into(),
@@ -174,7 +186,11 @@ fn oci_reference(r: &Reference) -> oci_client::Reference {
             r.repository().into(),
             tag.unwrap_or(crate::image::reference::DEFAULT_TAG).into(),
         ),
+    };
+    if let Some(mirror) = config.mirrors.get(r.registry()) {
+        oci.set_mirror_registry(mirror.clone());
     }
+    oci
 }
 
 impl RegistryClient {
@@ -208,7 +224,7 @@ impl RegistryClient {
         what: String,
         e: OciDistributionError,
     ) -> RegistryError {
-        let registry = reference.registry().to_owned();
+        let registry = self.config.endpoint(reference.registry()).to_owned();
         let had_credentials = !matches!(self.auth_for(&registry), Ok(RegistryAuth::Anonymous));
         let not_found = |c: &OciErrorCode| {
             matches!(
@@ -267,8 +283,8 @@ impl RegistryClient {
     }
 
     async fn authenticate(&self, reference: &Reference) -> Result<RegistryAuth, RegistryError> {
-        let auth = self.auth_for(reference.registry())?;
-        let oci_ref = oci_reference(reference);
+        let auth = self.auth_for(self.config.endpoint(reference.registry()))?;
+        let oci_ref = oci_reference(&self.config, reference);
         self.client
             .store_auth_if_needed(oci_ref.resolve_registry(), &auth)
             .await;
@@ -280,7 +296,7 @@ impl RegistryClient {
     /// [`MAX_MANIFEST_BYTES`] (checked once received: oci-client reads the body whole).
     pub async fn manifest(&self, reference: &Reference) -> Result<(Bytes, Digest), RegistryError> {
         let auth = self.authenticate(reference).await?;
-        let oci_ref = oci_reference(reference);
+        let oci_ref = oci_reference(&self.config, reference);
         let (bytes, _) = self
             .client
             .pull_manifest_raw(&oci_ref, &auth, MANIFEST_MEDIA_TYPES)
@@ -356,7 +372,7 @@ impl RegistryClient {
         size: u64,
     ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static + use<>, RegistryError> {
         self.authenticate(reference).await?;
-        let oci_ref = oci_reference(reference);
+        let oci_ref = oci_reference(&self.config, reference);
         let desc = oci_client::manifest::OciDescriptor {
             digest: digest.to_string(),
             size: i64::try_from(size).unwrap_or(i64::MAX),

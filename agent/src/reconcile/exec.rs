@@ -58,11 +58,13 @@ pub struct Outcome {
     pub requeue_after: Duration,
     /// Steps that failed.
     pub errors: Vec<EffectError>,
+    /// Steps applied (or tried).
+    pub steps: usize,
 }
 
 /// After a pass that changed something, look again this soon (a started instance gets its
 /// first probe, a stopped one is removed) instead of waiting for the resync.
-pub const AFTER_STEPS_MS: u64 = 50;
+pub const AFTER_STEPS_MS: u64 = 20;
 
 /// Longest backoff after transient errors.
 pub const RETRY_MAX_MS: u64 = 60_000;
@@ -120,6 +122,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
                     let verdict =
                         health::runner::run(&*fx.runtime, &*fx.prober, &o.id, o.address, health)
                             .await;
+                    crate::metrics::global().probe(app, verdict.is_ok());
                     mem.probe.record(health, o.started_at_ms, now, verdict);
                 }
             }
@@ -141,7 +144,9 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
     let mut requeue_ms = plan.requeue_after_ms;
 
     let mut failed_transient = false;
+    out.steps = plan.steps.len();
     for step in &plan.steps {
+        tracing::debug!(app, step = step.name(), id = step.id(), "applying");
         if let Err(err) = apply(fx, app, step).await {
             match step {
                 Step::Start { revision, .. } if !err.transient() => {

@@ -84,6 +84,17 @@ pub enum Step {
 }
 
 impl Step {
+    /// The step's kind, for logs: `start`, `stop`, `kill`, `remove`, `admit`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Start { .. } => "start",
+            Self::Stop { .. } => "stop",
+            Self::Kill { .. } => "kill",
+            Self::Remove { .. } => "remove",
+            Self::Admit { .. } => "admit",
+        }
+    }
+
     /// The instance the step is about.
     pub fn id(&self) -> &str {
         match self {

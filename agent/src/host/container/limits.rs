@@ -21,6 +21,10 @@ pub trait Cgroups {
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError>;
     /// Removes the container's cgroup (after its processes are gone).
     fn remove(&self, spec: &ContainerSpec) -> Result<(), ContainerError>;
+    /// The container's usage counters (cpu, memory, OOM kills), if it has a cgroup.
+    fn stats(&self, _spec: &ContainerSpec) -> Option<crate::host::cgroup::Stats> {
+        None
+    }
 }
 
 /// No cgroups: containers without limits still run (the pid namespace bounds their
@@ -110,6 +114,11 @@ pub fn cgroup_resources(r: &crate::runtime::spec::Resources) -> crate::host::cgr
 }
 
 impl Cgroups for HostCgroups {
+    fn stats(&self, spec: &ContainerSpec) -> Option<crate::host::cgroup::Stats> {
+        use crate::host::cgroup::CgroupManager;
+        self.cgroup(spec).ok()?.stats().ok()
+    }
+
     fn path(&self, spec: &ContainerSpec) -> Option<String> {
         if let Some(exact) = &spec.cgroup_path {
             return Some(exact.trim_matches('/').to_string());

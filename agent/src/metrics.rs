@@ -1,0 +1,440 @@
+//! The agent's Prometheus metrics (docs/metrics.md has the reference). One process-wide set,
+//! [`global`], so every part of the agent records without plumbing: the daemon (reconcile
+//! passes, instance states and restarts), the executor (probe results), the image adapter
+//! (pulls). Usage that the kernel keeps (cpu time, memory, OOM kills) is read at scrape time
+//! from the instances' cgroups through the [`UsageSource`] the agent installs.
+//!
+//! Tests that read values use app names of their own: the set is shared by the process.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Metric, Registry, Unit};
+
+/// Buckets of reconcile passes, in seconds (1 ms … 60 s: a pass may pull an image).
+const RECONCILE_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 15.0, 60.0,
+];
+/// Buckets of image pulls, in seconds (10 ms … 10 min).
+const PULL_BUCKETS: [f64; 11] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 600.0];
+
+/// Instance states as reported (`starting`, `ready`, `unhealthy`, `exited`, `stopping`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppState {
+    app: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppLabel {
+    app: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AppResult {
+    app: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabel {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Instance {
+    app: String,
+    instance: String,
+}
+
+/// One instance's kernel counters, read at scrape time.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InstanceUsage {
+    /// The app.
+    pub app: String,
+    /// The instance id.
+    pub instance: String,
+    /// CPU time of all its processes, seconds.
+    pub cpu_seconds: f64,
+    /// Memory in use (page cache included), bytes.
+    pub memory_bytes: u64,
+    /// Processes the OOM killer killed in it.
+    pub oom_kills: u64,
+}
+
+/// Where scrape-time usage comes from (the runtime's cgroups in production).
+pub trait UsageSource: Send + Sync + 'static {
+    /// Every running instance's counters.
+    fn usage(&self) -> Vec<InstanceUsage>;
+}
+
+/// The agent's metric families.
+pub struct AgentMetrics {
+    registry: Registry,
+    names: Vec<String>,
+    instances: Family<AppState, Gauge>,
+    restarts: Family<AppLabel, Counter>,
+    probes: Family<AppResult, Counter>,
+    pulls: Family<ResultLabel, Counter>,
+    pull_bytes: Counter,
+    pull_duration: Histogram,
+    reconcile_duration: Family<AppLabel, Histogram>,
+    /// Restart counts last seen per instance, to count only increases.
+    seen_restarts: Mutex<BTreeMap<String, u32>>,
+    /// Instance states last published per app, to zero the states that went away.
+    seen_states: Mutex<BTreeMap<String, Vec<String>>>,
+    usage: Arc<UsageCollector>,
+}
+
+impl std::fmt::Debug for AgentMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+/// The process's agent metrics.
+pub fn global() -> &'static AgentMetrics {
+    static METRICS: OnceLock<AgentMetrics> = OnceLock::new();
+    METRICS.get_or_init(AgentMetrics::new)
+}
+
+#[derive(Default)]
+struct UsageCollector {
+    source: OnceLock<Box<dyn UsageSource>>,
+}
+
+impl std::fmt::Debug for UsageCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UsageCollector").finish_non_exhaustive()
+    }
+}
+
+impl Collector for UsageCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let usage = self.source.get().map(|s| s.usage()).unwrap_or_default();
+        let label = |u: &InstanceUsage| Instance {
+            app: u.app.clone(),
+            instance: u.instance.clone(),
+        };
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_instance_cpu",
+                "CPU time used by an instance's processes (its cgroup)",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for u in &usage {
+                ConstCounter::new(u.cpu_seconds).encode(family.encode_family(&label(u))?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "berth_instance_memory",
+                "Memory an instance uses, page cache included (its cgroup)",
+                Some(&Unit::Bytes),
+                MetricType::Gauge,
+            )?;
+            for u in &usage {
+                let bytes = i64::try_from(u.memory_bytes).unwrap_or(i64::MAX);
+                ConstGauge::new(bytes).encode(family.encode_family(&label(u))?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "berth_instance_oom_kills",
+            "Processes of an instance killed by the kernel's OOM killer",
+            None,
+            MetricType::Counter,
+        )?;
+        for u in &usage {
+            ConstCounter::new(u.oom_kills).encode(family.encode_family(&label(u))?)?;
+        }
+        Ok(())
+    }
+}
+
+impl AgentMetrics {
+    fn new() -> AgentMetrics {
+        let mut registry = Registry::default();
+        let mut names = Vec::new();
+        let instances = Family::<AppState, Gauge>::default();
+        plain(
+            &mut registry,
+            &mut names,
+            "berth_instances",
+            "Instances on this host by app and state (starting, ready, unhealthy, exited, …)",
+            instances.clone(),
+        );
+        let restarts = Family::<AppLabel, Counter>::default();
+        plain(
+            &mut registry,
+            &mut names,
+            "berth_instance_restarts",
+            "Restarts of an app's instances by the restart policy",
+            restarts.clone(),
+        );
+        let probes = Family::<AppResult, Counter>::default();
+        plain(
+            &mut registry,
+            &mut names,
+            "berth_probe",
+            "Health probes by app and result (success, failure)",
+            probes.clone(),
+        );
+        let pulls = Family::<ResultLabel, Counter>::default();
+        plain(
+            &mut registry,
+            &mut names,
+            "berth_image_pulls",
+            "Image pulls by result (ok, error); a cached image is no pull",
+            pulls.clone(),
+        );
+        let pull_bytes = Counter::default();
+        names.push("berth_image_pull_bytes".into());
+        registry.register_with_unit(
+            "berth_image_pull",
+            "Compressed bytes of layers pulled",
+            Unit::Bytes,
+            pull_bytes.clone(),
+        );
+        let pull_duration = Histogram::new(PULL_BUCKETS);
+        names.push("berth_image_pull_duration_seconds".into());
+        registry.register_with_unit(
+            "berth_image_pull_duration",
+            "Time a pull took, unpacking included",
+            Unit::Seconds,
+            pull_duration.clone(),
+        );
+        let reconcile_duration = Family::<AppLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new(RECONCILE_BUCKETS)
+        });
+        names.push("berth_reconcile_duration_seconds".into());
+        registry.register_with_unit(
+            "berth_reconcile_duration",
+            "Time of one reconcile pass of an app (observe, probe, act)",
+            Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        let usage = Arc::new(UsageCollector::default());
+        registry.register_collector(Box::new(usage.clone()));
+        for result in ["ok", "error"] {
+            let _ = pulls.get_or_create(&ResultLabel { result });
+        }
+        AgentMetrics {
+            registry,
+            names,
+            instances,
+            restarts,
+            probes,
+            pulls,
+            pull_bytes,
+            pull_duration,
+            reconcile_duration,
+            seen_restarts: Mutex::new(BTreeMap::new()),
+            seen_states: Mutex::new(BTreeMap::new()),
+            usage,
+        }
+    }
+
+    /// Installs the scrape-time source of instance usage (once; later calls are ignored).
+    pub fn set_usage_source(&self, source: Box<dyn UsageSource>) {
+        let _ = self.usage.source.set(source);
+    }
+
+    /// The registered families' exposed names (tests check each gets samples).
+    pub fn family_names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// One reconcile pass of `app` took `seconds`; `instances` are (id, state, restarts)
+    /// after it, all of this host's instances of the app.
+    pub fn reconciled(&self, app: &str, seconds: f64, instances: &[(String, String, u32)]) {
+        self.reconcile_duration
+            .get_or_create(&AppLabel { app: app.into() })
+            .observe(seconds);
+        let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+        for (_, state, _) in instances {
+            *counts.entry(state.as_str()).or_default() += 1;
+        }
+        {
+            let mut seen = lock(&self.seen_states);
+            let before = seen.remove(app).unwrap_or_default();
+            for state in before {
+                if !counts.contains_key(state.as_str()) {
+                    self.instances
+                        .get_or_create(&AppState {
+                            app: app.into(),
+                            state,
+                        })
+                        .set(0);
+                }
+            }
+            for (state, n) in &counts {
+                self.instances
+                    .get_or_create(&AppState {
+                        app: app.into(),
+                        state: (*state).into(),
+                    })
+                    .set(*n);
+            }
+            seen.insert(
+                app.into(),
+                counts.keys().map(|s| (*s).to_string()).collect(),
+            );
+        }
+        let mut seen = lock(&self.seen_restarts);
+        let restarts = self.restarts.get_or_create(&AppLabel { app: app.into() });
+        for (id, _, n) in instances {
+            let before = seen.insert(id.clone(), *n).unwrap_or(0);
+            if *n > before {
+                restarts.inc_by(u64::from(*n - before));
+            }
+        }
+        // Forget instances of this app that are gone (their ids start with `<app>-`).
+        let prefix = format!("{app}-");
+        seen.retain(|id, _| !id.starts_with(&prefix) || instances.iter().any(|(i, ..)| i == id));
+    }
+
+    /// A health probe of `app` ended.
+    pub fn probe(&self, app: &str, success: bool) {
+        self.probes
+            .get_or_create(&AppResult {
+                app: app.into(),
+                result: if success { "success" } else { "failure" },
+            })
+            .inc();
+    }
+
+    /// An image pull ended after `seconds`, having fetched `bytes` (`ok` false: it failed).
+    pub fn pulled(&self, ok: bool, bytes: u64, seconds: f64) {
+        self.pulls
+            .get_or_create(&ResultLabel {
+                result: if ok { "ok" } else { "error" },
+            })
+            .inc();
+        self.pull_bytes.inc_by(bytes);
+        self.pull_duration.observe(seconds);
+    }
+
+    /// The families as OpenMetrics text without the final `# EOF` line, so that a process
+    /// serving other metrics too (`berth up`) can join the texts.
+    pub fn encode_body(&self) -> String {
+        let mut out = String::new();
+        // writing to a String cannot fail
+        let _ = prometheus_client::encoding::text::encode_registry(&mut out, &self.registry);
+        out
+    }
+
+    /// The complete OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = self.encode_body();
+        out.push_str("# EOF\n");
+        out
+    }
+}
+
+fn plain(registry: &mut Registry, names: &mut Vec<String>, name: &str, help: &str, m: impl Metric) {
+    names.push(name.to_string());
+    registry.register(name, help, m);
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn states_restarts_probes_and_pulls_are_counted() {
+        let m = AgentMetrics::new();
+        let inst = |id: &str, state: &str, r: u32| (id.to_string(), state.to_string(), r);
+        m.reconciled(
+            "web",
+            0.01,
+            &[inst("web-1-0", "ready", 0), inst("web-1-1", "starting", 0)],
+        );
+        m.reconciled(
+            "web",
+            0.01,
+            &[inst("web-1-0", "ready", 2), inst("web-1-1", "ready", 0)],
+        );
+        m.reconciled(
+            "web",
+            0.01,
+            &[inst("web-1-0", "ready", 3), inst("web-1-1", "ready", 0)],
+        );
+        m.probe("web", true);
+        m.probe("web", false);
+        m.pulled(true, 1000, 0.5);
+        let text = m.encode();
+        assert_eq!(
+            value(&text, r#"berth_instances{app="web",state="ready"}"#),
+            Some(2.0)
+        );
+        assert_eq!(
+            value(&text, r#"berth_instances{app="web",state="starting"}"#),
+            Some(0.0)
+        );
+        assert_eq!(
+            value(&text, r#"berth_instance_restarts_total{app="web"}"#),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(&text, r#"berth_probe_total{app="web",result="failure"}"#),
+            Some(1.0)
+        );
+        assert_eq!(value(&text, "berth_image_pull_bytes_total"), Some(1000.0));
+        assert_eq!(
+            value(&text, r#"berth_image_pulls_total{result="ok"}"#),
+            Some(1.0)
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn usage_is_read_at_scrape_time() {
+        struct Fixed;
+        impl UsageSource for Fixed {
+            fn usage(&self) -> Vec<InstanceUsage> {
+                vec![InstanceUsage {
+                    app: "web".into(),
+                    instance: "web-1-0".into(),
+                    cpu_seconds: 1.5,
+                    memory_bytes: 4096,
+                    oom_kills: 1,
+                }]
+            }
+        }
+        let m = AgentMetrics::new();
+        m.set_usage_source(Box::new(Fixed));
+        let text = m.encode();
+        let labels = r#"{app="web",instance="web-1-0"}"#;
+        assert_eq!(
+            value(&text, &format!("berth_instance_cpu_seconds_total{labels}")),
+            Some(1.5)
+        );
+        assert_eq!(
+            value(&text, &format!("berth_instance_memory_bytes{labels}")),
+            Some(4096.0)
+        );
+        assert_eq!(
+            value(&text, &format!("berth_instance_oom_kills_total{labels}")),
+            Some(1.0)
+        );
+    }
+}

@@ -1,0 +1,457 @@
+//! The deploy loop's system-test harness: a real registry (berth-testkit) with the test
+//! images, a bare git repository the test pushes manifests to, and the real `berth
+//! controller` and `berth agent` binaries sharing one temp data dir, with the instances under
+//! a cgroup parent of their own. [`Cluster`]'s drop stops both daemons (by pid), removes
+//! every container of the data dir (SIGKILL, then the runtime's delete), the cgroup parent in
+//! every hierarchy and the temp dir, also when the test failed.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
+use berth_agent::runtime::state::Status;
+use berth_testkit::{Registry, git};
+use serde_json::Value;
+
+use crate::runtime_support::{CgroupParent, is_root};
+
+/// A running container of the data dir, as the runtime records it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Running {
+    /// Container id (`web-2-0`).
+    pub id: String,
+    /// The app's revision number it runs.
+    pub revision: String,
+    /// Its init's pid.
+    pub pid: i32,
+    /// Its init's start time (clock ticks since boot): a restart changes it.
+    pub start_time: u64,
+}
+
+/// What the CLI needs to talk to the test's controller and data dir; cheap to clone into
+/// sampler threads.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    /// The shared data dir.
+    pub data: PathBuf,
+    /// The controller's URL.
+    pub url: String,
+    clog: PathBuf,
+    alog: PathBuf,
+}
+
+/// Controller, agent, registry, git and data dir of one test.
+pub struct Cluster {
+    /// CLI access (also through `Deref`).
+    pub cli: Cli,
+    /// The registry with the test images.
+    pub reg: Registry,
+    /// The bare repository the controller follows.
+    pub bare: PathBuf,
+    /// The clone the test commits in.
+    pub work: PathBuf,
+    listen: String,
+    /// The instances' cgroup parent.
+    pub cgroup: CgroupParent,
+    controller: Option<Child>,
+    agent: Option<Child>,
+    tmp: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Cli;
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
+}
+
+static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Cluster {
+    /// A registry with `images` pushed, an empty repository and no daemons yet; `None` when
+    /// not root (the caller skips).
+    pub fn new(images: &[&str]) -> Option<Cluster> {
+        if !is_root() {
+            eprintln!("skipped: needs root");
+            return None;
+        }
+        let reg = Registry::start().expect("start docker-registry");
+        reg.push_test_images(images).expect("push test images");
+        let tmp = tempfile::Builder::new()
+            .prefix("berth-test-deploy-")
+            .tempdir()
+            .unwrap();
+        let (bare, work, data) = (
+            tmp.path().join("remote.git"),
+            tmp.path().join("work"),
+            tmp.path().join("data"),
+        );
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        git(&bare, &["init", "--quiet", "--bare"]);
+        git(&work, &["init", "--quiet"]);
+        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let cgroup = CgroupParent(format!("berth-test-{}-deploy{n}", std::process::id()));
+        let listen = format!("127.0.0.1:{}", berth_testkit::free_port().unwrap());
+        Some(Cluster {
+            cli: Cli {
+                data,
+                url: format!("http://{listen}"),
+                clog: tmp.path().join("controller.log"),
+                alog: tmp.path().join("agent.log"),
+            },
+            reg,
+            bare,
+            work,
+            listen,
+            cgroup,
+            controller: None,
+            agent: None,
+            tmp,
+        })
+    }
+
+    /// The registry's image reference of a test image (`HOST:PORT/berth-test/NAME:TAG`).
+    pub fn image(&self, name_tag: &str) -> String {
+        format!("{}/berth-test/{name_tag}", self.reg.addr())
+    }
+
+    fn daemon(&self, args: &[&str], log: &Path) -> Command {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        c.args(["--log", "info,berth_agent=debug,berth_controller=debug"])
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--insecure-registry")
+            .arg(self.reg.addr())
+            .arg("--controller")
+            .arg(&self.url)
+            .args(args)
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_CONTROLLER")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        c
+    }
+
+    /// Starts `berth controller` on the bare repository (polling every 200 ms; a push into
+    /// the local repository is seen within 200 ms anyway).
+    pub fn start_controller(&mut self) {
+        assert!(self.controller.is_none(), "controller already running");
+        let repo = format!("file://{}", self.bare.display());
+        let child = self
+            .daemon(
+                &[
+                    "controller",
+                    "--branch",
+                    "main",
+                    "--repo",
+                    &repo,
+                    "--listen",
+                    &self.listen,
+                    "--poll-interval",
+                    "200ms",
+                ],
+                &self.clog.clone(),
+            )
+            .spawn()
+            .unwrap();
+        self.controller = Some(child);
+        self.wait_for("the controller to answer", 30, || {
+            berth_testkit::http_status(&self.listen, "/metrics")
+                .ok()
+                .filter(|s| *s == 200)
+        });
+    }
+
+    /// Stops the controller with SIGKILL (by pid).
+    pub fn kill_controller(&mut self) {
+        if let Some(mut c) = self.controller.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts `berth agent --name h1` with the test's cgroup parent.
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let parent = self.cgroup.0.clone();
+        let child = self
+            .daemon(
+                &["agent", "--name", "h1", "--cgroup-parent", &parent],
+                &self.alog.clone(),
+            )
+            .spawn()
+            .unwrap();
+        self.agent = Some(child);
+    }
+
+    /// kill -9 of the agent (by pid); its containers keep running.
+    pub fn kill_agent(&mut self) {
+        if let Some(mut a) = self.agent.take() {
+            let _ = a.kill();
+            let _ = a.wait();
+        }
+    }
+
+    /// Writes `files` (path, content; `None` deletes) into the work tree, commits and pushes.
+    pub fn commit(&self, files: &[(&str, Option<&str>)], message: &str) {
+        for (path, content) in files {
+            let p = self.work.join(path);
+            match content {
+                Some(c) => std::fs::write(&p, c).unwrap(),
+                None => {
+                    let _ = std::fs::remove_file(&p);
+                }
+            }
+        }
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "--quiet", "-m", message]);
+        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+    }
+}
+
+impl Cli {
+    /// `berth --data-dir D --controller URL ARGS`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .arg("--controller")
+            .arg(&self.url)
+            .args(args)
+            .env_remove("BERTH_TOKEN")
+            .env_remove("BERTH_CONTROLLER")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `berth ARGS -o json`, which must succeed, parsed.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["-o", "json"]);
+        let out = self.cli(&all);
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("berth {args:?}: not JSON ({e}): {out:?}"))
+    }
+
+    /// Both daemons' logs (for failure messages).
+    pub fn logs(&self) -> String {
+        format!(
+            "--- controller log:\n{}\n--- agent log:\n{}",
+            tail(
+                &std::fs::read_to_string(&self.clog).unwrap_or_default(),
+                120
+            ),
+            tail(
+                &std::fs::read_to_string(&self.alog).unwrap_or_default(),
+                200
+            )
+        )
+    }
+
+    /// Polls `f` every 100 ms for up to `secs`; panics with the daemons' logs on timeout.
+    pub fn wait_for<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "timed out after {secs}s waiting for {what}\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// `berth rollout status APP --wait` for `revision`: (exit code, stdout + stderr).
+    pub fn rollout_wait(&self, app: &str, revision: u64, timeout: &str) -> (i32, String) {
+        let rev = revision.to_string();
+        let out = self.cli(&[
+            "rollout",
+            "status",
+            app,
+            "--wait",
+            "--timeout",
+            timeout,
+            "--revision",
+            &rev,
+        ]);
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+
+    /// Waits until revision `revision` of `app` exists at the controller (the commit was
+    /// synced).
+    pub fn wait_revision(&self, app: &str, revision: u64) {
+        self.wait_for(&format!("{app} revision {revision}"), 30, || {
+            let out = self.cli(&["revisions", app, "-o", "json"]);
+            let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+            v.as_array()?
+                .iter()
+                .any(|r| r["number"] == revision)
+                .then_some(())
+        });
+    }
+
+    /// The running containers of the data dir, by the runtime's records, sorted by id.
+    pub fn running(&self) -> Vec<Running> {
+        let store = Store::new(&self.data);
+        let mut out: Vec<Running> = store
+            .list()
+            .map(|(l, _)| {
+                l.into_iter()
+                    .filter(|c| c.status == Status::Running)
+                    .filter_map(|c| {
+                        let init = c.state.init?;
+                        Some(Running {
+                            id: c.state.spec.id.clone(),
+                            revision: c.state.spec.revision.clone(),
+                            pid: init.pid,
+                            start_time: init.start_time,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Ready instances per app from `berth ps -o json` (through the controller).
+    pub fn ready_by_app(&self) -> Option<BTreeMap<String, u32>> {
+        Some(
+            self.instances()?
+                .into_iter()
+                .filter(|(_, state, _)| state == "ready")
+                .fold(BTreeMap::new(), |mut by, (app, _, _)| {
+                    *by.entry(app).or_insert(0) += 1;
+                    by
+                }),
+        )
+    }
+
+    /// `berth ps -o json` (through the controller) as (app, state, revision) triples.
+    pub fn instances(&self) -> Option<Vec<(String, String, u64)>> {
+        let out = self.cli(&["ps", "-o", "json"]);
+        if !out.status.success() {
+            return None;
+        }
+        let v: Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .map(|i| {
+                Some((
+                    i["app"].as_str()?.to_string(),
+                    i["state"].as_str()?.to_string(),
+                    i["revision"].as_u64()?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Runs `CMD` inside instance `id` (`berth exec`): (exit code, stdout).
+    pub fn exec(&self, id: &str, cmd: &[&str]) -> (i32, String) {
+        let mut args = vec!["exec", id, "--"];
+        args.extend(cmd);
+        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(&args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+fn tail(s: &str, lines: usize) -> String {
+    let all: Vec<&str> = s.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.kill_agent();
+        self.kill_controller();
+        let store = Store::new(&self.data);
+        let cgroups: Box<dyn Cgroups> = match HostCgroups::detect(Path::new("/proc/self/mountinfo"))
+        {
+            Ok(c) => Box::new(c),
+            Err(_) => Box::new(NoCgroups),
+        };
+        if let Ok((listed, _)) = store.list() {
+            for l in listed {
+                let _ = container::remove(&store, cgroups.as_ref(), &l.state.spec.id, true);
+            }
+        }
+        // `cgroup` (the parent, every hierarchy) and `tmp` are dropped next.
+    }
+}
+
+/// A sampler thread: calls `f` every `every` until stopped; returns the samples.
+pub struct Sampler<T: Send + 'static> {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: Option<std::thread::JoinHandle<Vec<T>>>,
+}
+
+impl<T: Send + 'static> Sampler<T> {
+    /// Starts sampling.
+    pub fn start(every: Duration, mut f: impl FnMut() -> T + Send + 'static) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                out.push(f());
+                std::thread::sleep(every);
+            }
+            out
+        });
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops and returns the samples.
+    pub fn finish(mut self) -> Vec<T> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.take().unwrap().join().unwrap()
+    }
+}
+
+impl<T: Send + 'static> Drop for Sampler<T> {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}

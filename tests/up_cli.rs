@@ -1,0 +1,310 @@
+//! `berth up` and `berth down` with the real binary, git, registry and containers: a plain
+//! manifest directory deployed and answering HTTP, an edit of the directory rolled out as a
+//! new revision, an invalid edit refused with `path:line:col` while the last good revision
+//! keeps serving, a second `up` refused, and `down` removing everything it started.
+//!
+//! Everything `up` starts runs in a network namespace the test creates (entered with
+//! `nsenter --net`, which, unlike `ip netns exec`, leaves /sys and the cgroup mounts alone),
+//! so its listeners and any bridge it makes never touch the machine's own network. The
+//! registry runs in the host's namespace, so the image is pulled into the data dir first and
+//! the manifest pins its digest: the controller then has no tag to resolve and the agent
+//! finds the image locally.
+
+// Test helpers outside #[test] functions: clippy's allow-*-in-tests does not reach them.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::disallowed_methods, reason = "tests time their own waits")]
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use berth_testkit::Registry;
+
+/// A test network namespace with a data dir and a cgroup parent of its own; `berth down`
+/// and the removal of our (empty) parent cgroups on drop.
+struct Sandbox {
+    netns: berth_testkit::Netns,
+    data: tempfile::TempDir,
+    cgroup_parent: String,
+}
+
+impl Sandbox {
+    fn new(tag: &str) -> Sandbox {
+        Sandbox {
+            netns: berth_testkit::Netns::new(tag).unwrap(),
+            data: tempfile::tempdir().unwrap(),
+            cgroup_parent: format!("berth-t-{tag}-{}", std::process::id()),
+        }
+    }
+
+    fn data(&self) -> &Path {
+        self.data.path()
+    }
+
+    /// `berth --data-dir … ARGS` inside the namespace.
+    fn berth(&self, args: &[&str]) -> Command {
+        let mut c = self.netns.command(env!("CARGO_BIN_EXE_berth"));
+        c.arg("--data-dir")
+            .arg(self.data())
+            .args(args)
+            .env_remove("BERTH_CONTROLLER")
+            .env_remove("BERTH_TOKEN")
+            .env("BERTH_CGROUP_PARENT", &self.cgroup_parent);
+        c
+    }
+
+    /// `GET http://127.0.0.1:PORT/PATH` from inside the namespace: the body, if 2xx.
+    fn http(&self, port: u16, path: &str) -> Option<String> {
+        self.netns.http_get(&format!("127.0.0.1:{port}"), path)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let out = self.berth(&["status", "-o", "json"]).output().unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = self.berth(&["down", "--timeout", "5s"]).output();
+        // The agent leaves its (empty) parent cgroups: remove ours, only ours.
+        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
+            for c in controllers.flatten() {
+                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
+            }
+        }
+    }
+}
+
+fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(sandbox.data().join("up/up.log")).unwrap_or_default();
+            panic!(
+                "timed out waiting for {what}; status: {}\nup.log:\n{log}",
+                sandbox.status()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn manifest(digest_ref: &str, extra: &str) -> String {
+    format!(
+        "app: hello\nimage: {digest_ref}\nnetwork: host\nport: 8080\n\
+         health: {{ http: /up, interval: 1s, timeout: 1s }}\n\
+         update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
+         stop: {{ grace: 2s }}\n{extra}"
+    )
+}
+
+#[test]
+fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
+    let reg = Registry::start().unwrap();
+    reg.push_test_images(&["hello"]).unwrap();
+    let sandbox = Sandbox::new("up");
+
+    // The registry's storage served inside the namespace too, as a docker.io mirror: the
+    // controller resolves the tag there and the agent pulls from it.
+    let _inside = reg.serve_in(&sandbox.netns, 5000).unwrap();
+    let image = "berth-test/hello:latest";
+    let registry_flags = [
+        "--insecure-registry",
+        "127.0.0.1:5000",
+        "--registry-mirror",
+        "docker.io=127.0.0.1:5000",
+    ];
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("hello.yaml"), manifest(image, "")).unwrap();
+    let dir_arg = dir.path().to_str().unwrap();
+
+    let mut up = vec!["up", "-d", "--manifests", dir_arg, "--name", "t1"];
+    up.extend(registry_flags);
+    let out = run_ok(&mut sandbox.berth(&up));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("berth up running in the background"),
+        "{said}"
+    );
+
+    let body = wait_for("the app to answer", 60, &sandbox, || {
+        sandbox.http(8080, "/up")
+    });
+    assert!(!body.is_empty());
+    let st = sandbox.status();
+    assert_eq!(st["apps"][0]["name"], "hello", "{st}");
+    assert_eq!(st["apps"][0]["revision"], 1, "{st}");
+    assert_eq!(st["hosts"][0]["name"], "t1", "{st}");
+
+    check_metrics(&sandbox);
+
+    // A second `up` on the same data dir is refused and changes nothing.
+    let again = sandbox
+        .berth(&["up", "-d", "--manifests", dir_arg])
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already runs"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+
+    // An edit of the directory → revision 2, serving.
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        manifest(image, "env: { GREETING: hi }\n"),
+    )
+    .unwrap();
+    wait_for("revision 2 to be ready", 60, &sandbox, || {
+        let st = sandbox.status();
+        (st["apps"][0]["revision"] == 2 && st["apps"][0]["ready"] == 1).then_some(())
+    });
+    // (In host mode with a fixed port the old instance may hold the port for its grace
+    // period; the new one serves once it has it.)
+    wait_for("revision 2 to answer", 30, &sandbox, || {
+        sandbox.http(8080, "/up")
+    });
+
+    // An invalid edit → refused with path:line:col; revision 2 keeps serving.
+    std::fs::write(
+        dir.path().join("hello.yaml"),
+        manifest(image, "replicas: lots\n"),
+    )
+    .unwrap();
+    let error = wait_for("the invalid edit to be reported", 30, &sandbox, || {
+        let st = sandbox.status();
+        let errors: Vec<String> = st["sync"]["errors"]
+            .as_array()?
+            .iter()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect();
+        (!errors.is_empty()).then(|| errors.join("\n"))
+    });
+    assert!(error.contains("hello.yaml:8:11: replicas"), "{error}");
+    let st = sandbox.status();
+    assert_eq!(st["apps"][0]["revision"], 2, "{st}");
+    assert!(sandbox.http(8080, "/up").is_some());
+
+    // down: up stopped, the instance gone, nothing answering, a second down has nothing to do.
+    let up_pid = std::fs::read_to_string(sandbox.data().join("up/up.pid")).unwrap();
+    let up_pid: serde_json::Value = serde_json::from_str(&up_pid).unwrap();
+    let up_pid = up_pid["pid"].as_i64().unwrap();
+    let out = run_ok(&mut sandbox.berth(&["down"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("removed 1 instance"), "{said}");
+    assert!(
+        !Path::new(&format!("/proc/{up_pid}")).exists(),
+        "up still runs"
+    );
+    assert!(sandbox.http(8080, "/up").is_none());
+    let ps = run_ok(&mut sandbox.berth(&["ps", "-a", "--local", "-o", "json"]));
+    let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
+    assert_eq!(ps.as_array().map(Vec::len), Some(0), "{ps}");
+    let out = run_ok(&mut sandbox.berth(&["down"]));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("removed 0 instances"));
+}
+
+/// `berth up`'s one /metrics: promtool accepts it; every agent family has samples and the
+/// ones this run must have moved did; a real Prometheus in the namespace scrapes both halves.
+fn check_metrics(sandbox: &Sandbox) {
+    let text = sandbox.http(7070, "/metrics").expect("GET /metrics");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(series))
+            .filter_map(|rest| rest.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for family in berth_agent::metrics::global().family_names() {
+        let exposed = family.strip_suffix("_total").unwrap_or(family);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(exposed) && !l.starts_with('#')),
+            "agent family {family} has no sample:\n{text}"
+        );
+    }
+    for series in [
+        "berth_instances{app=\"hello\",state=\"ready\"}",
+        "berth_probe_total{app=\"hello\",result=\"success\"}",
+        "berth_image_pulls_total{result=\"ok\"}",
+        "berth_image_pull_bytes_total",
+        "berth_reconcile_duration_seconds_count{app=\"hello\"}",
+        "berth_instance_cpu_seconds_total{app=\"hello\"",
+        "berth_instance_memory_bytes{app=\"hello\"",
+        "berth_controller_sync_total{result=\"ok\"}",
+    ] {
+        assert!(value(series) > 0.0, "{series} is not above 0:\n{text}");
+    }
+
+    let prometheus = berth_testkit::Prometheus::start(
+        &[("berth", "127.0.0.1:7070")],
+        Some(&sandbox.netns),
+        9090,
+    )
+    .unwrap();
+    prometheus.wait_value(r#"up{job="berth"}"#, |v| v == 1.0);
+    prometheus.wait_value(r#"berth_instances{app="hello",state="ready"}"#, |v| {
+        v == 1.0
+    });
+    prometheus.wait_value(r#"berth_controller_sync_total{result="ok"}"#, |v| v >= 1.0);
+    prometheus.wait_value(r#"berth_instance_memory_bytes{app="hello"}"#, |v| {
+        v > 0.0 && v < 64.0 * 1024.0 * 1024.0
+    });
+}
+
+#[test]
+fn up_on_an_invalid_directory_exits_1_and_starts_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.yaml"), "app: Bad_Name\nimage: x\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        .arg("--data-dir")
+        .arg(data.path())
+        .args(["up", "--manifests", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("bad.yaml:1:")
+            || String::from_utf8_lossy(&out.stderr).contains("bad.yaml:1:"),
+        "{out:?}"
+    );
+    assert!(!data.path().join("up/up.pid").exists());
+}
