@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_controller::access::{TokenRequest, TokenRole};
 use berth_controller::client::Client;
 use berth_manifests::wire::RevisionState;
 use berth_testkit::{Etcd, git};
@@ -206,6 +207,22 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
         // a wrong token is refused by a follower as by the leader
         let wrong = Client::new(&daemons[follower].url, "wrong").unwrap();
         assert!(wrong.sync().await.is_err());
+        // tokens live in etcd: one made through a follower (forwarded) works on every
+        // controller, with its role
+        let read = Client::new(&daemons[follower].url, TOKEN)
+            .unwrap()
+            .create_token(&TokenRequest {
+                role: TokenRole::Read,
+                host: None,
+            })
+            .await
+            .unwrap();
+        for d in &daemons {
+            let reader = Client::new(&d.url, &read.token).unwrap();
+            assert_eq!(reader.revisions("web").await.unwrap().len(), 1);
+            let err = reader.sync().await.unwrap_err();
+            assert!(err.to_string().contains("needs deploy"), "{err}");
+        }
 
         // the leader dies at several points after a push: before its sync noticed the push
         // (the ref watch runs every 200 ms), during it, or after it; a fresh controller

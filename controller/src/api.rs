@@ -1,5 +1,7 @@
 //! The HTTP API under `/v1/` (axum): the agent endpoints and the CLI's. Every route checks
-//! the shared token (`Authorization: Bearer`, constant-time), bodies are capped (413 beyond
+//! the bearer token (`Authorization: Bearer`): the controller's own (admin, constant-time
+//! compare) or an API token with a role ([`access`](crate::access)); a known token without
+//! the role a route needs gets 403, an unknown one 401. Bodies are capped (413 beyond
 //! [`MAX_BODY_BYTES`]) and requests time out, long-polls and event streams excepted (they are
 //! bounded by their own `wait`, and end at shutdown).
 //!
@@ -19,6 +21,9 @@
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard (no token: static assets) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text (token only with `metrics_token_required`) |
 //! | `GET /v1/leader` | [`LeaderStatus`]: which controller leads (HA on etcd) |
+//! | `POST /v1/tokens` `{"role": R, "host": H}` | `IssuedToken` (admin) |
+//! | `GET /v1/tokens` | `[TokenInfo]` (admin) |
+//! | `DELETE /v1/tokens/{id}` | 204 (admin) |
 //!
 //! On etcd (HA), a controller that does not lead serves reads from the shared store and
 //! forwards writes (every method but GET, and followed event streams) to the leader, with
@@ -45,6 +50,7 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::ErrorKind;
+use crate::access::{self, IssuedToken, Principal, TokenInfo, TokenRequest, TokenRole};
 use crate::leader::{Member, Role};
 use crate::state::{Core, CoreError};
 use crate::store::Store;
@@ -173,6 +179,8 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
         .route("/v1/leader", get(leader::<S>))
+        .route("/v1/tokens", post(create_token::<S>).get(tokens::<S>))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token::<S>))
         .route("/metrics", get(metrics::<S>))
         .layer(axum::middleware::from_fn(timeout));
     // a sync may fetch a large repository: its own, longer deadline
@@ -378,18 +386,59 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// The host of an agent route's path (`/v1/agents/{host}/…`).
+fn agent_host(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/agents/")?;
+    let (host, _) = rest.split_once('/')?;
+    Some(host)
+}
+
+fn forbidden(message: String) -> Response {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        body: wire::ApiError {
+            error: message,
+            kind: ErrorKind::InvalidInput,
+        },
+    }
+    .into_response()
+}
+
 async fn auth<S: Store>(
     State(state): State<ApiState<S>>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(given.trim().as_bytes(), state.token.as_bytes()) {
+        .unwrap_or_default()
+        .trim();
+    let principal = if given.is_empty() {
+        None
+    } else if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        Some(Principal::controller())
+    } else {
+        match state.core.principal(given).await {
+            Ok(p) => p,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+    if let Some(principal) = principal {
+        // an unknown route is left to the 404 fallback
+        if let Some(template) = request.extensions().get::<MatchedPath>() {
+            let need = access::need(
+                request.method(),
+                template.as_str(),
+                agent_host(request.uri().path()),
+            );
+            if let Err(why) = access::allow(&principal, &need) {
+                return forbidden(why);
+            }
+        }
+        request.extensions_mut().insert(principal);
         return next.run(request).await;
     }
     if !state.metrics_token_required
@@ -515,9 +564,42 @@ where
 
 async fn register<S: Store>(
     State(state): State<ApiState<S>>,
+    principal: Option<axum::Extension<Principal>>,
     Body(reg): Body<Registration>,
 ) -> ApiResult<Json<wire::Registered>> {
+    // a join token speaks for one host: the one it is bound to, or this one from now on
+    if let Some(axum::Extension(p)) = principal
+        && p.role == TokenRole::Join
+        && let Err(why) = state.core.bind_token(&p.token, &reg.name).await
+    {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            body: wire::ApiError {
+                error: why,
+                kind: ErrorKind::InvalidInput,
+            },
+        });
+    }
     Ok(Json(state.core.register(reg).await?))
+}
+
+async fn create_token<S: Store>(
+    State(state): State<ApiState<S>>,
+    Body(req): Body<TokenRequest>,
+) -> ApiResult<Json<IssuedToken>> {
+    Ok(Json(state.core.create_token(req).await?))
+}
+
+async fn tokens<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(state.core.tokens().await?))
+}
+
+async fn revoke_token<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.core.revoke_token(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 //!
 //! It never touches a container, an image or a host's kernel state: that is the agent's job.
 
+pub mod access;
 pub mod api;
 pub mod assign;
 pub mod client;

@@ -205,6 +205,11 @@ impl<S: Store> Core<S> {
         *self.sync_lock.lock().await = None;
     }
 
+    /// The store (for the token records of [`access`](crate::access)).
+    pub(crate) fn store(&self) -> &Arc<S> {
+        &self.store
+    }
+
     /// Now, in Unix ms.
     pub fn now_ms(&self) -> u64 {
         (self.clock)()
