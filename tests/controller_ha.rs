@@ -124,6 +124,28 @@ async fn one_leader(daemons: &[Daemon], within: Duration) -> usize {
     }
 }
 
+/// Waits until `berth_controller_leader` on `d`'s `/metrics` (no token needed) is `want`.
+async fn leader_gauge_becomes(d: &Daemon, want: &str) {
+    let addr = d.url.trim_start_matches("http://");
+    let mut last = String::new();
+    for _ in 0..100 {
+        let text = berth_testkit::http_get(addr, "/metrics").unwrap_or_default();
+        last = text
+            .lines()
+            .find_map(|l| l.strip_prefix("berth_controller_leader "))
+            .unwrap_or_default()
+            .to_string();
+        if last == want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "berth_controller_leader on {} is {last:?}, not {want}",
+        d.url
+    );
+}
+
 /// Waits until a live controller shows `want` revisions of web; returns them.
 async fn revisions(daemons: &[Daemon], want: usize) -> Vec<berth_manifests::wire::RevisionInfo> {
     for _ in 0..300 {
@@ -194,6 +216,11 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
         let first = one_leader(&daemons, Duration::from_secs(30)).await;
         let revs = revisions(&daemons, 1).await;
         assert_history(&revs, &[image(1)]);
+        // the leader gauge says the same: 1 on the leader, 0 on the others
+        for (i, d) in daemons.iter().enumerate() {
+            let want = if i == first { "1" } else { "0" };
+            leader_gauge_becomes(d, want).await;
+        }
 
         // a write sent to a follower is forwarded to the leader and answered by it
         let follower = (first + 1) % daemons.len();

@@ -162,6 +162,7 @@ pub struct Metrics {
     rollouts: Family<AppResult, Counter>,
     assignment_latency: Histogram,
     hosts: Family<StateLabel, Gauge>,
+    leader: Gauge,
     api_requests: Family<RouteCode, Counter>,
     api_duration: Family<RouteLabel, Histogram>,
     /// Assignment versions written but not yet answered to their host: host → (version,
@@ -254,6 +255,13 @@ impl Metrics {
             "Registered hosts by state (ready: reported within the grace period)",
             hosts.clone(),
         );
+        let leader = Gauge::default();
+        registry.plain(
+            "berth_controller_leader",
+            "1 while this controller leads (always, on the embedded store), 0 while it follows \
+             another on etcd",
+            leader.clone(),
+        );
         let api_requests = Family::<RouteCode, Counter>::default();
         registry.plain(
             "berth_controller_api_requests",
@@ -285,6 +293,7 @@ impl Metrics {
             rollouts,
             assignment_latency,
             hosts,
+            leader,
             api_requests,
             api_duration,
             undelivered: Mutex::new(HashMap::new()),
@@ -389,6 +398,11 @@ impl Metrics {
         self.hosts
             .get_or_create(&StateLabel { state: "not_ready" })
             .set(as_i64(not_ready));
+    }
+
+    /// Whether this controller leads now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
     }
 
     /// An API request on `route` (the matched template, or [`UNMATCHED_ROUTE`]) answered

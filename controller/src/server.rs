@@ -300,6 +300,7 @@ async fn poll(
     let mut was_leader = false;
     loop {
         let leading = role.as_ref().is_none_or(|r| r.borrow().is_leader());
+        core.metrics().set_leader(leading);
         if leading && !was_leader && role.is_some() {
             core.forget_seen_head().await;
         }
