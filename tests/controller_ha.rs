@@ -2,7 +2,9 @@
 //! etcd (berth-testkit), following one real git repository. One leads (etcd lease) and
 //! syncs; the others serve reads and forward writes. The leader is killed (SIGKILL, by pid)
 //! 0-450 ms after a push, before, during or after its sync: another takes over within the
-//! lease TTL (plus a poll) and the app's history has each revision exactly once.
+//! lease TTL (plus a poll) and the app's history has each revision exactly once. Writes sent
+//! to followers (sync, registrations, tokens) are forwarded; a follower's long-poll answers
+//! when the leader changes the assignment.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 #![allow(
     clippy::disallowed_methods,
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use berth_controller::access::{TokenRequest, TokenRole};
 use berth_controller::client::Client;
-use berth_manifests::wire::RevisionState;
+use berth_manifests::wire::{Registration, RevisionState, Scale};
 use berth_testkit::{Etcd, git};
 
 const TOKEN: &str = "ha-test-token";
@@ -69,6 +71,15 @@ fn start_controller(etcd: &Etcd, repo: &Path, data: &Path) -> Daemon {
         child: Some(child),
         url: format!("http://{listen}"),
         log,
+    }
+}
+
+fn host(name: &str) -> Registration {
+    Registration {
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        agent_version: "test".into(),
     }
 }
 
@@ -250,6 +261,35 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
             let err = reader.sync().await.unwrap_err();
             assert!(err.to_string().contains("needs deploy"), "{err}");
         }
+
+        // an agent long-polling a follower hears of a change the leader made: h1 registers
+        // through one follower (forwarded), long-polls another, and h2's registration
+        // halves h1's share of web
+        let other = (first + 2) % daemons.len();
+        let via_follower = Client::new(&daemons[follower].url, TOKEN).unwrap();
+        let registered = via_follower.register(&host("h1")).await.unwrap();
+        let h1 = Client::new(&daemons[other].url, TOKEN).unwrap();
+        let before = h1.assignment("h1", None, Duration::ZERO).await.unwrap();
+        assert_eq!(before.version, registered.assignment_version);
+        assert_eq!(before.apps[0].scale, Scale::Fixed { replicas: 2 });
+        let poll = tokio::spawn(async move {
+            h1.assignment("h1", Some(before.version), Duration::from_secs(30))
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !poll.is_finished(),
+            "the long-poll answered without a change"
+        );
+        let started = Instant::now();
+        via_follower.register(&host("h2")).await.unwrap();
+        let after = poll.await.unwrap().unwrap();
+        eprintln!(
+            "a follower answered its long-poll {:?} after the leader's change",
+            started.elapsed()
+        );
+        assert!(after.version > before.version, "{after:?}");
+        assert_eq!(after.apps[0].scale, Scale::Fixed { replicas: 1 });
 
         // the leader dies at several points after a push: before its sync noticed the push
         // (the ref watch runs every 200 ms), during it, or after it; a fresh controller
