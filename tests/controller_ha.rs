@@ -17,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use berth_controller::access::{TokenRequest, TokenRole};
 use berth_controller::client::Client;
-use berth_manifests::wire::{Registration, RevisionState, Scale};
+use berth_manifests::wire::{
+    AppReport, HostReport, Registration, RevisionState, RolloutState, Scale,
+};
 use berth_testkit::{Etcd, git};
 
 const TOKEN: &str = "ha-test-token";
@@ -315,6 +317,68 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
             let revs = revisions(&daemons, images.len()).await;
             assert_history(&revs, &images);
         }
+        // a rollout completes once: h1 reports revision 5 complete through a follower, the
+        // leader dies, h1 retries the same report through another controller
+        let complete = HostReport {
+            host: "h1".into(),
+            assignment_version: 0,
+            instances: Vec::new(),
+            apps: vec![AppReport {
+                app: "web".into(),
+                target: 5,
+                desired: 1,
+                ready: 1,
+                rollout: RolloutState::Complete,
+            }],
+            events: Vec::new(),
+        };
+        let follower = daemons
+            .iter()
+            .position(|d| d.alive() && d.url != daemons[leader].url)
+            .unwrap();
+        Client::new(&daemons[follower].url, TOKEN)
+            .unwrap()
+            .report(&complete)
+            .await
+            .unwrap();
+        daemons[leader].kill();
+        daemons.push(start_controller(
+            &etcd,
+            &bare,
+            &dir.path().join("replacement-r"),
+        ));
+        leader = one_leader(&daemons, LEASE_TTL * 2 + Duration::from_secs(4)).await;
+        let retry = daemons
+            .iter()
+            .position(|d| d.alive() && d.url != daemons[leader].url)
+            .unwrap();
+        Client::new(&daemons[retry].url, TOKEN)
+            .unwrap()
+            .report(&complete)
+            .await
+            .unwrap();
+        let rollout = Client::new(&daemons[retry].url, TOKEN)
+            .unwrap()
+            .rollout("web", Some(5))
+            .await
+            .unwrap();
+        assert_eq!(rollout.revision, 5, "{rollout:?}");
+        let mut completions = 0;
+        Client::new(&daemons[leader].url, TOKEN)
+            .unwrap()
+            .events(false, |e| {
+                if e.reason == "RolloutComplete" && e.message.starts_with("revision 5 ") {
+                    completions += 1;
+                }
+                true
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            completions, 1,
+            "the rollout of revision 5 completed {completions} times"
+        );
+
         // the history stays as it is: no late write of a dead leader, no second revision
         tokio::time::sleep(LEASE_TTL).await;
         let revs = revisions(&daemons, images.len()).await;
