@@ -340,37 +340,6 @@ fn plan_without_against_says_what_is_missing() {
 }
 
 #[test]
-fn up_validates_and_plans_the_examples_and_says_the_deploy_loop_is_not_built() {
-    let r = run(&["up", "--manifests", "manifests/examples"]);
-    assert_eq!(r.code, 0, "{}", r.stderr);
-    assert!(
-        r.stdout
-            .starts_with("4 apps in manifests/examples valid; plan against an empty state:\n"),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout
-            .contains("Plan: 4 to add, 0 to change, 0 to remove, 0 unchanged; 4 new revisions.")
-    );
-    assert!(
-        r.stderr.contains("not built yet: nothing was started"),
-        "{}",
-        r.stderr
-    );
-    let r = run(&["up", "--manifests", "manifests/examples", "-o", "json"]);
-    let v = json(&r.stdout);
-    assert_eq!(
-        (
-            v["ok"].clone(),
-            v["deployed"].clone(),
-            v["plan"]["summary"]["add"].clone()
-        ),
-        (Value::Bool(true), Value::Bool(false), serde_json::json!(4))
-    );
-}
-
-#[test]
 fn up_with_invalid_manifests_exits_1_with_the_errors() {
     let r = run(&["up", "--manifests", "tests/fixtures/invalid"]);
     assert_eq!(r.code, 1);
@@ -378,18 +347,10 @@ fn up_with_invalid_manifests_exits_1_with_the_errors() {
 }
 
 #[test]
-fn up_from_a_git_repo_is_refused_honestly_and_needs_a_source() {
-    let r = run(&[
-        "up",
-        "--repo",
-        "https://example.invalid/x.git",
-        "--branch",
-        "main",
-    ]);
-    assert_eq!(r.code, 1);
-    assert!(r.stderr.contains("--repo is not built yet"), "{}", r.stderr);
+fn up_needs_exactly_one_source() {
     assert_eq!(run(&["up"]).code, 2);
     assert_eq!(run(&["up", "--manifests", "a", "--repo", "b"]).code, 2);
+    assert_eq!(run(&["up", "--manifests", "a", "--branch", "b"]).code, 2);
 }
 
 #[test]

@@ -106,7 +106,7 @@ fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> 
 
 fn manifest(digest_ref: &str, extra: &str) -> String {
     format!(
-        "app: hello\nimage: {digest_ref}\nnetwork: host\nport: 8080\n\
+        "app: hello\nimage: {digest_ref}\nnetwork: host\nport: 8080\nexpose: {{ port: 8080 }}\n\
          health: {{ http: /up, interval: 1s, timeout: 1s }}\n\
          update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
          stop: {{ grace: 2s }}\n{extra}"
@@ -197,7 +197,7 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
             .collect();
         (!errors.is_empty()).then(|| errors.join("\n"))
     });
-    assert!(error.contains("hello.yaml:8:11: replicas"), "{error}");
+    assert!(error.contains("hello.yaml:9:11: replicas"), "{error}");
     let st = sandbox.status();
     assert_eq!(st["apps"][0]["revision"], 2, "{st}");
     assert!(sandbox.http(8080, "/up").is_some());

@@ -27,6 +27,7 @@ fn running(id: &str, r: &RevisionSpec, started: u64) -> ObservedInstance {
         state: RunState::Running,
         started_at_ms: started,
         address: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1))),
+        host_port: None,
     }
 }
 

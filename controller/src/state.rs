@@ -899,7 +899,7 @@ impl<S: Store> Core<S> {
             .filter(|(h, _)| h.record.in_git)
             .map(|(h, _)| {
                 let (desired, ready) = app_counts(h, h.record.target, &hosts, &assignments);
-                // a refused commit that concerns the app is its newest error
+                // a refused commit that concerns the app is an error of the app too
                 let refused = sync.app_errors.get(&h.record.name).map(|lines| {
                     let head = sync.head.as_deref().unwrap_or_default();
                     format!(
@@ -914,7 +914,11 @@ impl<S: Store> Core<S> {
                     desired,
                     ready,
                     pinned: h.record.pinned,
-                    last_error: refused.or_else(|| h.record.last_error.clone()),
+                    // both when both hold: the head is refused and a revision failed
+                    last_error: match (refused, h.record.last_error.clone()) {
+                        (Some(r), Some(e)) => Some(format!("{r}; {e}")),
+                        (r, e) => r.or(e),
+                    },
                     head: h.newest().map_or(0, |r| r.number),
                 }
             })
@@ -1147,4 +1151,39 @@ fn app_counts(
         });
     }
     (desired, ready)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SourceFile, app_names, errors_by_app};
+
+    fn file(path: &str, text: &str) -> SourceFile {
+        SourceFile {
+            path: path.into(),
+            bytes: text.as_bytes().to_vec(),
+        }
+    }
+
+    #[test]
+    fn names_apps_of_a_file_that_does_not_parse() {
+        let text = "app: web\nimage: x\nreplicas: [\n---\napp: \"api\" # second\n  app: nested\n";
+        assert_eq!(app_names(text.as_bytes()), ["web", "api"]);
+    }
+
+    #[test]
+    fn refused_commit_errors_go_to_the_apps_they_concern() {
+        let files = [
+            file("apps/web.yaml", "app: web\nreplicas: lots\n"),
+            file("apps/web.yaml.bak.yaml", "app: other\n"),
+            file("db.yaml", "app: db\n"),
+        ];
+        let errors = [
+            "apps/web.yaml:2:11: replicas: expected a number".to_string(),
+            "app db: image not found".to_string(),
+        ];
+        let by = errors_by_app(&files, &errors);
+        assert_eq!(by.len(), 2, "{by:?}");
+        assert_eq!(by["web"], [errors[0].clone()]);
+        assert_eq!(by["db"], [errors[1].clone()]);
+    }
 }

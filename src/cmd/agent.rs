@@ -4,7 +4,7 @@
 //! `<data-dir>/agent/`, its images under `<data-dir>/images/`. Runs until SIGINT/SIGTERM;
 //! containers keep running after it exits. (`--join` with mTLS is the multi-host issue.)
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -16,9 +16,12 @@ use berth_agent::host::controller_client::HttpController;
 use berth_agent::host::deploy_images::StoreImages;
 use berth_agent::host::deploy_runtime::ContainerRuntime;
 use berth_agent::host::image_store::ImageStore;
+use berth_agent::host::net::{HostNetns, Network};
 use berth_agent::host::probe::NetProber;
+use berth_agent::host::traffic::ProxyTraffic;
+use berth_agent::net::NetConfig;
 use berth_agent::reconcile::exec::Effects;
-use berth_agent::reconcile::traits::NoTraffic;
+use berth_agent::reconcile::traits::{Runtime, StateStore};
 use berth_manifests::is_dns_label;
 
 use super::UsageError;
@@ -41,6 +44,59 @@ pub struct Args {
     pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub net: NetArgs,
+}
+
+/// How the agent wires `network: private` instances (docs/networking.md). Tests and
+/// several agents on one host give each agent its own names.
+#[derive(Debug, Clone, clap::Args)]
+pub struct NetArgs {
+    /// The instances' bridge (at most 15 bytes)
+    #[arg(long, env = "BERTH_BRIDGE", default_value = "berth0")]
+    pub bridge: String,
+    /// The instances' subnet; the bridge holds its first address
+    #[arg(long, env = "BERTH_SUBNET", default_value = "10.88.0.0/16")]
+    pub subnet: String,
+    /// Prefix of instance network namespaces (/run/netns/<prefix><instance>)
+    #[arg(long, env = "BERTH_NETNS_PREFIX", default_value = "berth-")]
+    pub netns_prefix: String,
+    /// Prefix of host-side veths (at most 7 bytes)
+    #[arg(long, env = "BERTH_VETH_PREFIX", default_value = "bv")]
+    pub veth_prefix: String,
+    /// Host ports for `network: host` instances, LO-HI
+    #[arg(long, env = "BERTH_HOST_PORTS", default_value = "20000-29999")]
+    pub host_ports: String,
+    /// Masquerade instance traffic leaving the host (iptables)
+    #[arg(long, env = "BERTH_EGRESS_NAT")]
+    pub egress_nat: bool,
+}
+
+impl NetArgs {
+    /// The network configuration these flags describe.
+    pub fn config(&self) -> Result<NetConfig, UsageError> {
+        let subnet = self
+            .subnet
+            .parse()
+            .map_err(|e| UsageError(format!("--subnet: {e}")))?;
+        let ports = self
+            .host_ports
+            .split_once('-')
+            .and_then(|(lo, hi)| Some((lo.parse().ok()?, hi.parse().ok()?)))
+            .ok_or_else(|| {
+                UsageError(format!("--host-ports {:?} is not LO-HI", self.host_ports))
+            })?;
+        let cfg = NetConfig {
+            bridge: self.bridge.clone(),
+            subnet,
+            netns_prefix: self.netns_prefix.clone(),
+            veth_prefix: self.veth_prefix.clone(),
+            host_ports: ports,
+            egress_nat: self.egress_nat,
+        };
+        cfg.validate().map_err(|e| UsageError(e.to_string()))?;
+        Ok(cfg)
+    }
 }
 
 /// The parent cgroup of an agent's instances unless `--cgroup-parent` says otherwise.
@@ -65,6 +121,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     let mut config = AgentConfig::new(args.name.clone());
     config.labels = labels(&args.labels)?;
     let options = args.registry.pull_options(global)?;
+    let net = args.net.config()?;
     let rt = super::pull::runtime()?;
     rt.block_on(async {
         tracing::info!(controller = %global.controller, name = %args.name, "agent running");
@@ -80,6 +137,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
             config,
             options,
             &args.cgroup_parent,
+            net,
             &global.controller,
             global.token.clone(),
             stop_signal(),
@@ -89,14 +147,22 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Assembles the agent on this host (state, image store, runtime, probes) against the
-/// controller at `controller_url` and runs it until `shutdown` resolves. Shared by `berth agent`
-/// and `berth up`. Without `token`, the token file of a controller sharing the data dir.
+/// Assembles the agent on this host (state, image store, network, runtime, probes, proxy)
+/// against the controller at `controller_url` and runs it until `shutdown` resolves. Shared
+/// by `berth agent` and `berth up`. Without `token`, the token file of a controller sharing
+/// the data dir. `net` wires private instances (bridge, subnet, name prefixes). The proxy
+/// (`berth proxy`, started from this binary when none runs for the data dir) outlives the
+/// agent; `berth_agent::host::traffic::teardown` stops it and removes the network.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "two call sites (agent, up) that pass their own flags straight through"
+)]
 pub async fn serve(
     global: &super::Global,
     config: AgentConfig,
     options: berth_agent::host::image_store::PullOptions,
     cgroup_parent: &str,
+    net: NetConfig,
     controller_url: &str,
     token: Option<String>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -112,18 +178,49 @@ pub async fn serve(
         ),
     }
     .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let data_dir = global.data_dir.clone();
+    let network = tokio::task::spawn_blocking(move || {
+        Network::open_deferred(net, HostNetns::Current, &data_dir)
+    })
+    .await?
+    .context("opening the instances' network state")?;
+    let network = Arc::new(network);
     let cgroups = cgroups();
     berth_agent::metrics::global().set_usage_source(Box::new(
         berth_agent::host::usage::CgroupUsage::new(&global.data_dir, cgroups.clone()),
     ));
     let runtime = ContainerRuntime::new(&global.data_dir, images.clone(), cgroups)
         .map_err(|e| anyhow::anyhow!(e.chain()))?
-        .with_cgroup_parent(cgroup_parent);
+        .with_cgroup_parent(cgroup_parent)
+        .with_network(network.clone());
+    // Re-adopt the containers that outlived the previous agent, then remove the network
+    // leftovers of the ones that did not.
+    let adopted = runtime
+        .list()
+        .await
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
+    let alive: HashSet<String> = adopted.iter().map(|i| i.id.clone()).collect();
+    let cleaned = {
+        let network = network.clone();
+        tokio::task::spawn_blocking(move || network.cleanup_orphans(&alive)).await?
+    }
+    .context("removing network leftovers of gone instances")?;
+    if !cleaned.netns.is_empty() || !cleaned.veths.is_empty() {
+        tracing::info!(netns = ?cleaned.netns, veths = ?cleaned.veths, "removed network leftovers");
+    }
+    let mut keep: BTreeSet<String> = adopted.into_iter().map(|i| i.app).collect();
+    if let Ok(Some(a)) = state.load_assignment() {
+        keep.extend(a.apps.into_iter().map(|app| app.target.app));
+    }
+    let exe = std::env::current_exe().context("finding the berth binary to start the proxy")?;
+    let traffic = ProxyTraffic::open(&exe, &global.data_dir, &keep)
+        .await
+        .map_err(|e| anyhow::anyhow!(e.chain()))?;
     let fx = Effects {
         runtime: Arc::new(runtime),
         images: Arc::new(StoreImages::new(images, options)),
         prober: Arc::new(NetProber::new().context("building the probe client")?),
-        traffic: Arc::new(NoTraffic),
+        traffic: Arc::new(traffic),
     };
     let agent = Agent::new(
         config,

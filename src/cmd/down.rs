@@ -75,6 +75,13 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    // The proxy process and the instances' network (namespaces, veths, the bridge if the
+    // agent created it).
+    let traffic = super::remote::block_on(berth_agent::host::traffic::teardown(&global.data_dir))?
+        .map_err(|e| anyhow::anyhow!("{e}; run `berth down` again"))?;
+    if traffic.proxy_stopped {
+        println!("stopped the proxy");
+    }
     for id in &done.killed {
         println!("{id}: killed after its grace period");
     }

@@ -21,8 +21,9 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| global.data_dir.join("run/proxy.sock"));
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
-        let proxy = Arc::new(berth_agent::proxy::Proxy::new());
-        let server = berth_agent::proxy::control::serve(proxy, &socket)?;
+        let (events, hook) = berth_agent::proxy::control::no_backend_events();
+        let proxy = Arc::new(berth_agent::proxy::Proxy::with_no_backend_hook(hook));
+        let server = berth_agent::proxy::control::serve_with_events(proxy, &socket, Some(events))?;
         tracing::info!(socket = %socket.display(), "proxy control socket ready");
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {

@@ -38,9 +38,9 @@ pub struct Args {
     /// A git repository of manifests (URL or local path)
     #[arg(long, value_name = "URL")]
     pub repo: Option<String>,
-    /// The branch of --repo
-    #[arg(long, value_name = "B", requires = "repo", default_value = "main")]
-    pub branch: String,
+    /// The branch of --repo (default main)
+    #[arg(long, value_name = "B")]
+    pub branch: Option<String>,
     /// Where the API, /metrics and the dashboard listen
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
     pub listen: SocketAddr,
@@ -61,6 +61,8 @@ pub struct Args {
     pub cgroup_parent: String,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub net: super::agent::NetArgs,
 }
 
 /// `<data-dir>/up`.
@@ -83,6 +85,9 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(120);
 /// Runs `berth up`.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     let name = host_name(args.name.as_deref())?;
+    if args.branch.is_some() && args.repo.is_none() {
+        return Err(UsageError("--branch goes with --repo".into()).into());
+    }
     if args.poll_interval.as_millis() < 100 {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
@@ -223,11 +228,12 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
         }
         None => (
             args.repo.clone().unwrap_or_default(),
-            args.branch.clone(),
+            args.branch.clone().unwrap_or_else(|| "main".into()),
             None,
         ),
     };
     let options = args.registry.pull_options(global)?;
+    let net = args.net.config()?;
     let credentials = credentials_from_docker_config(&super::controller::docker_config_path())?;
     let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?
         .with_mirrors(global.mirrors()?);
@@ -283,6 +289,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
                     agent_config,
                     options,
                     &cgroup_parent,
+                    net,
                     &url,
                     Some(token),
                     shutdown,

@@ -6,6 +6,10 @@
 //! every hierarchy and the temp dir, also when the test failed.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "system tests wait on real daemons in real time"
+)]
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -21,6 +21,8 @@
 /// agent's other network code).
 pub use crate::host::controller_client as client;
 
+mod autoscale;
+
 pub mod teardown;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -142,6 +144,13 @@ struct Shared {
     history: Mutex<History>,
     status: Mutex<Status>,
     changed: Notify,
+    /// The autoscaler's instance count of each autoscaled app.
+    scales: Mutex<BTreeMap<String, u32>>,
+    /// A scale changed: the supervisor hands it to the app's worker.
+    rescale: Notify,
+    /// Apps a held request is waiting for (scale from zero), and the autoscaler's wake-up.
+    woken: Mutex<BTreeSet<String>>,
+    wake: Notify,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -238,6 +247,10 @@ where
             history: Mutex::new(history),
             status: Mutex::default(),
             changed: Notify::new(),
+            scales: Mutex::default(),
+            rescale: Notify::new(),
+            woken: Mutex::default(),
+            wake: Notify::new(),
         });
         Ok(Self {
             config,
@@ -276,6 +289,15 @@ where
             self.state.clone(),
             self.shared.clone(),
             self.clock,
+        ));
+        tasks.spawn(autoscale::run(
+            self.fx.clone(),
+            self.shared.clone(),
+            self.clock,
+        ));
+        tasks.spawn(autoscale::wake_on_held_requests(
+            self.fx.traffic.clone(),
+            self.shared.clone(),
         ));
         shutdown.await;
         tasks.shutdown().await;
@@ -384,7 +406,8 @@ async fn supervise<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             let desired = assignment
                 .as_ref()
                 .and_then(|a| a.apps.iter().find(|app| app.target.app == name))
-                .cloned();
+                .cloned()
+                .map(|d| autoscale::scaled(d, &lock(&shared.scales)));
             if let Some(tx) = workers.get(&name) {
                 tx.send_if_modified(|d| {
                     let changed = *d != desired;
@@ -415,6 +438,7 @@ async fn supervise<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
                     workers.remove(&name);
                 }
             }
+            () = shared.rescale.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(crate::reconcile::plan::RESYNC_MS)) => {}
         }
     }
@@ -479,6 +503,22 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
             () = tokio::time::sleep(out.requeue_after) => {}
         }
     }
+}
+
+/// Adds events (the autoscaler's) to the next report.
+fn push_events(shared: &Shared, events: Vec<Event>) {
+    if events.is_empty() {
+        return;
+    }
+    let mut status = lock(&shared.status);
+    status.events.extend(events);
+    let excess = status.events.len().saturating_sub(MAX_PENDING_EVENTS);
+    status.events.drain(..excess);
+    status.first_event = status
+        .first_event
+        .saturating_add(u64::try_from(excess).unwrap_or(u64::MAX));
+    drop(status);
+    shared.changed.notify_one();
 }
 
 fn record_metrics(app: &str, seconds: f64, out: &exec::Outcome) {

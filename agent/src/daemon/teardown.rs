@@ -138,6 +138,7 @@ mod tests {
             state: RunState::Running,
             started_at_ms: 0,
             address: None,
+            host_port: None,
         }
     }
 

@@ -18,11 +18,19 @@
 //!  `failures` in a row after start_period
 //! ```
 //!
+//! Inside `start_period`, until the first pass, a failed probe is repeated after at most
+//! [`START_PERIOD_PROBE_MS`] instead of `interval`: a starting instance enters rotation soon
+//! after it listens (the cold start of a scale from zero).
+//!
 //! Nothing here reads a clock: `now` (Unix ms) is passed in.
 
 pub mod runner;
 
 use berth_manifests::app::{Health, Probe};
+
+/// During the start period, before the first success, a failed probe is repeated after at
+/// most this long (failures do not count then, so probing faster changes no verdict).
+pub const START_PERIOD_PROBE_MS: u64 = 100;
 
 /// The probe's short description, as events name it: `GET /up`, `TCP :8080`, `exec [...]`.
 pub fn describe(probe: &Probe) -> String {
@@ -101,6 +109,11 @@ impl ProbeState {
                 let in_start_period =
                     now_ms < started_at_ms.saturating_add(health.start_period.as_millis());
                 if in_start_period && !self.ever_ready {
+                    // Failures do not count yet: look again soon, so a starting instance
+                    // (a scale from zero) enters rotation within ~100 ms of listening.
+                    self.next_at_ms = now_ms.saturating_add(
+                        health.interval.as_millis().clamp(1, START_PERIOD_PROBE_MS),
+                    );
                     self.message = format!(
                         "health check {}: failing during start period: {detail}",
                         describe(&health.probe)

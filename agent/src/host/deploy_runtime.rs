@@ -12,8 +12,15 @@
 //! Exec probes run in a child process, the current binary re-executed as
 //! [`PROBE_EXEC_VERB`] ([`probe_exec_main`]): the runtime's exec installs process-wide
 //! signal forwarding, right for the `berth exec` CLI but not inside the agent, so it happens in
-//! that child. Not yet: addresses of private-network instances (no veth yet: http/tcp probes
-//! reach only `network: host` instances, on loopback).
+//! that child.
+//!
+//! Networking ([`ContainerRuntime::with_network`]): a `network: private` instance gets its
+//! namespace, veth and address from [`HostNetwork::attach`] before its container is created,
+//! and the container joins that namespace by path; a `network: host` instance gets a host
+//! port as `$PORT` ([`HostNetwork::allocate_host_port`]). Both are recorded in the labels
+//! file (the instance's address and host port for probes and the proxy) and released on
+//! removal. Without a network (tests of the runtime alone) a private instance runs in a new,
+//! empty namespace that nothing outside reaches.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -27,6 +34,7 @@ use serde::{Deserialize, Serialize};
 use crate::host::agentstate::write_atomic;
 use crate::host::container::{self, Cgroups, ContainerError, Store, shim};
 use crate::host::image_store::ImageStore;
+use crate::host::net::Network as HostNetwork;
 use crate::reconcile::traits::{
     EffectError, InstanceSpec, LocalImage, ObservedInstance, RunState, Runtime,
 };
@@ -41,6 +49,12 @@ struct Labels {
     spec_hash: String,
     image_digest: String,
     host_network: bool,
+    /// Its address on the bridge (`network: private` with a network).
+    #[serde(default)]
+    address: Option<Ipv4Addr>,
+    /// Its `$PORT` on the host (`network: host` with a network).
+    #[serde(default)]
+    host_port: Option<u16>,
 }
 
 /// Containers of the host's runtime, as agent instances.
@@ -52,6 +66,7 @@ pub struct ContainerRuntime {
     labels_dir: PathBuf,
     cgroup_parent: String,
     data_dir: PathBuf,
+    net: Option<Arc<HostNetwork>>,
 }
 
 /// The hidden verb the agent re-executes itself as for exec probes:
@@ -119,13 +134,36 @@ impl ContainerRuntime {
             labels_dir,
             cgroup_parent: "berth".into(),
             data_dir: data_dir.to_path_buf(),
+            net: None,
         })
+    }
+
+    /// Wires instances through `net`: private ones get a namespace, veth and address, host
+    /// ones a host port.
+    pub fn with_network(mut self, net: Arc<HostNetwork>) -> Self {
+        self.net = Some(net);
+        self
+    }
+
+    /// The network instances are wired through, if any.
+    pub fn network(&self) -> Option<&Arc<HostNetwork>> {
+        self.net.as_ref()
     }
 
     /// The parent cgroup of the agent's containers (default `berth`).
     pub fn with_cgroup_parent(mut self, parent: impl Into<String>) -> Self {
         self.cgroup_parent = parent.into();
         self
+    }
+
+    /// Detaches the instance's network and frees its host port (idempotent).
+    fn release_network(&self, id: &str) -> Result<(), EffectError> {
+        if let Some(net) = &self.net {
+            let err = |e: crate::net::NetError| EffectError::new("remove", id, e.kind(), e);
+            net.detach(id).map_err(err)?;
+            net.release_host_port(id).map_err(err)?;
+        }
+        Ok(())
     }
 
     /// The container with exactly this id (the runtime's lookups also accept a unique id
@@ -274,9 +312,12 @@ impl Runtime for ContainerRuntime {
                         image_digest: labels.image_digest,
                         state,
                         started_at_ms: l.state.created.saturating_mul(1000),
-                        address: labels
-                            .host_network
-                            .then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+                        address: if labels.host_network {
+                            Some(IpAddr::V4(Ipv4Addr::LOCALHOST))
+                        } else {
+                            labels.address.map(IpAddr::V4)
+                        },
+                        host_port: labels.host_port,
                     })
                 })
                 .collect())
@@ -289,13 +330,15 @@ impl Runtime for ContainerRuntime {
         spec: &InstanceSpec,
         image: &LocalImage,
     ) -> Result<(), EffectError> {
-        let c = self.container_spec(spec, image)?;
-        let labels = Labels {
+        let mut c = self.container_spec(spec, image)?;
+        let mut labels = Labels {
             app: spec.revision.app.clone(),
             revision: spec.revision.number,
             spec_hash: spec.revision.spec_hash.clone(),
             image_digest: spec.revision.image_digest.clone(),
             host_network: c.network == Network::Host,
+            address: None,
+            host_port: None,
         };
         let this = self.clone();
         let id = spec.id.clone();
@@ -308,13 +351,40 @@ impl Runtime for ContainerRuntime {
                 container::remove(&this.store, this.cgroups.as_ref(), &id, false)
                     .map_err(|e| effect("create_start", &id, e))?;
             }
-            let bytes = serde_json::to_vec(&labels)
-                .map_err(|e| EffectError::new("create_start", &id, ErrorKind::Internal, e))?;
-            write_atomic(&this.labels_dir, &format!("{id}.json"), &bytes)
-                .map_err(|e| EffectError::new("create_start", &id, ErrorKind::Unavailable, e))?;
-            container::run_detached(&this.store, c, false)
-                .map(|_| ())
-                .map_err(|e| effect("create_start", &id, e))
+            if let Some(net) = &this.net {
+                let net_err = |e: crate::net::NetError| {
+                    EffectError::new("create_start", &id, e.kind(), e)
+                };
+                if labels.host_network {
+                    let port = net.allocate_host_port(&id).map_err(net_err)?;
+                    c.set_env(&format!("PORT={port}"));
+                    labels.host_port = Some(port);
+                } else {
+                    // A restart (or a crash mid-start) may have left the old wiring.
+                    net.detach(&id).map_err(net_err)?;
+                    let a = net.attach(&id).map_err(net_err)?;
+                    c.namespaces.join.retain(|(kind, _)| kind != "net");
+                    c.namespaces.join.push(("net".into(), a.netns_path));
+                    labels.address = Some(a.ip);
+                }
+            }
+            let started = (|| {
+                let bytes = serde_json::to_vec(&labels)
+                    .map_err(|e| EffectError::new("create_start", &id, ErrorKind::Internal, e))?;
+                write_atomic(&this.labels_dir, &format!("{id}.json"), &bytes).map_err(|e| {
+                    EffectError::new("create_start", &id, ErrorKind::Unavailable, e)
+                })?;
+                container::run_detached(&this.store, c, false)
+                    .map(|_| ())
+                    .map_err(|e| effect("create_start", &id, e))
+            })();
+            if started.is_err() {
+                // Nothing runs in the namespace: give its address and port back.
+                if let Err(e) = this.release_network(&id) {
+                    tracing::warn!(instance = %id, error = %e.chain(), "network cleanup after a failed start");
+                }
+            }
+            started
         })
         .await
     }
@@ -341,7 +411,8 @@ impl Runtime for ContainerRuntime {
         let key = id.to_string();
         blocking("remove", id, move || {
             let Some(l) = this.exact(&key) else {
-                // gone already (only its labels may be left)
+                // gone already (only its labels and network may be left)
+                this.release_network(&key)?;
                 return remove_labels(&this, &key);
             };
             if l.status == Status::Stopped
@@ -354,6 +425,7 @@ impl Runtime for ContainerRuntime {
                 Err(e) if e.kind() == ErrorKind::NotFound => {}
                 Err(e) => return Err(effect("remove", &key, e)),
             }
+            this.release_network(&key)?;
             remove_labels(&this, &key)
         })
         .await
@@ -400,6 +472,19 @@ impl Runtime for ContainerRuntime {
         }
     }
 
+    async fn cpu_usage(&self, id: &str) -> Option<Duration> {
+        let this = self.clone();
+        let key = id.to_string();
+        tokio::task::spawn_blocking(move || {
+            let state = this.store.read(&key).ok()?;
+            let ns = this.cgroups.cpu_usage_ns(&state.spec)?;
+            Some(Duration::from_nanos(ns))
+        })
+        .await
+        .ok()
+        .flatten()
+    }
+
     async fn log_tail(&self, id: &str, lines: usize) -> Result<Vec<String>, EffectError> {
         let path = shim::log_path(&self.store.dir(id).join("logs"));
         let text = match tokio::fs::read(&path).await {
@@ -415,7 +500,10 @@ impl Runtime for ContainerRuntime {
         };
         let all: Vec<&str> = text.lines().collect();
         let start = all.len().saturating_sub(lines);
-        Ok(all[start..].iter().map(|l| log_text(l).to_string()).collect())
+        Ok(all[start..]
+            .iter()
+            .map(|l| log_text(l).to_string())
+            .collect())
     }
 }
 

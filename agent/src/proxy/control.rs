@@ -15,6 +15,9 @@
 //! ← {"result":"drained","outcome":{"outcome":"drained"}}
 //! → {"op":"state"}  ← {"result":"state","apps":[…]}      (a restarted agent reconciles from it)
 //! → {"op":"snapshot"} ← {"result":"snapshot","apps":{…}} (counters for metrics/autoscaler)
+//! → {"op":"watch"}    ← {"result":"no_backend","app":"web"} … (one line per request that
+//!                        found no backend, for as long as the connection is open: the agent
+//!                        starts an instance of an app scaled to zero)
 //! ```
 //!
 //! Requests on one connection are answered in order, so a long `drain` delays the next
@@ -81,6 +84,8 @@ pub enum Request {
     State,
     /// Counters.
     Snapshot,
+    /// From now on, report requests that find no backend (this connection only streams).
+    Watch,
 }
 
 /// A control response.
@@ -108,6 +113,11 @@ pub enum Response {
     Snapshot {
         /// Every app's counters.
         apps: BTreeMap<String, MetricsSnapshot>,
+    },
+    /// A request of `app` found no backend (after `watch`).
+    NoBackend {
+        /// The app.
+        app: String,
     },
     /// The request failed.
     Error {
@@ -149,6 +159,9 @@ pub async fn apply(proxy: &Proxy, req: Request) -> Response {
         Request::Snapshot => Ok(Response::Snapshot {
             apps: proxy.snapshot(),
         }),
+        Request::Watch => Err(ProxyError::Protocol {
+            reason: "this proxy reports no events (it was started without them)".into(),
+        }),
     };
     res.unwrap_or_else(|e| Response::Error {
         kind: e.kind(),
@@ -160,6 +173,31 @@ pub async fn apply(proxy: &Proxy, req: Request) -> Response {
 /// group- or world-writable; a stale socket file replaced) and serves it until the returned
 /// task is aborted.
 pub fn serve(proxy: Arc<Proxy>, path: &Path) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
+    serve_with_events(proxy, path, None)
+}
+
+/// A sender for [`serve_with_events`] and the hook that feeds it: give the hook to
+/// [`Proxy::with_no_backend_hook`].
+pub fn no_backend_events() -> (
+    tokio::sync::broadcast::Sender<String>,
+    super::server::NoBackendHook,
+) {
+    let (tx, _) = tokio::sync::broadcast::channel(256);
+    let hook_tx = tx.clone();
+    (
+        tx,
+        Arc::new(move |app: &str| {
+            let _ = hook_tx.send(app.to_owned());
+        }),
+    )
+}
+
+/// Like [`serve`]; `watch` requests stream what `events` carries (see [`no_backend_events`]).
+pub fn serve_with_events(
+    proxy: Arc<Proxy>,
+    path: &Path,
+    events: Option<tokio::sync::broadcast::Sender<String>>,
+) -> Result<tokio::task::JoinHandle<()>, ProxyError> {
     let err = |op| {
         let path = path.to_owned();
         move |source| ProxyError::Control { path, op, source }
@@ -217,12 +255,16 @@ pub fn serve(proxy: Arc<Proxy>, path: &Path) -> Result<tokio::task::JoinHandle<(
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             };
-            tokio::spawn(serve_conn(Arc::clone(&proxy), stream));
+            tokio::spawn(serve_conn(Arc::clone(&proxy), stream, events.clone()));
         }
     }))
 }
 
-async fn serve_conn(proxy: Arc<Proxy>, stream: UnixStream) {
+async fn serve_conn(
+    proxy: Arc<Proxy>,
+    stream: UnixStream,
+    events: Option<tokio::sync::broadcast::Sender<String>>,
+) {
     let (r, mut w) = stream.into_split();
     let mut r = BufReader::new(r);
     let mut line = String::new();
@@ -233,6 +275,12 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: UnixStream) {
             Ok(_) => {}
         }
         let resp = match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Watch) if events.is_some() => {
+                if let Some(tx) = &events {
+                    stream_events(tx.subscribe(), &mut w).await;
+                }
+                return;
+            }
             Ok(req) => apply(&proxy, req).await,
             Err(e) => Response::Error {
                 kind: ErrorKind::InvalidInput,
@@ -240,6 +288,29 @@ async fn serve_conn(proxy: Arc<Proxy>, stream: UnixStream) {
             },
         };
         let Ok(mut out) = serde_json::to_vec(&resp) else {
+            return;
+        };
+        out.push(b'\n');
+        if w.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Writes one `no_backend` line per event until the agent hangs up. Events lost to a slow
+/// reader are skipped (the next one wakes the agent just as well).
+async fn stream_events(
+    mut rx: tokio::sync::broadcast::Receiver<String>,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+) {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let app = match rx.recv().await {
+            Ok(app) => app,
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return,
+        };
+        let Ok(mut out) = serde_json::to_vec(&Response::NoBackend { app }) else {
             return;
         };
         out.push(b'\n');
@@ -383,11 +454,62 @@ impl ProxyClient {
         }
     }
 
+    /// Turns this connection into a stream of apps whose requests found no backend.
+    pub async fn watch(mut self) -> Result<ProxyEvents, ProxyError> {
+        let mut out = serde_json::to_vec(&Request::Watch).map_err(|e| ProxyError::Protocol {
+            reason: e.to_string(),
+        })?;
+        out.push(b'\n');
+        self.stream
+            .get_mut()
+            .write_all(&out)
+            .await
+            .map_err(|source| ProxyError::Control {
+                path: self.path.clone(),
+                op: "write",
+                source,
+            })?;
+        Ok(ProxyEvents { client: self })
+    }
+
     /// Counters by app.
     pub async fn snapshot(&mut self) -> Result<BTreeMap<String, MetricsSnapshot>, ProxyError> {
         match self.call(&Request::Snapshot).await? {
             Response::Snapshot { apps } => Ok(apps),
             other => Err(unexpected(&other)),
+        }
+    }
+}
+
+/// The stream of a `watch` connection.
+#[derive(Debug)]
+pub struct ProxyEvents {
+    client: ProxyClient,
+}
+
+impl ProxyEvents {
+    /// The next app whose request found no backend; an error when the proxy went away.
+    pub async fn next(&mut self) -> Result<String, ProxyError> {
+        let mut line = String::new();
+        let n = read_line(&mut self.client.stream, &mut line)
+            .await
+            .map_err(|source| ProxyError::Control {
+                path: self.client.path.clone(),
+                op: "read",
+                source,
+            })?;
+        if n == 0 {
+            return Err(ProxyError::Protocol {
+                reason: "the proxy closed the watch connection".into(),
+            });
+        }
+        match serde_json::from_str::<Response>(&line) {
+            Ok(Response::NoBackend { app }) => Ok(app),
+            Ok(Response::Error { kind, message }) => Err(ProxyError::Remote { kind, message }),
+            Ok(other) => Err(unexpected(&other)),
+            Err(e) => Err(ProxyError::Protocol {
+                reason: format!("bad event: {e}"),
+            }),
         }
     }
 }

@@ -10,15 +10,20 @@
 //!
 //! The caller guarantees one pass per app at a time (the agent loop runs one task per app).
 
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use berth_manifests::Signal;
+use berth_manifests::app::{Health, Probe};
 use berth_manifests::wire::{AppReport, AssignedApp, Event, InstanceReport, RevisionSpec};
 
 use super::history::{AppHistory, revision_key};
 use super::plan::{self, LOG_LINES, Observation, Step};
-use super::traits::{EffectError, Images, InstanceSpec, Prober, RunState, Runtime, Traffic};
+use super::traits::{
+    EffectError, Images, InstanceSpec, ObservedInstance, Prober, Route, RunState, Runtime, Traffic,
+};
 use crate::health;
 
 /// The effects one agent acts through.
@@ -106,7 +111,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
     };
 
     // Probe running instances that are due; fetch the last lines of fresh exits.
-    let mut logs = std::collections::BTreeMap::new();
+    let mut logs = BTreeMap::new();
     for o in instances.iter().filter(|o| o.app == app) {
         let spec = spec_of(desired, &o.spec_hash, &o.image_digest);
         let mem = history.instances.entry(o.id.clone()).or_default();
@@ -119,6 +124,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
                     continue;
                 };
                 if mem.probe.due(now) {
+                    let health = &host_port_health(health, spec.and_then(|s| s.spec.port), o);
                     let verdict =
                         health::runner::run(&*fx.runtime, &*fx.prober, &o.id, o.address, health)
                             .await;
@@ -135,6 +141,14 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
         }
     }
 
+    // Where each instance of the app takes traffic, and how long its drain may take.
+    let mut endpoints = BTreeMap::new();
+    for o in instances.iter().filter(|o| o.app == app) {
+        let spec = spec_of(desired, &o.spec_hash, &o.image_digest);
+        let grace = spec.map_or(DRAIN_DEFAULT, |s| s.spec.stop.grace.as_std());
+        endpoints.insert(o.id.clone(), (endpoint(o, spec), grace));
+    }
+
     let observation = Observation { instances, logs };
     let plan = plan::plan(app, desired, &observation, history, now);
     *history = plan.history;
@@ -147,7 +161,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
     out.steps = plan.steps.len();
     for step in &plan.steps {
         tracing::debug!(app, step = step.name(), id = step.id(), "applying");
-        if let Err(err) = apply(fx, app, step).await {
+        if let Err(err) = apply(fx, app, step, &endpoints).await {
             match step {
                 Step::Start { revision, .. } if !err.transient() => {
                     let reason =
@@ -181,6 +195,24 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
             out.errors.push(err);
         }
     }
+    // The proxy's view of the app, level-triggered: its listener and the admitted instances.
+    let route = desired.and_then(|d| route_of(&d.target));
+    let backends: Vec<(String, SocketAddr)> = observation
+        .instances
+        .iter()
+        .filter(|o| o.app == app && o.state == RunState::Running)
+        .filter(|o| {
+            history
+                .instances
+                .get(&o.id)
+                .is_some_and(|m| m.admitted && m.kill_at_ms.is_none())
+        })
+        .filter_map(|o| Some((o.id.clone(), endpoints.get(&o.id)?.0?)))
+        .collect();
+    if let Err(err) = fx.traffic.sync(app, route.as_ref(), &backends).await {
+        requeue_ms = requeue_ms.min(AFTER_STEPS_MS.max(1_000));
+        out.errors.push(err);
+    }
     if !failed_transient && !plan.steps.is_empty() {
         requeue_ms = requeue_ms.min(AFTER_STEPS_MS);
         if out.errors.is_empty() {
@@ -210,11 +242,55 @@ fn spec_of<'a>(
         .find(|r| r.spec_hash == spec_hash && r.image_digest == digest)
 }
 
+/// Drain timeout of an instance whose revision is no longer known (the default stop grace).
+const DRAIN_DEFAULT: Duration = Duration::from_secs(10);
+
+/// With no instance in rotation, requests wait this long for one (a restart, a rollout's
+/// gap)...
+pub const HOLD: Duration = Duration::from_secs(5);
+/// ...and this long for an app that scales to zero (an instance starts and becomes ready).
+pub const HOLD_FROM_ZERO: Duration = Duration::from_secs(30);
+
+/// The proxy listener of a revision with `expose`.
+pub fn route_of(revision: &RevisionSpec) -> Option<Route> {
+    let expose = revision.spec.expose.as_ref()?;
+    let from_zero = matches!(&revision.spec.autoscale, Some(a) if a.min == 0);
+    Some(Route {
+        listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), expose.port),
+        hold: if from_zero { HOLD_FROM_ZERO } else { HOLD },
+    })
+}
+
+/// Where an instance takes the app's traffic: its address and the app's port (or the host
+/// port standing in for it).
+fn endpoint(o: &ObservedInstance, spec: Option<&RevisionSpec>) -> Option<SocketAddr> {
+    let ip = o.address?;
+    let port = o.host_port.or(spec?.spec.port)?;
+    Some(SocketAddr::new(ip, port))
+}
+
+/// A host-network instance listens on its host port instead of the app's port: probes of the
+/// app's port go there.
+fn host_port_health(health: &Health, app_port: Option<u16>, o: &ObservedInstance) -> Health {
+    let mut h = health.clone();
+    if let (Some(app_port), Some(host_port)) = (app_port, o.host_port) {
+        match &mut h.probe {
+            Probe::Http { port, .. } | Probe::Tcp { port } if *port == app_port => {
+                *port = host_port;
+            }
+            _ => {}
+        }
+    }
+    h
+}
+
 async fn apply<R: Runtime, I: Images, P: Prober, T: Traffic>(
     fx: &Effects<R, I, P, T>,
     app: &str,
     step: &Step,
+    endpoints: &BTreeMap<String, (Option<SocketAddr>, Duration)>,
 ) -> Result<(), EffectError> {
+    let of = |id: &str| endpoints.get(id).copied().unwrap_or((None, DRAIN_DEFAULT));
     match step {
         Step::Start {
             id,
@@ -233,17 +309,20 @@ async fn apply<R: Runtime, I: Images, P: Prober, T: Traffic>(
             fx.runtime.create_start(&spec, &image).await
         }
         Step::Stop { id, signal } => {
-            fx.traffic.drain(app, id);
+            // Out of rotation and drained first; a failed drain must not keep it running.
+            if let Err(e) = fx.traffic.drain(app, id, of(id).1).await {
+                tracing::warn!(app, instance = %id, error = %e.chain(), "drain failed; stopping anyway");
+            }
             fx.runtime.signal(id, *signal).await
         }
         Step::Kill { id } => {
-            fx.traffic.drain(app, id);
+            // Unhealthy or past its grace: out of rotation without waiting.
+            if let Err(e) = fx.traffic.drain(app, id, Duration::ZERO).await {
+                tracing::warn!(app, instance = %id, error = %e.chain(), "withdraw failed; killing anyway");
+            }
             fx.runtime.signal(id, Signal::KILL).await
         }
         Step::Remove { id } => fx.runtime.remove(id).await,
-        Step::Admit { id, address } => {
-            fx.traffic.admit(app, id, *address);
-            Ok(())
-        }
+        Step::Admit { id, .. } => fx.traffic.admit(app, id, of(id).0).await,
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use super::history::History;
 use super::traits::{
     ControllerClient, EffectError, Images, InstanceSpec, LocalImage, ObservedInstance, Prober,
-    RunState, Runtime, StateStore, Traffic,
+    Route, RunState, Runtime, StateStore, Traffic,
 };
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -197,6 +197,7 @@ impl Runtime for FakeRuntime {
             state: RunState::Running,
             started_at_ms: s.now_ms,
             address: Some(address),
+            host_port: None,
         };
         s.instances.insert(
             spec.id.clone(),
@@ -366,10 +367,14 @@ impl Prober for FakeProber {
     }
 }
 
-/// Records admits and drains.
+/// An app's last `sync`: its route and backends.
+pub type Synced = (Option<Route>, Vec<(String, SocketAddr)>);
+
+/// Records admits and drains, and keeps the last `sync` of each app.
 #[derive(Debug, Default)]
 pub struct FakeTraffic {
     calls: Mutex<Vec<String>>,
+    synced: Mutex<BTreeMap<String, Synced>>,
 }
 
 impl FakeTraffic {
@@ -382,15 +387,39 @@ impl FakeTraffic {
     pub fn calls(&self) -> Vec<String> {
         lock(&self.calls).clone()
     }
+
+    /// The last `sync` of `app`: its route and backends.
+    pub fn synced(&self, app: &str) -> Option<Synced> {
+        lock(&self.synced).get(app).cloned()
+    }
 }
 
+impl super::traits::Load for FakeTraffic {}
+
 impl Traffic for FakeTraffic {
-    fn admit(&self, _app: &str, id: &str, _addr: Option<IpAddr>) {
+    async fn admit(
+        &self,
+        _app: &str,
+        id: &str,
+        _addr: Option<SocketAddr>,
+    ) -> Result<(), EffectError> {
         lock(&self.calls).push(format!("admit {id}"));
+        Ok(())
     }
 
-    fn drain(&self, _app: &str, id: &str) {
+    async fn drain(&self, _app: &str, id: &str, _timeout: Duration) -> Result<(), EffectError> {
         lock(&self.calls).push(format!("drain {id}"));
+        Ok(())
+    }
+
+    async fn sync(
+        &self,
+        app: &str,
+        route: Option<&Route>,
+        backends: &[(String, SocketAddr)],
+    ) -> Result<(), EffectError> {
+        lock(&self.synced).insert(app.to_owned(), (route.cloned(), backends.to_vec()));
+        Ok(())
     }
 }
 

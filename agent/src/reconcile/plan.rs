@@ -32,6 +32,8 @@ use crate::rollout::{self, Member};
 
 /// Look again at least this often, even when nothing is due (level-triggered resync).
 pub const RESYNC_MS: u64 = 5_000;
+/// After SIGKILL, look again this soon for the exit (instead of the resync).
+pub const AFTER_KILL_MS: u64 = 250;
 /// Log lines quoted in a crash-loop message.
 pub const LOG_LINES: usize = 5;
 
@@ -285,7 +287,8 @@ pub fn plan(
                 mem.killed = true;
             }
             RunState::Running if !mem.killed => wake = wake.min(kill_at),
-            RunState::Running => {}
+            // SIGKILLed: look again soon to remove it (and free its network) once it exited.
+            RunState::Running => wake = wake.min(now.saturating_add(AFTER_KILL_MS)),
         }
         reports.push(report_of(o, mem, InstanceState::Stopping));
     }

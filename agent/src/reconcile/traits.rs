@@ -142,6 +142,9 @@ pub struct ObservedInstance {
     pub started_at_ms: u64,
     /// Its address for probes and traffic (its netns address, or loopback in host mode).
     pub address: Option<IpAddr>,
+    /// `network: host`: the host port the agent gave it as `$PORT`, standing in for the
+    /// manifest's `port` (probes and traffic to the app's port go here). `None` otherwise.
+    pub host_port: Option<u16>,
 }
 
 /// The container runtime, as the agent uses it.
@@ -175,6 +178,11 @@ pub trait Runtime: Send + Sync + 'static {
         id: &str,
         lines: usize,
     ) -> impl Future<Output = Result<Vec<String>, EffectError>> + Send;
+    /// CPU time the instance used so far (its cgroup's usage), for the autoscaler; `None`
+    /// when unknown.
+    fn cpu_usage(&self, _id: &str) -> impl Future<Output = Option<Duration>> + Send {
+        async { None }
+    }
 }
 
 /// The image store, as the agent uses it.
@@ -204,22 +212,91 @@ pub trait Prober: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), String>> + Send;
 }
 
-/// The traffic hook: the proxy (traffic issue) admits ready instances and drains stopping ones.
-/// Until it lands, [`NoTraffic`] does nothing.
-pub trait Traffic: Send + Sync + 'static {
-    /// `id` is ready: send it requests.
-    fn admit(&self, app: &str, id: &str, addr: Option<IpAddr>);
-    /// `id` is about to stop: send it no new requests.
-    fn drain(&self, app: &str, id: &str);
+/// Where an exposed app's proxy listener is, and how it serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The listening address (`0.0.0.0:<expose.port>`).
+    pub listen: SocketAddr,
+    /// With no instance in rotation, how long a request is held waiting for one (scale from
+    /// zero, restarts) before the 503.
+    pub hold: Duration,
 }
 
-/// No proxy yet.
+/// The traffic hook: the proxy admits ready instances and drains stopping ones. Edges
+/// (`admit`, `drain`) are applied as the planner's steps, in order: `drain` returns only
+/// once the instance is out of rotation and its requests ended (or `timeout` passed), so
+/// the stop signal comes after. `sync` is level-triggered, once per reconcile pass: it makes
+/// the proxy's listener and rotation of the app match (after an agent or proxy restart, or
+/// an instance that died). [`NoTraffic`] does nothing.
+pub trait Traffic: Load {
+    /// `id` is ready: send it requests at `addr` (`None`: the app has no port, nothing to do).
+    fn admit(
+        &self,
+        app: &str,
+        id: &str,
+        addr: Option<SocketAddr>,
+    ) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// `id` is about to stop: take it out of rotation, then wait up to `timeout` for its
+    /// in-flight requests. Unknown apps and instances are not an error.
+    fn drain(
+        &self,
+        app: &str,
+        id: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<(), EffectError>> + Send;
+    /// The app's listener (`None`: no listener) and its rotation are exactly these.
+    fn sync(
+        &self,
+        app: &str,
+        route: Option<&Route>,
+        backends: &[(String, SocketAddr)],
+    ) -> impl Future<Output = Result<(), EffectError>> + Send;
+}
+
+/// The proxy's counters of one app, as the autoscaler reads them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AppLoad {
+    /// Requests started so far.
+    pub requests_total: u64,
+    /// Requests in progress now.
+    pub in_flight: u64,
+    /// Requests held now for want of an instance.
+    pub waiting: u64,
+}
+
+/// What the autoscaler reads from the proxy. Defaults: no counters, no wake-ups.
+pub trait Load: Send + Sync + 'static {
+    /// Counters of every exposed app.
+    fn load(&self) -> impl Future<Output = std::collections::BTreeMap<String, AppLoad>> + Send {
+        async { std::collections::BTreeMap::new() }
+    }
+    /// Waits for a request that found no instance; its app (scale from zero). `None`: never.
+    fn woken(&self) -> impl Future<Output = Option<String>> + Send {
+        async { None }
+    }
+}
+
+/// No proxy.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct NoTraffic;
 
+impl Load for NoTraffic {}
+
 impl Traffic for NoTraffic {
-    fn admit(&self, _app: &str, _id: &str, _addr: Option<IpAddr>) {}
-    fn drain(&self, _app: &str, _id: &str) {}
+    async fn admit(&self, _: &str, _: &str, _: Option<SocketAddr>) -> Result<(), EffectError> {
+        Ok(())
+    }
+    async fn drain(&self, _: &str, _: &str, _: Duration) -> Result<(), EffectError> {
+        Ok(())
+    }
+    async fn sync(
+        &self,
+        _: &str,
+        _: Option<&Route>,
+        _: &[(String, SocketAddr)],
+    ) -> Result<(), EffectError> {
+        Ok(())
+    }
 }
 
 /// The agent's local files: the cached assignment and the reconcile history. Writes are

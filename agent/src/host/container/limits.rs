@@ -17,6 +17,10 @@ pub trait Cgroups {
     fn add(&self, spec: &ContainerSpec, pid: i32) -> Result<(), ContainerError>;
     /// Whether the kernel OOM-killed a process of the container.
     fn oom_killed(&self, spec: &ContainerSpec) -> bool;
+    /// CPU time used by the container's cgroup so far, in ns (`None`: unknown).
+    fn cpu_usage_ns(&self, _spec: &ContainerSpec) -> Option<u64> {
+        None
+    }
     /// Sends `signal` to every process in the container's cgroup; false if unsupported.
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError>;
     /// Removes the container's cgroup (after its processes are gone).
@@ -161,6 +165,11 @@ impl Cgroups for HostCgroups {
             .ok()
             .and_then(|cg| cg.stats().ok())
             .is_some_and(|s| s.oom_kills > 0)
+    }
+
+    fn cpu_usage_ns(&self, spec: &ContainerSpec) -> Option<u64> {
+        use crate::host::cgroup::CgroupManager;
+        Some(self.cgroup(spec).ok()?.stats().ok()?.cpu_usage_ns)
     }
 
     fn signal_all(&self, spec: &ContainerSpec, signal: i32) -> Result<bool, ContainerError> {

@@ -40,6 +40,16 @@ pub const NETNS_DIR: &str = "/run/netns";
 
 const IPAM_FILE: &str = "ipam.json";
 const PORTS_FILE: &str = "ports.json";
+/// Present when this data dir's agent created the bridge (so teardown may delete it).
+const BRIDGE_FILE: &str = "bridge.json";
+/// The configuration the agent last opened the network with (teardown uses it).
+const CONFIG_FILE: &str = "config.json";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct BridgeRecord {
+    /// The bridge this data dir created.
+    created: String,
+}
 
 /// What an instance got from [`Network::attach`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +77,32 @@ pub struct CleanupReport {
     pub addresses: Vec<String>,
     /// Host-port records released (instance ids).
     pub ports: Vec<String>,
+    /// The bridge, when [`Network::teardown`] deleted it.
+    pub bridge: Option<String>,
+}
+
+/// `berth down`'s network half: opens `data_dir`'s networking state with the configuration
+/// the agent last ran with (recorded by [`Network::open`]) without creating anything, and
+/// removes everything it made ([`Network::teardown`]). A data dir whose agent never opened
+/// the network is a no-op. Call after the instances' containers are gone.
+pub fn teardown(data_dir: &Path, host: HostNetns) -> Result<CleanupReport, NetError> {
+    let path = data_dir.join("net").join(CONFIG_FILE);
+    if !path.exists() {
+        return Ok(CleanupReport::default());
+    }
+    let state = StateDir::open(data_dir)?;
+    let cfg = {
+        let lock = state.lock()?;
+        match state.read::<NetConfig>(&lock, CONFIG_FILE)? {
+            Some(cfg) => cfg,
+            None => return Ok(CleanupReport::default()),
+        }
+    };
+    let net = Network::open_state(cfg, host, data_dir)?;
+    let report = net.teardown()?;
+    let lock = net.state.lock()?;
+    net.state.remove(&lock, CONFIG_FILE)?;
+    Ok(report)
 }
 
 /// The networking of one host: configuration, the namespace it works in, its state files.
@@ -75,12 +111,49 @@ pub struct Network {
     cfg: NetConfig,
     host: HostNetns,
     state: StateDir,
+    /// The bridge (and NAT) are known to be set up.
+    ready: std::sync::atomic::AtomicBool,
 }
 
 impl Network {
     /// Validates `cfg`, opens the state under `<data_dir>/net`, and ensures the bridge exists
     /// in `host` with the gateway address and is up (and NAT when configured). Idempotent.
     pub fn open(cfg: NetConfig, host: HostNetns, data_dir: &Path) -> Result<Self, NetError> {
+        let net = Self::open_deferred(cfg, host, data_dir)?;
+        net.ensure_ready()?;
+        Ok(net)
+    }
+
+    /// Like [`Network::open`], but the bridge (and NAT) are set up by the first
+    /// [`Network::attach`]: an agent that runs only `network: host` instances creates
+    /// nothing in the kernel.
+    pub fn open_deferred(
+        cfg: NetConfig,
+        host: HostNetns,
+        data_dir: &Path,
+    ) -> Result<Self, NetError> {
+        let net = Self::open_state(cfg, host, data_dir)?;
+        let lock = net.state.lock()?;
+        net.state.write(&lock, CONFIG_FILE, &net.cfg)?;
+        drop(lock);
+        Ok(net)
+    }
+
+    fn ensure_ready(&self) -> Result<(), NetError> {
+        use std::sync::atomic::Ordering;
+        if self.ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.ensure_bridge()?;
+        if self.cfg.egress_nat {
+            self.ensure_nat()?;
+        }
+        self.ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Like [`Network::open`] but creates nothing in the kernel (for [`teardown`]).
+    fn open_state(cfg: NetConfig, host: HostNetns, data_dir: &Path) -> Result<Self, NetError> {
         cfg.validate()?;
         let state = StateDir::open(data_dir)?;
         {
@@ -93,12 +166,12 @@ impl Network {
                 state.write(&lock, IPAM_FILE, &IpamState::new(cfg.subnet))?;
             }
         }
-        let net = Self { cfg, host, state };
-        net.ensure_bridge()?;
-        if net.cfg.egress_nat {
-            net.ensure_nat()?;
-        }
-        Ok(net)
+        Ok(Self {
+            cfg,
+            host,
+            state,
+            ready: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
     /// The configuration.
@@ -110,6 +183,15 @@ impl Network {
         let br = &self.cfg.bridge;
         let gw = format!("{}/{}", self.cfg.subnet.gateway(), self.cfg.subnet.prefix());
         if ip::ip(&self.host, &["link", "show", "dev", br]).is_err() {
+            let lock = self.state.lock()?;
+            // Recorded before it exists, so a crash in between cannot leak an unrecorded one.
+            self.state.write(
+                &lock,
+                BRIDGE_FILE,
+                &BridgeRecord {
+                    created: br.clone(),
+                },
+            )?;
             ip::ip(&self.host, &["link", "add", br, "type", "bridge"])?;
         }
         ip::ip_batch_host(
@@ -174,6 +256,7 @@ impl Network {
         if netns_path.exists() {
             return Err(NetError::AlreadyAttached { id: id.to_owned() });
         }
+        self.ensure_ready()?;
         let ip = {
             let lock = self.state.lock()?;
             let mut ipam = self.load_ipam(&lock)?;
@@ -275,56 +358,54 @@ impl Network {
         Ok(())
     }
 
-    /// Removes what a previous run left behind for instances not in `alive`: namespaces named
-    /// `<netns_prefix>*`, host veths named `<veth_prefix>*` on no alive instance, and address
-    /// and port records. Anything without our prefixes is left alone.
+    /// Removes what a previous run of this data dir left behind for instances not in
+    /// `alive`: the namespace (`<netns_prefix><id>`) and host veth of every instance with an
+    /// address record here, and the address and port records. Only recorded ids are
+    /// touched (attach records the address before it creates anything, detach releases it
+    /// last), so namespaces and veths of other agents — even with the same prefixes — and
+    /// anything without our prefixes are left alone.
     pub fn cleanup_orphans(&self, alive: &HashSet<String>) -> Result<CleanupReport, NetError> {
         let mut report = CleanupReport::default();
+        let recorded: Vec<String> = {
+            let lock = self.state.lock()?;
+            self.load_ipam(&lock)?
+                .allocations()
+                .map(|(id, _)| id.to_owned())
+                .filter(|id| !alive.contains(id))
+                .collect()
+        };
         // Veths first: deleting a namespace would take its pair with it unreported.
-        let keep: HashSet<String> = alive.iter().map(|id| self.cfg.host_veth(id)).collect();
-        let links = ip::ip(&self.host, &["-o", "link", "show", "type", "veth"])?;
-        for line in links.lines() {
+        let links = if recorded.is_empty() {
+            String::new()
+        } else {
+            ip::ip(&self.host, &["-o", "link", "show", "type", "veth"])?
+        };
+        let present: HashSet<&str> = links
+            .lines()
             // "12: bv1a2b3c4d@if11: <...>"
-            let Some(name) = line.split(": ").nth(1) else {
-                continue;
-            };
-            let name = name.split('@').next().unwrap_or(name);
-            if name.starts_with(self.cfg.veth_prefix.as_str()) && !keep.contains(name) {
-                ip::ip(&self.host, &["link", "del", "dev", name])?;
-                report.veths.push(name.to_owned());
+            .filter_map(|line| line.split(": ").nth(1))
+            .map(|name| name.split('@').next().unwrap_or(name))
+            .collect();
+        for id in &recorded {
+            let veth = self.cfg.host_veth(id);
+            if present.contains(veth.as_str()) {
+                ip::ip(&self.host, &["link", "del", "dev", &veth])?;
+                report.veths.push(veth);
             }
         }
-        let prefix = &self.cfg.netns_prefix;
-        let entries = match std::fs::read_dir(NETNS_DIR) {
-            Ok(d) => d.filter_map(Result::ok).collect::<Vec<_>>(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(source) => {
-                return Err(NetError::State {
-                    path: NETNS_DIR.into(),
-                    op: "list",
-                    source,
-                });
-            }
-        };
-        for entry in entries {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(id) = name.strip_prefix(prefix.as_str()) else {
-                continue;
-            };
-            if alive.contains(id) || validate_instance_id(id).is_err() {
+        for id in &recorded {
+            if validate_instance_id(id).is_err() {
                 continue;
             }
-            ip::ip(&HostNetns::Current, &["netns", "delete", &name])?;
-            report.netns.push(name);
+            let name = self.cfg.netns_name(id);
+            if Path::new(NETNS_DIR).join(&name).exists() {
+                ip::ip(&HostNetns::Current, &["netns", "delete", &name])?;
+                report.netns.push(name);
+            }
         }
         let lock = self.state.lock()?;
         let mut ipam = self.load_ipam(&lock)?;
-        let dead: Vec<String> = ipam
-            .allocations()
-            .map(|(id, _)| id.to_owned())
-            .filter(|id| !alive.contains(id))
-            .collect();
-        for id in dead {
+        for id in recorded {
             ipam.release(&id);
             report.addresses.push(id);
         }
@@ -340,6 +421,24 @@ impl Network {
             report.ports.push(id);
         }
         self.state.write(&lock, PORTS_FILE, &ports)?;
+        Ok(report)
+    }
+
+    /// Removes everything this data dir's networking made: every recorded instance's
+    /// namespace and veth, all address and port records, and the bridge if this data dir
+    /// created it. Call after the instances' containers are gone (`berth down`).
+    pub fn teardown(&self) -> Result<CleanupReport, NetError> {
+        let mut report = self.cleanup_orphans(&HashSet::new())?;
+        let lock = self.state.lock()?;
+        if let Some(rec) = self.state.read::<BridgeRecord>(&lock, BRIDGE_FILE)? {
+            if rec.created == self.cfg.bridge
+                && ip::ip(&self.host, &["link", "show", "dev", &rec.created]).is_ok()
+            {
+                ip::ip(&self.host, &["link", "del", "dev", &rec.created])?;
+                report.bridge = Some(rec.created);
+            }
+            self.state.remove(&lock, BRIDGE_FILE)?;
+        }
         Ok(report)
     }
 

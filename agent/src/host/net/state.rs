@@ -5,6 +5,8 @@
 //!   net.lock      flock: exclusive for every read-modify-write of the files below
 //!   ipam.json     net::IpamState (instance -> address)
 //!   ports.json    net::PortState (instance -> host port, `network: host`)
+//!   bridge.json   the bridge this data dir created (teardown deletes only that one)
+//!   config.json   the NetConfig the agent last opened with (teardown reads it)
 //! ```
 //!
 //! Writes are atomic (temp file, fsync, rename, fsync of the directory), so a crash leaves the
@@ -86,6 +88,16 @@ impl StateDir {
                 .map_err(|source| NetError::Corrupt { path, source }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(&path, "read")(e)),
+        }
+    }
+
+    /// Removes `name` (gone already is fine). Call with the lock held.
+    pub fn remove(&self, _lock: &StateLock, name: &str) -> Result<(), NetError> {
+        let path = self.dir.join(name);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&path, "remove")(e)),
         }
     }
 
