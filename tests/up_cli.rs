@@ -106,9 +106,9 @@ fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> 
 
 fn manifest(digest_ref: &str, extra: &str) -> String {
     format!(
-        "app: hello\nimage: {digest_ref}\nnetwork: host\nport: 8080\nexpose: {{ port: 8080 }}\n\
+        "app: hello\nimage: {digest_ref}\nport: 8080\nexpose: {{ port: 8080 }}\n\
          health: {{ http: /up, interval: 1s, timeout: 1s }}\n\
-         update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
+         update: {{ max_surge: 1, max_unavailable: 0, deadline: 30s }}\n\
          stop: {{ grace: 2s }}\n{extra}"
     )
 }
@@ -197,10 +197,18 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
             .collect();
         (!errors.is_empty()).then(|| errors.join("\n"))
     });
-    assert!(error.contains("hello.yaml:9:11: replicas"), "{error}");
+    assert!(error.contains("hello.yaml:8:11: replicas"), "{error}");
     let st = sandbox.status();
     assert_eq!(st["apps"][0]["revision"], 2, "{st}");
     assert!(sandbox.http(8080, "/up").is_some());
+
+    // The old instance leaves after its drain and grace period.
+    wait_for("revision 1's instance to be gone", 60, &sandbox, || {
+        let out = sandbox.berth(&["ps", "-o", "json"]).output().ok()?;
+        let ps: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let ps = ps.as_array()?;
+        (ps.len() == 1 && ps[0]["revision"] == 2).then_some(())
+    });
 
     // down: up stopped, the instance gone, nothing answering, a second down has nothing to do.
     let up_pid = std::fs::read_to_string(sandbox.data().join("up/up.pid")).unwrap();
@@ -214,6 +222,12 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
         "up still runs"
     );
     assert!(sandbox.http(8080, "/up").is_none());
+    assert!(
+        !Path::new("/sys/fs/cgroup/memory")
+            .join(&sandbox.cgroup_parent)
+            .exists(),
+        "down left the parent cgroup"
+    );
     let ps = run_ok(&mut sandbox.berth(&["ps", "-a", "--local", "-o", "json"]));
     let ps: serde_json::Value = serde_json::from_slice(&ps.stdout).unwrap();
     assert_eq!(ps.as_array().map(Vec::len), Some(0), "{ps}");
@@ -307,4 +321,56 @@ fn up_on_an_invalid_directory_exits_1_and_starts_nothing() {
         "{out:?}"
     );
     assert!(!data.path().join("up/up.pid").exists());
+}
+
+/// The README's main command, minus the install and build: `berth up` on
+/// `manifests/examples` with the example images from a local registry mirroring docker.io
+/// (what scripts/up.sh sets up) → every exposed port answers through the proxy, the worker
+/// runs; `berth down` removes it all, network included.
+#[test]
+fn the_examples_deploy_and_answer_on_their_exposed_ports() {
+    let reg = Registry::start().unwrap();
+    reg.push_test_images(&["hello", "sleeper"]).unwrap();
+    let sandbox = Sandbox::new("examples");
+    let _inside = reg.serve_in(&sandbox.netns, 5000).unwrap();
+    let examples = berth_testkit::repo_root().join("manifests/examples");
+    run_ok(&mut sandbox.berth(&[
+        "up",
+        "-d",
+        "--manifests",
+        examples.to_str().unwrap(),
+        "--insecure-registry",
+        "127.0.0.1:5000",
+        "--registry-mirror",
+        "docker.io=127.0.0.1:5000",
+    ]));
+    for port in [8000, 8081, 8082] {
+        let body = wait_for(&format!("port {port} to answer"), 90, &sandbox, || {
+            sandbox.http(port, "/")
+        });
+        assert!(body.contains("hello from berth"), "{port}: {body}");
+    }
+    wait_for("every app ready", 60, &sandbox, || {
+        let st = sandbox.status();
+        let apps = st["apps"].as_array()?;
+        (apps.len() == 4
+            && apps
+                .iter()
+                .all(|a| a["ready"] == a["desired"] && a["desired"].as_u64() > Some(0)))
+        .then_some(())
+    });
+    let out = run_ok(&mut sandbox.berth(&["down"]));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("removed 6 instances"), "{said}");
+    for port in [8000, 8081, 8082] {
+        assert!(sandbox.http(port, "/").is_none(), "{port} still answers");
+    }
+    let links = sandbox
+        .netns
+        .command("ip")
+        .args(["-br", "link"])
+        .output()
+        .unwrap();
+    let links = String::from_utf8_lossy(&links.stdout);
+    assert_eq!(links.lines().count(), 1, "only lo should be left: {links}");
 }

@@ -23,6 +23,9 @@ pub struct Args {
     /// How long to wait for `berth up` to exit after SIGTERM before SIGKILL
     #[arg(long, default_value = "30s")]
     pub timeout: berth_manifests::Duration,
+    /// The parent cgroup of the instances, removed once empty (as given to `up`/`agent`)
+    #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = super::agent::DEFAULT_CGROUP_PARENT)]
+    pub cgroup_parent: String,
 }
 
 /// Runs `berth down`.
@@ -81,6 +84,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .map_err(|e| anyhow::anyhow!("{e}; run `berth down` again"))?;
     if traffic.proxy_stopped {
         println!("stopped the proxy");
+    }
+    if let Ok(host) = berth_agent::host::container::HostCgroups::detect(std::path::Path::new(
+        "/proc/self/mountinfo",
+    )) && let Err(e) = host.remove_parent(&args.cgroup_parent)
+    {
+        eprintln!("berth: the parent cgroup stays: {e}");
     }
     for id in &done.killed {
         println!("{id}: killed after its grace period");

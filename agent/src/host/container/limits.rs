@@ -88,6 +88,20 @@ impl HostCgroups {
         Ok(HostCgroups { layout })
     }
 
+    /// Removes the (empty) parent cgroup of an agent's containers in every hierarchy, as
+    /// `berth down` does after removing them. Busy (something still runs under it) is an
+    /// error that names the path; a missing parent is fine.
+    pub fn remove_parent(&self, parent: &str) -> Result<(), ContainerError> {
+        use crate::host::cgroup::CgroupManager;
+        let parent = parent.trim_matches('/');
+        let cg_path =
+            crate::host::cgroup::CgroupPath::new(parent).map_err(|e| cg_err(parent, e))?;
+        self.layout
+            .cgroup(&cg_path)
+            .delete()
+            .map_err(|e| cg_err(parent, e))
+    }
+
     fn cgroup(&self, spec: &ContainerSpec) -> Result<crate::host::cgroup::Cgroup, ContainerError> {
         let path = self.path(spec).unwrap_or_default();
         let cg_path = crate::host::cgroup::CgroupPath::new(&path).map_err(|e| cg_err(&path, e))?;
