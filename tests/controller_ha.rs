@@ -64,7 +64,7 @@ fn start_controller(etcd: &Etcd, repo: &Path, data: &Path) -> Daemon {
         .args(["--poll-interval", "200ms", "--store", &etcd.url()])
         .args(["--lease-ttl", "2s", "--token", TOKEN, "--data-dir"])
         .arg(data)
-        .env("RUST_LOG", "info")
+        .env("BERTH_LOG", "info")
         .stdout(Stdio::null())
         .stderr(file)
         .spawn()

@@ -491,9 +491,9 @@ pub(crate) mod tests {
         let m = Metrics::new();
         let text = m.encode();
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert_eq!(m.family_names().len(), 9);
+        assert_eq!(m.family_names().len(), 10);
         // families with labels have no series until first used
-        assert_eq!(never_updated(&m, &parse(&text)).len(), 9);
+        assert_eq!(never_updated(&m, &parse(&text)).len(), 10);
         // fixed label sets start at zero
         assert_eq!(
             sample(
@@ -514,6 +514,7 @@ pub(crate) mod tests {
         m.assignment_written("h1", 1, t0);
         m.assignment_answered("h1", 1, t0 + Duration::from_millis(3));
         m.set_hosts(1, 0);
+        m.set_leader(true);
         m.api_request("/v1/status", 200, 0.001);
         // a new family without a method called here fails
         assert_eq!(never_updated(&m, &parse(&m.encode())), Vec::<String>::new());
