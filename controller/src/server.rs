@@ -79,6 +79,8 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// The URL other controllers forward writes to (default `http://<listen address>`).
     pub advertise: Option<String>,
+    /// Header deadline and connections per peer.
+    pub limits: crate::listen::Limits,
 }
 
 impl Config {
@@ -103,6 +105,7 @@ impl Config {
             store: StoreConfig::Embedded,
             lease_ttl: Duration::from_secs(5),
             advertise: None,
+            limits: crate::listen::Limits::default(),
         }
     }
 }
@@ -252,14 +255,12 @@ impl Controller {
             metrics_token_required: config.metrics_token_required,
             ha: ha.clone(),
         });
-        let mut server_stop = shutdown_rx.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = server_stop.wait_for(|s| *s).await;
-                })
-                .await
-        });
+        let server = tokio::spawn(crate::listen::serve(
+            listener,
+            app,
+            config.limits,
+            shutdown_rx.clone(),
+        ));
         let poller = tokio::spawn(poll(
             core.clone(),
             watched,
