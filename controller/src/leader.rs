@@ -367,6 +367,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_leader_that_loses_etcd_steps_down_within_the_ttl() {
+        let etcd = berth_testkit::Etcd::start().unwrap();
+        let (_stop, shutdown) = watch::channel(false);
+        let ttl = Duration::from_secs(2);
+        let (mut a, _task) = spawn(connect(&etcd).await, member("a"), ttl, shutdown);
+        wait_leader(&mut a).await;
+        // it stays the leader while etcd runs (renewals every TTL/3)
+        tokio::time::sleep(ttl).await;
+        assert!(a.borrow().is_leader(), "lost the lead with etcd up");
+        // etcd goes away (killed by pid): without renewals the leader must stop leading
+        // before its lease could have expired on etcd's side
+        drop(etcd);
+        let t = tokio::time::Instant::now();
+        let stepped_down = tokio::time::timeout(ttl * 2, a.wait_for(|r| !r.is_leader())).await;
+        eprintln!("stepped down {:?} after etcd died", t.elapsed());
+        assert!(
+            stepped_down.is_ok(),
+            "still leading {:?} after etcd died",
+            ttl * 2
+        );
+    }
+
+    #[tokio::test]
     async fn a_fenced_off_leader_cannot_write() {
         let etcd = berth_testkit::Etcd::start().unwrap();
         let store = connect(&etcd).await;
