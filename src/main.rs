@@ -118,6 +118,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // Verbs that print end quietly when their reader goes away (`berth status | head`);
+    // the daemons keep SIGPIPE ignored, so a closed socket or pipe is an error they handle.
+    if !matches!(
+        cli.command,
+        Command::Up(_) | Command::Controller(_) | Command::Agent(_) | Command::Proxy(_)
+    ) {
+        berth_agent::host::sys::default_sigpipe();
+    }
     cmd::init_logging(&cli.global);
     let result = match cli.command {
         Command::Validate(args) => cmd::validate::run(&cli.global, args),

@@ -21,7 +21,7 @@ mod deploy_support;
 mod runtime_support;
 
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -66,7 +66,8 @@ struct Follow {
 
 impl Follow {
     fn start(c: &Cluster) -> Follow {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let mut child = c
+            .berth()
             .arg("--data-dir")
             .arg(&c.data)
             .arg("--controller")
@@ -275,7 +276,8 @@ fn a_commit_runs_and_an_image_change_rolls_with_a_ready_instance_throughout() {
         );
     }
     // `-f` follows them all.
-    let mut follow = Command::new(env!("CARGO_BIN_EXE_berth"))
+    let mut follow = c
+        .berth()
         .arg("--data-dir")
         .arg(&c.data)
         .args(["logs", "-f", "talker"])
@@ -650,7 +652,7 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
     let registry = c.reg.addr().to_string();
     let app = |tag: &str| {
         format!(
-            "app: web\nimage: {registry}/berth-test/{tag}\nport: {port}\nnetwork: host\nreplicas: 1\n\
+            "app: web\nimage: {registry}/berth-test/{tag}\nport: 8080\nexpose: {{ port: {port} }}\nreplicas: 1\n\
              health: {{ http: /up, interval: 200ms, timeout: 1s, failures: 2 }}\n\
              update: {{ max_surge: 0, max_unavailable: 1, deadline: 30s }}\n\
              stop: {{ grace: 2s }}\n"
@@ -662,20 +664,17 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
     c.wait_revision("web", 1);
     assert_eq!(c.rollout_wait("web", 1, "90s").0, 0, "{}", c.logs());
     let addr = format!("127.0.0.1:{port}");
-    assert_eq!(
-        berth_testkit::http_get(&addr, "/").unwrap().trim(),
-        "hello from berth"
-    );
+    assert_eq!(c.http_get(&addr, "/").unwrap().trim(), "hello from berth");
     let before = c.running();
 
     c.kill_controller();
     let until = Instant::now() + Duration::from_secs(60);
     let mut requests = 0;
     while Instant::now() < until {
-        let body = berth_testkit::http_get(&addr, "/");
+        let body = c.http_get(&addr, "/");
         assert!(
             body.as_deref()
-                .is_ok_and(|b| b.trim() == "hello from berth"),
+                .is_some_and(|b| b.trim() == "hello from berth"),
             "request {requests} without the controller: {body:?}\n{}",
             c.logs()
         );
@@ -699,7 +698,7 @@ fn apps_keep_serving_while_the_controller_is_down_and_the_agent_reconnects() {
     c.wait_revision("web", 2);
     assert_eq!(c.rollout_wait("web", 2, "60s").0, 0, "{}", c.logs());
     assert_eq!(
-        berth_testkit::http_get(&addr, "/").unwrap().trim(),
+        c.http_get(&addr, "/").unwrap().trim(),
         "hello from berth v2"
     );
 }

@@ -519,6 +519,9 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
     eprintln!("cold start from zero: {cold:?} for the first request");
     assert_eq!(code, 200, "{body}\n{}", sandbox.log());
     assert_eq!(sandbox.instance_netns().len(), 1);
-    let ev = events(&sandbox);
-    assert!(ev.contains("idle") && ev.contains("wake"), "{ev}");
+    // The decisions reach the controller with the agent's next report.
+    wait_for("the idle and wake events", 15, &sandbox, || {
+        let ev = events(&sandbox);
+        (ev.contains("1 → 0 instances: idle") && ev.contains("0 → 1 instances: wake")).then_some(())
+    });
 }

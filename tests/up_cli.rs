@@ -49,7 +49,9 @@ impl Sandbox {
             .args(args)
             .env_remove("BERTH_CONTROLLER")
             .env_remove("BERTH_TOKEN")
-            .env("BERTH_CGROUP_PARENT", &self.cgroup_parent);
+            .env("BERTH_CGROUP_PARENT", &self.cgroup_parent)
+            // /run/netns is shared by every namespace: instance names of our own.
+            .env("BERTH_NETNS_PREFIX", format!("{}-i-", self.netns.name()));
         c
     }
 

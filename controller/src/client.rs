@@ -68,6 +68,9 @@ impl Client {
     pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
+            // below the server's idle limit (server::HEADER_READ_TIMEOUT, 10 s), so a pooled
+            // connection is never reused just as the server closes it
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ClientError::Unreachable {
                 url: base.to_string(),

@@ -12,7 +12,6 @@ pub mod dashboard;
 pub mod events;
 pub mod git;
 pub mod leader;
-pub mod listen;
 pub mod local;
 pub mod metrics;
 pub mod model;

@@ -79,9 +79,21 @@ pub struct Config {
     pub lease_ttl: Duration,
     /// The URL other controllers forward writes to (default `http://<listen address>`).
     pub advertise: Option<String>,
-    /// Header deadline and connections per peer.
-    pub limits: crate::listen::Limits,
+    /// Most connections open at once (default [`MAX_CONNECTIONS`]); past it new ones are
+    /// closed at once, so a flood cannot exhaust the process's file descriptors.
+    pub max_connections: usize,
+    /// Most connections one IP address may hold (default [`MAX_CONNECTIONS_PER_PEER`]);
+    /// past it its new ones are closed at once, so one client cannot take every slot.
+    pub max_connections_per_peer: usize,
 }
+
+/// Default cap on open API connections (each agent holds one or two).
+pub const MAX_CONNECTIONS: usize = 1024;
+/// Default cap on open API connections from one IP address.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
+/// Longest time a client may take to send a request head, and longest idle time of a
+/// keep-alive connection between requests: slow-loris clients and idle floods are closed.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Config {
     /// A config with the defaults: listen on 127.0.0.1:7070, poll every 5 s, 30 s grace.
@@ -105,7 +117,8 @@ impl Config {
             store: StoreConfig::Embedded,
             lease_ttl: Duration::from_secs(5),
             advertise: None,
-            limits: crate::listen::Limits::default(),
+            max_connections: MAX_CONNECTIONS,
+            max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
         }
     }
 }
@@ -255,10 +268,11 @@ impl Controller {
             metrics_token_required: config.metrics_token_required,
             ha: ha.clone(),
         });
-        let server = tokio::spawn(crate::listen::serve(
+        let server = tokio::spawn(serve(
             listener,
             app,
-            config.limits,
+            config.max_connections.max(1),
+            config.max_connections_per_peer.max(1),
             shutdown_rx.clone(),
         ));
         let poller = tokio::spawn(poll(
@@ -279,6 +293,118 @@ impl Controller {
             poller,
             elector,
         })
+    }
+}
+
+/// Serves HTTP/1 connections until `stop`, then lets each finish its request in flight.
+/// Unlike `axum::serve` it bounds what a client can hold: the request head must arrive within
+/// [`HEADER_READ_TIMEOUT`] (also the idle limit between keep-alive requests), and at most
+/// `max_connections` are open, newer ones being closed at once.
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    max_connections: usize,
+    max_per_peer: usize,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let peers: Peers = Arc::default();
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        while connections.try_join_next().is_some() {}
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(error) => {
+                // out of file descriptors (EMFILE) or a connection reset before accept:
+                // pause a little instead of spinning
+                tracing::warn!(%error, "accepting an API connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Some(slot) = PeerSlot::take(&peers, peer.ip(), max_per_peer) else {
+            tracing::warn!(%peer, max_per_peer, "too many API connections from one address; closing the new one");
+            drop(stream);
+            continue;
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, max_connections, "too many API connections; closing the new one");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let mut stop = stop.clone();
+        connections.spawn(async move {
+            let _permit = permit;
+            let _slot = slot;
+            let mut builder = hyper::server::conn::http1::Builder::new();
+            builder
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                result = conn.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "API connection ended");
+                    }
+                    return;
+                }
+                _ = stop.wait_for(|s| *s) => {}
+            }
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// Open connections per peer address.
+type Peers = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One counted connection of a peer; uncounted on drop.
+struct PeerSlot {
+    peers: Peers,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, unless it holds `max` connections already.
+    fn take(peers: &Peers, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = map.entry(ip).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
     }
 }
 

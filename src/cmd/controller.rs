@@ -41,12 +41,12 @@ pub struct Args {
     /// With etcd: the URL the other controllers forward writes to (default: http://<--listen>)
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Close a connection whose request headers take longer than this (slow clients)
-    #[arg(long, default_value = "30s")]
-    pub header_read_timeout: berth_manifests::Duration,
-    /// Most open connections from one IP address (raise it for load tests of many
-    /// simulated agents on one address)
-    #[arg(long, default_value_t = 1024)]
+    /// Most API connections open at once; past it new ones are closed at once
+    #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Most API connections open at once from one IP address (raise it for load tests of
+    /// many simulated agents on one address)
+    #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS_PER_PEER)]
     pub max_connections_per_peer: usize,
 }
 
@@ -78,10 +78,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.store = store;
     config.lease_ttl = args.lease_ttl.as_std();
     config.advertise = args.advertise;
-    config.limits = berth_controller::listen::Limits {
-        header_read_timeout: args.header_read_timeout.as_std(),
-        max_connections_per_peer: args.max_connections_per_peer.max(1),
-    };
+    config.max_connections = args.max_connections;
+    config.max_connections_per_peer = args.max_connections_per_peer;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -324,7 +324,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
 }
 
 /// Commits the directory's changes (a cheap scan every 250 ms); the controller sees the new
-/// commit of a local repository at once.
+/// commit of a local repository at once. A failed commit is retried every 2 s.
 async fn watch_manifests(
     local: Option<LocalRepo>,
     core: Arc<berth_controller::state::Core<berth_controller::store::AnyStore>>,
@@ -334,17 +334,19 @@ async fn watch_manifests(
         return stop.await;
     };
     tokio::pin!(stop);
-    let mut seen = local.fingerprint();
+    let mut seen = Some(local.fingerprint());
+    let mut pause = Duration::from_millis(250);
     loop {
         tokio::select! {
             () = &mut stop => return,
-            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+            () = tokio::time::sleep(pause) => {}
         }
+        pause = Duration::from_millis(250);
         let now = local.fingerprint();
-        if now == seen {
+        if seen.as_ref() == Some(&now) {
             continue;
         }
-        seen = now;
+        seen = Some(now);
         let repo = local.clone();
         let committed =
             tokio::task::spawn_blocking(move || repo.commit("berth up: manifests changed")).await;
@@ -360,8 +362,18 @@ async fn watch_manifests(
                 }
             }
             Ok(Ok(None)) => {}
-            Ok(Err(e)) => println!("cannot commit the manifests: {e}"),
-            Err(e) => println!("cannot commit the manifests: {e}"),
+            // (a full disk, say): tried again every 2 s until it works, not only at the
+            // next edit
+            Ok(Err(e)) => {
+                println!("cannot commit the manifests (trying again in 2 s): {e}");
+                seen = None;
+                pause = Duration::from_secs(2);
+            }
+            Err(e) => {
+                println!("cannot commit the manifests (trying again in 2 s): {e}");
+                seen = None;
+                pause = Duration::from_secs(2);
+            }
         }
     }
 }

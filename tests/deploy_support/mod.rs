@@ -1,7 +1,10 @@
 //! The deploy loop's system-test harness: a real registry (berth-testkit) with the test
 //! images, a bare git repository the test pushes manifests to, and the real `berth
 //! controller` and `berth agent` binaries sharing one temp data dir, with the instances under
-//! a cgroup parent of their own. [`Cluster`]'s drop stops both daemons (by pid), removes
+//! a cgroup parent of their own. Both daemons, every CLI call and every HTTP check run inside
+//! a network namespace the test creates (`nsenter --net`), with the registry's storage served
+//! in there on the same port, so the agent's bridge, veths and instance namespaces never
+//! touch the machine's own network. [`Cluster`]'s drop stops both daemons (by pid), removes
 //! every container of the data dir (SIGKILL, then the runtime's delete), the cgroup parent in
 //! every hierarchy and the temp dir, also when the test failed.
 
@@ -18,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
 use berth_agent::runtime::state::Status;
-use berth_testkit::{Registry, git};
+use berth_testkit::{Netns, Registry, git};
 use serde_json::Value;
 
 use crate::runtime_support::{CgroupParent, is_root};
@@ -42,6 +45,8 @@ pub struct Running {
 pub struct Cli {
     /// The shared data dir.
     pub data: PathBuf,
+    /// The test's network namespace (`/run/netns/NAME`).
+    pub netns: PathBuf,
     /// The controller's URL.
     pub url: String,
     clog: PathBuf,
@@ -63,6 +68,10 @@ pub struct Cluster {
     pub cgroup: CgroupParent,
     controller: Option<Child>,
     agent: Option<Child>,
+    /// The registry's storage served inside the namespace, on the same address.
+    reg_inside: Registry,
+    /// Dropped after the daemons and containers (field order).
+    ns: Netns,
     tmp: tempfile::TempDir,
 }
 
@@ -102,8 +111,19 @@ impl Cluster {
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let cgroup = CgroupParent(format!("berth-test-{}-deploy{n}", std::process::id()));
         let listen = format!("127.0.0.1:{}", berth_testkit::free_port().unwrap());
+        let ns = Netns::new(&format!("deploy{n}")).expect("create the test's network namespace");
+        let port = reg
+            .addr()
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap();
+        let reg_inside = reg
+            .serve_in(&ns, port)
+            .expect("serve the registry inside the namespace");
         Some(Cluster {
             cli: Cli {
+                netns: ns.path(),
                 data,
                 url: format!("http://{listen}"),
                 clog: tmp.path().join("controller.log"),
@@ -116,6 +136,8 @@ impl Cluster {
             cgroup,
             controller: None,
             agent: None,
+            reg_inside,
+            ns,
             tmp,
         })
     }
@@ -131,7 +153,7 @@ impl Cluster {
             .append(true)
             .open(log)
             .unwrap();
-        let mut c = Command::new(env!("CARGO_BIN_EXE_berth"));
+        let mut c = in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"));
         c.args(["--log", "info,berth_agent=debug,berth_controller=debug"])
             .arg("--data-dir")
             .arg(&self.data)
@@ -142,6 +164,7 @@ impl Cluster {
             .args(args)
             .env_remove("BERTH_TOKEN")
             .env_remove("BERTH_CONTROLLER")
+            .envs(self.net_env())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log);
@@ -172,9 +195,7 @@ impl Cluster {
             .unwrap();
         self.controller = Some(child);
         self.wait_for("the controller to answer", 30, || {
-            berth_testkit::http_status(&self.listen, "/metrics")
-                .ok()
-                .filter(|s| *s == 200)
+            self.http_get(&self.listen, "/metrics").map(|_| ())
         });
     }
 
@@ -228,7 +249,7 @@ impl Cluster {
 impl Cli {
     /// `berth --data-dir D --controller URL ARGS`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_berth"))
+        self.berth()
             .arg("--data-dir")
             .arg(&self.data)
             .arg("--controller")
@@ -384,7 +405,8 @@ impl Cli {
     pub fn exec(&self, id: &str, cmd: &[&str]) -> (i32, String) {
         let mut args = vec!["exec", id, "--"];
         args.extend(cmd);
-        let out = Command::new(env!("CARGO_BIN_EXE_berth"))
+        let out = self
+            .berth()
             .arg("--data-dir")
             .arg(&self.data)
             .args(&args)
@@ -398,6 +420,49 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The `berth` binary, to be run inside the test's namespace with the test's network
+    /// names.
+    pub fn berth(&self) -> Command {
+        let mut c = in_netns(&self.netns, env!("CARGO_BIN_EXE_berth"));
+        c.envs(self.net_env());
+        c
+    }
+
+    /// Instance namespaces are named under /run/netns, which every namespace shares: a
+    /// prefix of this test's own keeps parallel tests' `web-1-0`s apart.
+    fn net_env(&self) -> [(&'static str, String); 1] {
+        let name = self
+            .netns
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        [("BERTH_NETNS_PREFIX", format!("{name}-i-"))]
+    }
+
+    /// `GET http://ADDR/PATH` from inside the test's namespace: the body, if 2xx.
+    pub fn http_get(&self, addr: &str, path: &str) -> Option<String> {
+        let out = in_netns(&self.netns, "curl")
+            .args(["-sf", "--max-time", "3"])
+            .arg(format!("http://{addr}{path}"))
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+/// `program` run inside the network namespace at `netns`.
+fn in_netns(netns: &Path, program: &str) -> Command {
+    let mut c = Command::new("nsenter");
+    c.arg(format!("--net={}", netns.display()))
+        .arg("--")
+        .arg(program);
+    c
+}
+
 fn tail(s: &str, lines: usize) -> String {
     let all: Vec<&str> = s.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
@@ -407,6 +472,15 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.kill_agent();
         self.kill_controller();
+        // Instances, their network namespaces and veths, the proxy: what `down` removes.
+        let _ = self
+            .berth()
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(["down", "--timeout", "5s", "--cgroup-parent", &self.cgroup.0])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
         let store = Store::new(&self.data);
         let cgroups: Box<dyn Cgroups> = match HostCgroups::detect(Path::new("/proc/self/mountinfo"))
         {

@@ -14,7 +14,7 @@ use berth_manifests::wire::Assignment;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::reconcile::history::History;
+use crate::reconcile::history::{AppHistory, History};
 use crate::reconcile::traits::{EffectError, StateStore};
 
 /// File name of the cached assignment.
@@ -39,6 +39,7 @@ impl FileState {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
                 .map_err(|e| io_error("create state dir", &dir, e))?;
         }
+        remove_stale_temp_files(&dir);
         Ok(Self { dir })
     }
 
@@ -75,6 +76,71 @@ impl FileState {
         })?;
         write_atomic(&self.dir, name, &bytes).map_err(|e| io_error(op, &path, e))
     }
+}
+
+/// Removes the temp files of writers killed between creating them and the rename
+/// (`.<name>.tmp-<pid>` of a pid that no longer runs): each restart has a new pid, so
+/// they would pile up. Best effort: a file that cannot be removed is only logged.
+fn remove_stale_temp_files(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = [ASSIGNMENT_FILE, HISTORY_FILE].iter().find_map(|f| {
+            name.strip_prefix(&format!(".{f}.tmp-"))
+                .and_then(|p| p.parse::<i32>().ok())
+        }) else {
+            continue;
+        };
+        let gone = matches!(
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None),
+            Err(nix::errno::Errno::ESRCH)
+        );
+        if gone && let Err(error) = fs::remove_file(entry.path()) {
+            tracing::warn!(path = %entry.path().display(), %error, "cannot remove a stale temp file");
+        }
+    }
+}
+
+/// Reads a history leniently: a record of one app that does not parse is dropped with a
+/// warning (that app starts afresh), the others are kept. A file that is not a history at
+/// all is an error.
+fn history_from_json(path: &Path, raw: serde_json::Value) -> Result<History, EffectError> {
+    let invalid = |e| {
+        EffectError::new(
+            "load history",
+            path.display().to_string(),
+            ErrorKind::InvalidInput,
+            e,
+        )
+    };
+    let serde_json::Value::Object(mut top) = raw else {
+        return serde_json::from_value(raw).map_err(invalid);
+    };
+    let apps = match top.remove("apps") {
+        None => serde_json::Map::new(),
+        Some(serde_json::Value::Object(apps)) => apps,
+        Some(other) => {
+            top.insert("apps".into(), other);
+            return serde_json::from_value(serde_json::Value::Object(top)).map_err(invalid);
+        }
+    };
+    let mut history: History =
+        serde_json::from_value(serde_json::Value::Object(top)).map_err(invalid)?;
+    for (app, record) in apps {
+        match serde_json::from_value::<AppHistory>(record) {
+            Ok(h) => {
+                history.apps.insert(app, h);
+            }
+            Err(error) => tracing::warn!(
+                path = %path.display(), %app, %error,
+                "ignoring the app's corrupt reconcile history; it starts afresh"
+            ),
+        }
+    }
+    Ok(history)
 }
 
 /// Writes `dir/name` atomically: temp file, fsync, rename over, fsync the directory.
@@ -118,7 +184,10 @@ impl StateStore for FileState {
     }
 
     fn load_history(&self) -> Result<History, EffectError> {
-        Ok(self.load(HISTORY_FILE, "load history")?.unwrap_or_default())
+        match self.load::<serde_json::Value>(HISTORY_FILE, "load history")? {
+            Some(raw) => history_from_json(&self.dir.join(HISTORY_FILE), raw),
+            None => Ok(History::default()),
+        }
     }
 
     fn save_history(&self, history: &History) -> Result<(), EffectError> {

@@ -52,6 +52,9 @@ impl HttpController {
         let client = reqwest::Client::builder()
             .no_proxy()
             .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")))
+            // below the controller's idle limit (10 s), so a pooled connection is never
+            // reused just as the controller closes it (reports every 10 s raced it)
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
             .build()
             .map_err(|e| EffectError::new("build http client", base, ErrorKind::Internal, e))?;
         Ok(Self {

@@ -17,9 +17,10 @@
 //! Networking ([`ContainerRuntime::with_network`]): a `network: private` instance gets its
 //! namespace, veth and address from [`HostNetwork::attach`] before its container is created,
 //! and the container joins that namespace by path; a `network: host` instance gets a host
-//! port as `$PORT` ([`HostNetwork::allocate_host_port`]). Both are recorded in the labels
+//! port as `$PORT` ([`HostNetwork::allocate_host_port`]) when the app has `expose`. Both are recorded in the labels
 //! file (the instance's address and host port for probes and the proxy) and released on
-//! removal. Without a network (tests of the runtime alone) a private instance runs in a new,
+//! removal. A host-mode app without `expose` keeps its manifest `port` (nothing would route to
+//! an allocated one). Without a network (tests of the runtime alone) a private instance runs in a new,
 //! empty namespace that nothing outside reaches.
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -340,6 +341,10 @@ impl Runtime for ContainerRuntime {
             address: None,
             host_port: None,
         };
+        // Host mode with `expose`: the proxy routes to a host port of its own per instance (so
+        // a surge instance can start beside the old one). Without `expose` nothing would
+        // route to an allocated port: the app keeps the manifest's `port`.
+        let allocate_port = spec.revision.spec.expose.is_some();
         let this = self.clone();
         let id = spec.id.clone();
         blocking("create_start", &spec.id, move || {
@@ -355,11 +360,11 @@ impl Runtime for ContainerRuntime {
                 let net_err = |e: crate::net::NetError| {
                     EffectError::new("create_start", &id, e.kind(), e)
                 };
-                if labels.host_network {
+                if labels.host_network && allocate_port {
                     let port = net.allocate_host_port(&id).map_err(net_err)?;
                     c.set_env(&format!("PORT={port}"));
                     labels.host_port = Some(port);
-                } else {
+                } else if !labels.host_network {
                     // A restart (or a crash mid-start) may have left the old wiring.
                     net.detach(&id).map_err(net_err)?;
                     let a = net.attach(&id).map_err(net_err)?;

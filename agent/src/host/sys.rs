@@ -395,6 +395,14 @@ pub fn start_time(proc_root: &Path, pid: i32) -> Option<u64> {
     rest.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Restores the default action of SIGPIPE (Rust starts programs with it ignored), so that a
+/// CLI whose reader went away (`berth status | head`) ends quietly like other Unix tools
+/// instead of panicking on the failed write.
+pub fn default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety preconditions.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+}
+
 /// Sends `signal` to `pid`.
 pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: plain syscall on integers.

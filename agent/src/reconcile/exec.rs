@@ -151,6 +151,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
 
     let observation = Observation { instances, logs };
     let plan = plan::plan(app, desired, &observation, history, now);
+    let memory_before = history.instances.clone();
     *history = plan.history;
     out.report = plan.report;
     out.instances = plan.instances;
@@ -158,8 +159,68 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
     let mut requeue_ms = plan.requeue_after_ms;
 
     let mut failed_transient = false;
-    out.steps = plan.steps.len();
-    for step in &plan.steps {
+    let mut steps = plan.steps;
+    // The target's image is fetched before an instance of another revision is first
+    // stopped for it: with the registry down, the serving revision keeps serving and the
+    // rollout waits (backing off) instead of stopping the old and failing the start.
+    if let Some(target) = desired.map(|d| &d.target) {
+        let of_target = |id: &str| {
+            observation.instances.iter().any(|o| {
+                o.id == id
+                    && o.spec_hash == target.spec_hash
+                    && o.image_digest == target.image_digest
+            })
+        };
+        let stops_others = steps
+            .iter()
+            .any(|s| matches!(s, Step::Stop { .. }) && !of_target(s.id()));
+        if stops_others
+            && let Err(err) = fx
+                .images
+                .ensure(&target.spec.image, &target.image_digest)
+                .await
+            && err.transient()
+        {
+            let held: Vec<String> = steps
+                .iter()
+                .filter(|s| match s {
+                    Step::Stop { .. } => !of_target(s.id()),
+                    Step::Start { revision, .. } => {
+                        revision.spec_hash == target.spec_hash
+                            && revision.image_digest == target.image_digest
+                    }
+                    _ => false,
+                })
+                .map(|s| s.id().to_string())
+                .collect();
+            steps.retain(|s| {
+                !held.iter().any(|id| id == s.id())
+                    || !matches!(s, Step::Stop { .. } | Step::Start { .. })
+            });
+            // the plan already marked them stopping (kill deadline) or starting: undo that
+            for id in &held {
+                match memory_before.get(id) {
+                    Some(m) => history.instances.insert(id.clone(), m.clone()),
+                    None => history.instances.remove(id),
+                };
+            }
+            failed_transient = true;
+            requeue_ms = requeue_ms.min(transient(app, history, &err, now));
+            out.events.push(Event {
+                time_ms: now,
+                object: format!("app/{app}"),
+                reason: "PullFailed".into(),
+                message: format!(
+                    "revision {} waits for its image, the running instances keep serving: {}",
+                    target.number,
+                    err.chain()
+                ),
+            });
+            out.errors.push(err);
+        }
+    }
+    out.steps = steps.len();
+    for step in &steps {
         tracing::debug!(app, step = step.name(), id = step.id(), "applying");
         if let Err(err) = apply(fx, app, step, &endpoints).await {
             match step {
@@ -213,7 +274,7 @@ pub async fn reconcile<R: Runtime, I: Images, P: Prober, T: Traffic>(
         requeue_ms = requeue_ms.min(AFTER_STEPS_MS.max(1_000));
         out.errors.push(err);
     }
-    if !failed_transient && !plan.steps.is_empty() {
+    if !failed_transient && !steps.is_empty() {
         requeue_ms = requeue_ms.min(AFTER_STEPS_MS);
         if out.errors.is_empty() {
             history.retry = Default::default();

@@ -375,6 +375,10 @@ pub type Synced = (Option<Route>, Vec<(String, SocketAddr)>);
 pub struct FakeTraffic {
     calls: Mutex<Vec<String>>,
     synced: Mutex<BTreeMap<String, Synced>>,
+    /// Per app: requests per second since the instant, requests before it, in flight.
+    load: Mutex<BTreeMap<String, (f64, tokio::time::Instant, u64, u64)>>,
+    woken: Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<String>>>,
+    wake_tx: Mutex<Option<tokio::sync::mpsc::UnboundedSender<String>>>,
 }
 
 impl FakeTraffic {
@@ -392,9 +396,66 @@ impl FakeTraffic {
     pub fn synced(&self, app: &str) -> Option<Synced> {
         lock(&self.synced).get(app).cloned()
     }
+
+    /// From now on `app` receives `rps` requests per second with `in_flight` in progress
+    /// (the counters follow tokio's clock, so paused-time tests control them).
+    pub fn set_load(&self, app: &str, rps: f64, in_flight: u64) {
+        let mut load = lock(&self.load);
+        let before = load.get(app).map_or(0, requests_at);
+        load.insert(
+            app.to_owned(),
+            (rps, tokio::time::Instant::now(), before, in_flight),
+        );
+    }
+
+    /// A request of `app` found no instance (what the proxy reports for scale from zero).
+    pub fn hold_request(&self, app: &str) {
+        let mut tx = lock(&self.wake_tx);
+        if tx.is_none() {
+            let (t, r) = tokio::sync::mpsc::unbounded_channel();
+            *tx = Some(t);
+            *lock(&self.woken) = Some(r);
+        }
+        if let Some(t) = tx.as_ref() {
+            let _ = t.send(app.to_owned());
+        }
+    }
 }
 
-impl super::traits::Load for FakeTraffic {}
+fn requests_at(l: &(f64, tokio::time::Instant, u64, u64)) -> u64 {
+    let (rps, since, before, _) = *l;
+    before + (rps * since.elapsed().as_secs_f64()) as u64
+}
+
+impl super::traits::Load for FakeTraffic {
+    async fn load(&self) -> BTreeMap<String, super::traits::AppLoad> {
+        lock(&self.load)
+            .iter()
+            .map(|(app, l)| {
+                let load = super::traits::AppLoad {
+                    requests_total: requests_at(l),
+                    in_flight: l.3,
+                    waiting: 0,
+                };
+                (app.clone(), load)
+            })
+            .collect()
+    }
+
+    async fn woken(&self) -> Option<String> {
+        loop {
+            let rx = lock(&self.woken).take();
+            let Some(mut rx) = rx else {
+                // Nothing held yet: look again later.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            };
+            let app = rx.recv().await;
+            *lock(&self.woken) = Some(rx);
+            return app;
+        }
+    }
+}
 
 impl Traffic for FakeTraffic {
     async fn admit(

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Soak (issue 9; not in CI): N containers on this host under one `berth up` (sleepers in apps
+# of 10 replicas, plus one web app), every app rolled to a new revision every ROUND seconds,
+# for M minutes. Samples the agent's (berth up's) RSS and open fds, the running containers,
+# the mounts, the sum of the apps' revisions and of their ready instances every 10 s into a CSV, prints first/last/max, then checks `berth down` left
+# no mount, cgroup, process or link behind.
+#
+#   scripts/soak.sh [N=200] [MINUTES=10]    (root; env: ROUND=60, SOAK_NETWORK=private|host,
+#                                            BERTH_BIN=path/to/berth, default target/debug)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-200}
+minutes=${2:-10}
+round_secs=${ROUND:-60}
+network=${SOAK_NETWORK:-private}
+SB_TAG=soak
+source scripts/sandbox.sh
+sandbox_start sleeper hello
+
+apps=$(((n - 1 + 9) / 10))
+write_manifests() { # round
+  local i replicas left=$((n - 1))
+  for ((i = 0; i < apps; i++)); do
+    replicas=$((left >= 10 ? 10 : left))
+    left=$((left - replicas))
+    cat >"$SB_WORK/manifests/sleep-$i.yaml" <<EOF
+app: sleep-$i
+image: berth-test/sleeper:latest
+network: $network
+replicas: $replicas
+resources: { cpu: 50m, memory: 16Mi, pids: 16 }
+update: { max_surge: 2, max_unavailable: 2, deadline: 5m }
+stop: { grace: 2s }
+env: { ROUND: "$1" }
+EOF
+  done
+  cat >"$SB_WORK/manifests/web.yaml" <<EOF
+app: web
+image: berth-test/hello:latest
+network: host
+port: 8080
+health: { http: /up, interval: 2s }
+update: { max_surge: 0, max_unavailable: 1, deadline: 2m }
+stop: { grace: 2s }
+env: { ROUND: "$1" }
+EOF
+}
+
+running() { berth ps --local -o json 2>/dev/null | python3 -c '
+import json, sys
+print(sum(1 for c in json.load(sys.stdin) if c["state"] == "running"))' || echo 0; }
+
+write_manifests 0
+start=$SECONDS
+sandbox_up
+echo "waiting for $n containers ($apps sleeper apps + web, network $network)"
+while (($(running) < n)); do
+  ((SECONDS - start < 900)) || { echo "FAIL: only $(running)/$n running after 15 min"; tail -30 "$SB_DATA/up/up.log"; exit 1; }
+  sleep 5
+done
+echo "$n running after $((SECONDS - start)) s"
+
+csv=${SOAK_CSV:-/tmp/berth-soak-$$.csv}
+echo "t_s,rss_kib,fds,running,mounts,round,revisions,ready" >"$csv"
+pid=$(up_pid)
+end=$((SECONDS + minutes * 60))
+next_round=$((SECONDS + round_secs))
+round=0
+t0=$SECONDS
+while ((SECONDS < end)); do
+  if ((SECONDS >= next_round)); then
+    round=$((round + 1))
+    write_manifests "$round"
+    next_round=$((SECONDS + round_secs))
+  fi
+  rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+  fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
+  mounts=$(grep -cF "$SB_DATA" /proc/self/mountinfo || true)
+  revs=$(berth status -o json 2>/dev/null | python3 -c '
+import json, sys
+a = json.load(sys.stdin)["apps"]
+print(sum(x["revision"] for x in a), sum(x["ready"] for x in a), sep=",")' || echo 0,0)
+  echo "$((SECONDS - t0)),$rss,$fds,$(running),$mounts,$round,$revs" >>"$csv"
+  sleep 10
+done
+echo "samples in $csv"
+python3 - "$csv" <<'EOF'
+import csv, sys
+rows = list(csv.DictReader(open(sys.argv[1])))
+for key in ("rss_kib", "fds", "running", "mounts", "revisions", "ready"):
+    v = [int(r[key]) for r in rows]
+    print(f"{key:8} first {v[0]:>8} last {v[-1]:>8} min {min(v):>8} max {max(v):>8}")
+print(f"rounds of rolling updates: {rows[-1]['round']}")
+EOF
+t=$SECONDS
+berth down --timeout 10s
+echo "down took $((SECONDS - t)) s"
+check_nothing_left && echo "nothing left after down"
