@@ -92,8 +92,11 @@ pub struct Ha {
 impl Ha {
     /// Forwarding for `me`, following `role`.
     pub fn new(me: Member, role: watch::Receiver<Role>) -> Ha {
+        // pooled connections are dropped after 5 s idle, under the leader's 10 s idle limit
+        // (server::HEADER_READ_TIMEOUT): reusing one as the leader closes it fails a write
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(5))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Ha { me, role, http }
