@@ -11,6 +11,7 @@ packages=(
   git               # manifests come from git repositories
   etcd-server       # HA store tests
   protobuf-compiler # etcd-client's build script needs protoc
+  libprotobuf-dev   # ... and the well-known types (google/protobuf/descriptor.proto)
   prometheus        # promtool and the real-scrape test
   iproute2          # ip netns / veth for networking tests
   gcc libc6-dev     # the runtime tests compile a static syscall probe into their rootfs

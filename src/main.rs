@@ -37,6 +37,8 @@ enum Command {
     Completions(cmd::completions::Args),
     /// Run the controller: git sync, revisions, the agent and CLI API
     Controller(cmd::controller::Args),
+    /// Make, list and revoke API tokens with roles (join, read, deploy, admin)
+    Token(cmd::token::Args),
     /// Show apps, hosts and the git source
     Status(cmd::status::Args),
     /// List apps with their revision and ready instances
@@ -138,6 +140,7 @@ fn main() -> ExitCode {
         Command::Down(args) => cmd::down::run(&cli.global, args),
         Command::Completions(args) => cmd::completions::run(args, Cli::command()),
         Command::Controller(args) => cmd::controller::run(&cli.global, args),
+        Command::Token(args) => cmd::token::run(&cli.global, args),
         Command::Status(args) => cmd::status::run(&cli.global, args),
         Command::Apps(args) => cmd::apps::run(&cli.global, args),
         Command::Revisions(args) => cmd::revisions::run(&cli.global, args),

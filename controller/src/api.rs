@@ -1,5 +1,7 @@
 //! The HTTP API under `/v1/` (axum): the agent endpoints and the CLI's. Every route checks
-//! the shared token (`Authorization: Bearer`, constant-time), bodies are capped (413 beyond
+//! the bearer token (`Authorization: Bearer`): the controller's own (admin, constant-time
+//! compare) or an API token with a role ([`access`](crate::access)); a known token without
+//! the role a route needs gets 403, an unknown one 401. Bodies are capped (413 beyond
 //! [`MAX_BODY_BYTES`]) and requests time out, long-polls and event streams excepted (they are
 //! bounded by their own `wait`, and end at shutdown).
 //!
@@ -18,6 +20,14 @@
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard (no token: static assets) |
 //! | `GET /metrics` | Prometheus/OpenMetrics text (token only with `metrics_token_required`) |
+//! | `GET /v1/leader` | [`LeaderStatus`]: which controller leads (HA on etcd) |
+//! | `POST /v1/tokens` `{"role": R, "host": H}` | `IssuedToken` (admin) |
+//! | `GET /v1/tokens` | `[TokenInfo]` (admin) |
+//! | `DELETE /v1/tokens/{id}` | 204 (admin) |
+//!
+//! On etcd (HA), a controller that does not lead serves reads from the shared store and
+//! forwards writes (every method but GET, and followed event streams) to the leader, with
+//! the caller's headers and body; with no leader elected it answers 503.
 //!
 //! `POST /v1/sync` is also the git hosting webhook: besides the bearer token it accepts
 //! GitLab's `X-Gitlab-Token` and GitHub/Gitea's HMAC-SHA256 body signatures keyed by the token.
@@ -40,6 +50,8 @@ use serde::Deserialize;
 use tokio::sync::watch;
 
 use crate::ErrorKind;
+use crate::access::{self, IssuedToken, Principal, TokenInfo, TokenRequest, TokenRole};
+use crate::leader::{Member, Role};
 use crate::state::{Core, CoreError};
 use crate::store::Store;
 use crate::token::constant_time_eq;
@@ -63,7 +75,47 @@ pub struct ApiState<S: Store> {
     pub shutdown: watch::Receiver<bool>,
     /// Whether `GET /metrics` needs the token too (default: no, like most exporters).
     pub metrics_token_required: bool,
+    /// Set on etcd: this controller's election state, for forwarding writes.
+    pub ha: Option<Ha>,
 }
+
+/// What a controller on etcd needs to forward writes to the leader.
+#[derive(Debug, Clone)]
+pub struct Ha {
+    /// This controller.
+    pub me: Member,
+    /// Its election state.
+    pub role: watch::Receiver<Role>,
+    http: reqwest::Client,
+}
+
+impl Ha {
+    /// Forwarding for `me`, following `role`.
+    pub fn new(me: Member, role: watch::Receiver<Role>) -> Ha {
+        // pooled connections are dropped after 5 s idle, under the leader's 10 s idle limit
+        // (server::HEADER_READ_TIMEOUT): reusing one as the leader closes it fails a write
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .pool_idle_timeout(Duration::from_secs(5))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new());
+        Ha { me, role, http }
+    }
+}
+
+/// `GET /v1/leader`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, Deserialize)]
+pub struct LeaderStatus {
+    /// This controller's member id (`None` on the embedded store).
+    pub member: Option<String>,
+    /// Whether this controller leads (always true on the embedded store).
+    pub leading: bool,
+    /// The leader as this controller knows it (`None`: none elected, or embedded).
+    pub leader: Option<Member>,
+}
+
+/// Marks a request a follower forwarded (never forwarded twice).
+pub const FORWARDED_HEADER: &str = "x-berth-forwarded-by";
 
 impl<S: Store> Clone for ApiState<S> {
     fn clone(&self) -> Self {
@@ -72,6 +124,7 @@ impl<S: Store> Clone for ApiState<S> {
             token: self.token.clone(),
             shutdown: self.shutdown.clone(),
             metrics_token_required: self.metrics_token_required,
+            ha: self.ha.clone(),
         }
     }
 }
@@ -128,6 +181,9 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollout", get(rollout::<S>))
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
+        .route("/v1/leader", get(leader::<S>))
+        .route("/v1/tokens", post(create_token::<S>).get(tokens::<S>))
+        .route("/v1/tokens/{id}", axum::routing::delete(revoke_token::<S>))
         .route("/metrics", get(metrics::<S>))
         .layer(axum::middleware::from_fn(timeout));
     // a sync may fetch a large repository: its own, longer deadline
@@ -141,6 +197,10 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .merge(syncing)
         .merge(long)
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            forward::<S>,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::<S>,
@@ -192,6 +252,136 @@ async fn metrics<S: Store>(
     Ok(([(header::CONTENT_TYPE, content_type)], text).into_response())
 }
 
+/// Whether a request must reach the leader: writes, and followed event streams (events are
+/// broadcast by the controller that appends them).
+fn needs_leader(request: &Request) -> bool {
+    if request.method() != axum::http::Method::GET && request.method() != axum::http::Method::HEAD {
+        return true;
+    }
+    request.uri().path() == "/v1/events"
+        && request.uri().query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| matches!(kv, "follow=1" | "follow=true" | "follow=yes"))
+        })
+}
+
+/// On a follower, sends what [`needs_leader`] to the leader and relays its answer.
+async fn forward<S: Store>(
+    State(state): State<ApiState<S>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let Some(ha) = &state.ha else {
+        return next.run(request).await;
+    };
+    if !needs_leader(&request) {
+        return next.run(request).await;
+    }
+    let role = ha.role.borrow().clone();
+    let leader = match role {
+        Role::Leader { .. } => return next.run(request).await,
+        Role::Follower { leader: Some(l) } if l.id != ha.me.id => l,
+        Role::Follower { .. } => {
+            return ApiError::new(
+                ErrorKind::Unavailable,
+                "no controller leads right now (an election is under way); retry in a few seconds"
+                    .into(),
+            )
+            .into_response();
+        }
+    };
+    if request.headers().contains_key(FORWARDED_HEADER) {
+        return ApiError::new(
+            ErrorKind::Unavailable,
+            format!(
+                "forwarded to controller {} which does not lead either (the leader just changed); retry",
+                ha.me.url
+            ),
+        )
+        .into_response();
+    }
+    match proxy(ha, &leader, request).await {
+        Ok(response) => response,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn proxy(ha: &Ha, leader: &Member, request: Request) -> ApiResult<Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, MAX_WEBHOOK_BYTES)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorKind::ResourceExhausted,
+                format!("request body larger than {MAX_WEBHOOK_BYTES} bytes"),
+            )
+        })?;
+    let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let url = format!("{}{path}", leader.url.trim_end_matches('/'));
+    let mut headers = parts.headers.clone();
+    for h in [
+        header::HOST,
+        header::CONTENT_LENGTH,
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+    ] {
+        headers.remove(h);
+    }
+    if let Ok(v) = axum::http::HeaderValue::from_str(&ha.me.id) {
+        headers.insert(FORWARDED_HEADER, v);
+    }
+    let answer = ha
+        .http
+        .request(parts.method.clone(), &url)
+        .headers(headers)
+        .body(bytes)
+        .send()
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "cannot reach the leader controller at {}: {e}; retry",
+                    leader.url
+                ),
+            )
+        })?;
+    let mut response = Response::builder().status(answer.status());
+    for name in [header::CONTENT_TYPE, header::WWW_AUTHENTICATE] {
+        if let Some(v) = answer.headers().get(&name) {
+            response = response.header(name, v.clone());
+        }
+    }
+    response
+        .body(axum::body::Body::from_stream(answer.bytes_stream()))
+        .map_err(|e| ApiError::new(ErrorKind::Internal, format!("relaying the leader: {e}")))
+}
+
+async fn leader<S: Store>(State(state): State<ApiState<S>>) -> Json<LeaderStatus> {
+    Json(match &state.ha {
+        None => LeaderStatus {
+            member: None,
+            leading: true,
+            leader: None,
+        },
+        Some(ha) => {
+            let role = ha.role.borrow().clone();
+            match role {
+                Role::Leader { .. } => LeaderStatus {
+                    member: Some(ha.me.id.clone()),
+                    leading: true,
+                    leader: Some(ha.me.clone()),
+                },
+                Role::Follower { leader } => LeaderStatus {
+                    member: Some(ha.me.id.clone()),
+                    leading: false,
+                    leader,
+                },
+            }
+        }
+    })
+}
+
 async fn not_found() -> ApiError {
     ApiError::new(
         ErrorKind::NotFound,
@@ -199,18 +389,59 @@ async fn not_found() -> ApiError {
     )
 }
 
+/// The host of an agent route's path (`/v1/agents/{host}/…`).
+fn agent_host(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/v1/agents/")?;
+    let (host, _) = rest.split_once('/')?;
+    Some(host)
+}
+
+fn forbidden(message: String) -> Response {
+    ApiError {
+        status: StatusCode::FORBIDDEN,
+        body: wire::ApiError {
+            error: message,
+            kind: ErrorKind::InvalidInput,
+        },
+    }
+    .into_response()
+}
+
 async fn auth<S: Store>(
     State(state): State<ApiState<S>>,
     headers: HeaderMap,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if constant_time_eq(given.trim().as_bytes(), state.token.as_bytes()) {
+        .unwrap_or_default()
+        .trim();
+    let principal = if given.is_empty() {
+        None
+    } else if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
+        Some(Principal::controller())
+    } else {
+        match state.core.principal(given).await {
+            Ok(p) => p,
+            Err(e) => return ApiError::from(e).into_response(),
+        }
+    };
+    if let Some(principal) = principal {
+        // an unknown route is left to the 404 fallback
+        if let Some(template) = request.extensions().get::<MatchedPath>() {
+            let need = access::need(
+                request.method(),
+                template.as_str(),
+                agent_host(request.uri().path()),
+            );
+            if let Err(why) = access::allow(&principal, &need) {
+                return forbidden(why);
+            }
+        }
+        request.extensions_mut().insert(principal);
         return next.run(request).await;
     }
     if !state.metrics_token_required
@@ -336,9 +567,42 @@ where
 
 async fn register<S: Store>(
     State(state): State<ApiState<S>>,
+    principal: Option<axum::Extension<Principal>>,
     Body(reg): Body<Registration>,
 ) -> ApiResult<Json<wire::Registered>> {
+    // a join token speaks for one host: the one it is bound to, or this one from now on
+    if let Some(axum::Extension(p)) = principal
+        && p.role == TokenRole::Join
+        && let Err(why) = state.core.bind_token(&p.token, &reg.name).await
+    {
+        return Err(ApiError {
+            status: StatusCode::FORBIDDEN,
+            body: wire::ApiError {
+                error: why,
+                kind: ErrorKind::InvalidInput,
+            },
+        });
+    }
     Ok(Json(state.core.register(reg).await?))
+}
+
+async fn create_token<S: Store>(
+    State(state): State<ApiState<S>>,
+    Body(req): Body<TokenRequest>,
+) -> ApiResult<Json<IssuedToken>> {
+    Ok(Json(state.core.create_token(req).await?))
+}
+
+async fn tokens<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<Vec<TokenInfo>>> {
+    Ok(Json(state.core.tokens().await?))
+}
+
+async fn revoke_token<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
+    state.core.revoke_token(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]

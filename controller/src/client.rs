@@ -143,6 +143,31 @@ impl Client {
         self.get("/v1/status").await
     }
 
+    /// `POST /v1/tokens`: a new token (admin).
+    pub async fn create_token(
+        &self,
+        req: &crate::access::TokenRequest,
+    ) -> Result<crate::access::IssuedToken, ClientError> {
+        let url = self.url("/v1/tokens");
+        self.send(self.http.post(&url).json(req), &url).await
+    }
+
+    /// `GET /v1/tokens` (admin).
+    pub async fn tokens(&self) -> Result<Vec<crate::access::TokenInfo>, ClientError> {
+        self.get("/v1/tokens").await
+    }
+
+    /// `DELETE /v1/tokens/{id}` (admin).
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        let url = self.url(&format!("/v1/tokens/{id}"));
+        self.checked(self.http.delete(&url), &url).await.map(|_| ())
+    }
+
+    /// `GET /v1/leader`: which controller leads (HA on etcd).
+    pub async fn leader(&self) -> Result<crate::api::LeaderStatus, ClientError> {
+        self.get("/v1/leader").await
+    }
+
     /// `GET /v1/apps`.
     pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
         self.get("/v1/apps").await

@@ -4,12 +4,14 @@
 //!
 //! It never touches a container, an image or a host's kernel state: that is the agent's job.
 
+pub mod access;
 pub mod api;
 pub mod assign;
 pub mod client;
 pub mod dashboard;
 pub mod events;
 pub mod git;
+pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod model;
@@ -22,4 +24,4 @@ pub mod store;
 pub mod token;
 
 pub use berth_manifests::ErrorKind;
-pub use server::{Config, Controller, ControllerHandle, StartError};
+pub use server::{Config, Controller, ControllerHandle, StartError, StoreConfig};

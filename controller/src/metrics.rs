@@ -162,6 +162,7 @@ pub struct Metrics {
     rollouts: Family<AppResult, Counter>,
     assignment_latency: Histogram,
     hosts: Family<StateLabel, Gauge>,
+    leader: Gauge,
     api_requests: Family<RouteCode, Counter>,
     api_duration: Family<RouteLabel, Histogram>,
     /// Assignment versions written but not yet answered to their host: host → (version,
@@ -254,6 +255,13 @@ impl Metrics {
             "Registered hosts by state (ready: reported within the grace period)",
             hosts.clone(),
         );
+        let leader = Gauge::default();
+        registry.plain(
+            "berth_controller_leader",
+            "1 while this controller leads (always, on the embedded store), 0 while it follows \
+             another on etcd",
+            leader.clone(),
+        );
         let api_requests = Family::<RouteCode, Counter>::default();
         registry.plain(
             "berth_controller_api_requests",
@@ -285,6 +293,7 @@ impl Metrics {
             rollouts,
             assignment_latency,
             hosts,
+            leader,
             api_requests,
             api_duration,
             undelivered: Mutex::new(HashMap::new()),
@@ -391,6 +400,11 @@ impl Metrics {
             .set(as_i64(not_ready));
     }
 
+    /// Whether this controller leads now.
+    pub fn set_leader(&self, leading: bool) {
+        self.leader.set(i64::from(leading));
+    }
+
     /// An API request on `route` (the matched template, or [`UNMATCHED_ROUTE`]) answered
     /// `code` after `seconds`.
     pub fn api_request(&self, route: &str, code: u16, seconds: f64) {
@@ -477,9 +491,9 @@ pub(crate) mod tests {
         let m = Metrics::new();
         let text = m.encode();
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert_eq!(m.family_names().len(), 9);
+        assert_eq!(m.family_names().len(), 10);
         // families with labels have no series until first used
-        assert_eq!(never_updated(&m, &parse(&text)).len(), 9);
+        assert_eq!(never_updated(&m, &parse(&text)).len(), 10);
         // fixed label sets start at zero
         assert_eq!(
             sample(
@@ -500,6 +514,7 @@ pub(crate) mod tests {
         m.assignment_written("h1", 1, t0);
         m.assignment_answered("h1", 1, t0 + Duration::from_millis(3));
         m.set_hosts(1, 0);
+        m.set_leader(true);
         m.api_request("/v1/status", 200, 0.001);
         // a new family without a method called here fails
         assert_eq!(never_updated(&m, &parse(&m.encode())), Vec::<String>::new());

@@ -1,5 +1,7 @@
-//! Running the controller: opens the embedded store and the git mirror under the data dir,
-//! loads or creates the token, binds the listener, serves the API and polls the git source.
+//! Running the controller: opens the store (the embedded file under the data dir, or etcd
+//! with leader election), the git mirror under the data dir, loads or creates the token,
+//! binds the listener, serves the API and polls the git source (on etcd: only the leader
+//! syncs; followers watch the store to wake their long-polls).
 //! [`Controller::start`] returns a [`ControllerHandle`] so `berth controller` and `berth up`
 //! (in-process, beside the agent) run it the same way; [`ControllerHandle::shutdown`] stops
 //! the poller and the server cleanly (long-polls and event streams end at once).
@@ -12,12 +14,41 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, ApiState};
+use crate::api::{self, ApiState, Ha};
 use crate::git::{GitError, GitSource};
+use crate::leader::{self, FencedStore, Member, Role};
 use crate::resolve::DigestResolver;
 use crate::state::{Clock, Core, CoreError, system_clock};
-use crate::store::StoreError;
+use crate::store::etcd::EtcdStore;
 use crate::store::redb::RedbStore;
+use crate::store::{AnyStore, StoreError};
+
+/// Where the controller keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `<data-dir>/controller/store.redb` (the default; one controller).
+    Embedded,
+    /// An etcd cluster shared by several controllers, one of them leading.
+    Etcd {
+        /// Client endpoints, `http://HOST:PORT`.
+        endpoints: Vec<String>,
+        /// The key prefix (default `/berth/`).
+        namespace: String,
+    },
+}
+
+impl StoreConfig {
+    /// Parses `--store`: `embedded`, or `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub fn parse(text: &str) -> Result<StoreConfig, StoreError> {
+        match text.trim() {
+            "" | "embedded" => Ok(StoreConfig::Embedded),
+            url => Ok(StoreConfig::Etcd {
+                endpoints: crate::store::etcd::parse_url(url)?,
+                namespace: crate::store::etcd::DEFAULT_NAMESPACE.to_string(),
+            }),
+        }
+    }
+}
 
 /// How to run a controller.
 pub struct Config {
@@ -42,13 +73,24 @@ pub struct Config {
     /// Whether `GET /metrics` needs the API token (default false: scrapers usually carry
     /// none, and the text holds no secrets).
     pub metrics_token_required: bool,
+    /// The store (default: embedded).
+    pub store: StoreConfig,
+    /// The leader lease on etcd: a dead leader is replaced within about this long.
+    pub lease_ttl: Duration,
+    /// The URL other controllers forward writes to (default `http://<listen address>`).
+    pub advertise: Option<String>,
     /// Most connections open at once (default [`MAX_CONNECTIONS`]); past it new ones are
     /// closed at once, so a flood cannot exhaust the process's file descriptors.
     pub max_connections: usize,
+    /// Most connections one IP address may hold (default [`MAX_CONNECTIONS_PER_PEER`]);
+    /// past it its new ones are closed at once, so one client cannot take every slot.
+    pub max_connections_per_peer: usize,
 }
 
 /// Default cap on open API connections (each agent holds one or two).
 pub const MAX_CONNECTIONS: usize = 1024;
+/// Default cap on open API connections from one IP address.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 256;
 /// Longest time a client may take to send a request head, and longest idle time of a
 /// keep-alive connection between requests: slow-loris clients and idle floods are closed.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,7 +114,11 @@ impl Config {
             host_grace: Duration::from_secs(30),
             clock: system_clock(),
             metrics_token_required: false,
+            store: StoreConfig::Embedded,
+            lease_ttl: Duration::from_secs(5),
+            advertise: None,
             max_connections: MAX_CONNECTIONS,
+            max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
         }
     }
 }
@@ -128,10 +174,12 @@ pub struct Controller;
 pub struct ControllerHandle {
     addr: SocketAddr,
     token: String,
-    core: Arc<Core<RedbStore>>,
+    core: Arc<Core<AnyStore>>,
+    role: Option<watch::Receiver<Role>>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     poller: JoinHandle<()>,
+    elector: Option<JoinHandle<()>>,
 }
 
 impl Controller {
@@ -152,13 +200,54 @@ impl Controller {
                 }
             })?,
         };
-        let store_path = dir.join("store.redb");
-        let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_path))
+        let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|e| StoreError::Backend {
-                backend: "redb",
-                reason: e.to_string(),
-            })??;
+            .map_err(|source| StartError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (store, ha, elector) = match &config.store {
+            StoreConfig::Embedded => {
+                let store_path = dir.join("store.redb");
+                let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_path))
+                    .await
+                    .map_err(|e| StoreError::Backend {
+                        backend: "redb",
+                        reason: e.to_string(),
+                    })??;
+                (AnyStore::Redb(store), None, None)
+            }
+            StoreConfig::Etcd {
+                endpoints,
+                namespace,
+            } => {
+                let etcd = EtcdStore::connect(endpoints, namespace).await?;
+                let me = Member {
+                    id: leader::new_member_id(),
+                    url: config
+                        .advertise
+                        .clone()
+                        .unwrap_or_else(|| format!("http://{addr}")),
+                };
+                let (role, task) = leader::spawn(
+                    etcd.clone(),
+                    me.clone(),
+                    config.lease_ttl,
+                    shutdown_rx.clone(),
+                );
+                let ha = Ha::new(me, role.clone());
+                (
+                    AnyStore::Etcd(Box::new(FencedStore::new(etcd, role))),
+                    Some(ha),
+                    Some(task),
+                )
+            }
+        };
         let source = GitSource::new(&config.repo, &config.branch, &dir.join("mirror"))?;
         let watched = source.clone();
         let grace = u64::try_from(config.host_grace.as_millis()).unwrap_or(u64::MAX);
@@ -172,27 +261,18 @@ impl Controller {
             )
             .await?,
         );
-        let listener = tokio::net::TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| StartError::Bind {
-                addr: config.listen,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-        let (shutdown, shutdown_rx) = watch::channel(false);
         let app = api::router(ApiState {
             core: core.clone(),
             token: token.clone(),
             shutdown: shutdown_rx.clone(),
             metrics_token_required: config.metrics_token_required,
+            ha: ha.clone(),
         });
         let server = tokio::spawn(serve(
             listener,
             app,
             config.max_connections.max(1),
+            config.max_connections_per_peer.max(1),
             shutdown_rx.clone(),
         ));
         let poller = tokio::spawn(poll(
@@ -200,15 +280,18 @@ impl Controller {
             watched,
             config.poll_interval,
             shutdown_rx,
+            ha.as_ref().map(|h| h.role.clone()),
         ));
         tracing::info!(%addr, repo = %config.repo, branch = %config.branch, "controller listening");
         Ok(ControllerHandle {
             addr,
             token,
             core,
+            role: ha.map(|h| h.role),
             shutdown,
             server,
             poller,
+            elector,
         })
     }
 }
@@ -221,9 +304,11 @@ async fn serve(
     listener: tokio::net::TcpListener,
     app: axum::Router,
     max_connections: usize,
+    max_per_peer: usize,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let peers: Peers = Arc::default();
     let mut connections = tokio::task::JoinSet::new();
     loop {
         let accepted = tokio::select! {
@@ -241,6 +326,11 @@ async fn serve(
                 continue;
             }
         };
+        let Some(slot) = PeerSlot::take(&peers, peer.ip(), max_per_peer) else {
+            tracing::warn!(%peer, max_per_peer, "too many API connections from one address; closing the new one");
+            drop(stream);
+            continue;
+        };
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             tracing::warn!(%peer, max_connections, "too many API connections; closing the new one");
             drop(stream);
@@ -251,6 +341,7 @@ async fn serve(
         let mut stop = stop.clone();
         connections.spawn(async move {
             let _permit = permit;
+            let _slot = slot;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(hyper_util::rt::TokioTimer::new())
@@ -275,29 +366,84 @@ async fn serve(
     Ok(())
 }
 
+/// Open connections per peer address.
+type Peers = Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>;
+
+/// One counted connection of a peer; uncounted on drop.
+struct PeerSlot {
+    peers: Peers,
+    ip: std::net::IpAddr,
+}
+
+impl PeerSlot {
+    /// A slot for `ip`, unless it holds `max` connections already.
+    fn take(peers: &Peers, ip: std::net::IpAddr, max: usize) -> Option<PeerSlot> {
+        let mut map = peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let open = map.entry(ip).or_insert(0);
+        if *open >= max {
+            return None;
+        }
+        *open += 1;
+        Some(PeerSlot {
+            peers: peers.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut map = self
+            .peers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(open) = map.get_mut(&self.ip) {
+            *open = open.saturating_sub(1);
+            if *open == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// How often a repository on this machine has its ref files checked for pushes.
 const LOCAL_WATCH: Duration = Duration::from_millis(50);
 
 /// Syncs every `interval`, and as soon as a push moves the branch of a repository on this
-/// machine (its ref files are checked every [`LOCAL_WATCH`]).
+/// machine (its ref files are checked every [`LOCAL_WATCH`]). With a `role` (etcd), only
+/// the leader syncs; a follower checks the store's revision every [`LOCAL_WATCH`] and wakes
+/// its long-polls when the leader wrote, and syncs at once when it becomes the leader.
 async fn poll(
-    core: Arc<Core<RedbStore>>,
+    core: Arc<Core<AnyStore>>,
     source: GitSource,
     interval: Duration,
     mut shutdown: watch::Receiver<bool>,
+    mut role: Option<watch::Receiver<Role>>,
 ) {
     let mut watched = source.local_head();
+    let mut seen_revision = None;
+    let mut was_leader = false;
     loop {
-        match core.sync().await {
-            Ok(s) if !s.errors.is_empty() => {
-                tracing::warn!(errors = ?s.errors, "sync refused the branch head");
+        let leading = role.as_ref().is_none_or(|r| r.borrow().is_leader());
+        core.metrics().set_leader(leading);
+        if leading && !was_leader && role.is_some() {
+            core.forget_seen_head().await;
+        }
+        was_leader = leading;
+        if leading {
+            match core.sync().await {
+                Ok(s) if !s.errors.is_empty() => {
+                    tracing::warn!(errors = ?s.errors, "sync refused the branch head");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "sync failed"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "sync failed"),
         }
         let next = tokio::time::Instant::now() + interval;
         loop {
-            let tick = if watched.is_some() {
+            let tick = if watched.is_some() || role.is_some() {
                 (tokio::time::Instant::now() + LOCAL_WATCH).min(next)
             } else {
                 next
@@ -305,6 +451,29 @@ async fn poll(
             tokio::select! {
                 _ = tokio::time::sleep_until(tick) => {}
                 _ = shutdown.wait_for(|s| *s) => return,
+                changed = async {
+                    match role.as_mut() {
+                        Some(r) => r.changed().await.is_ok(),
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if !changed {
+                        // the election ended (shutdown): stop syncing
+                        return;
+                    }
+                    break;
+                }
+            }
+            if let Some(r) = &role
+                && !r.borrow().is_leader()
+            {
+                if let Ok(revision) = core.store_revision().await
+                    && seen_revision != Some(revision)
+                {
+                    seen_revision = Some(revision);
+                    core.wake_assignments();
+                }
+                continue;
             }
             if tokio::time::Instant::now() >= next {
                 break;
@@ -335,8 +504,13 @@ impl ControllerHandle {
     }
 
     /// The state machine (for in-process callers such as `berth up`).
-    pub fn core(&self) -> &Arc<Core<RedbStore>> {
+    pub fn core(&self) -> &Arc<Core<AnyStore>> {
         &self.core
+    }
+
+    /// Whether this controller leads (always, on the embedded store).
+    pub fn is_leader(&self) -> bool {
+        self.role.as_ref().is_none_or(|r| r.borrow().is_leader())
     }
 
     /// Stops polling and serving; returns once both ended.
@@ -345,6 +519,10 @@ impl ControllerHandle {
         // a sync in flight (git fetch) is cancelled: its store writes are transactions
         self.poller.abort();
         let _ = self.poller.await;
+        // a leader revokes its lease so another takes over at once
+        if let Some(elector) = self.elector {
+            let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;
+        }
         match self.server.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),

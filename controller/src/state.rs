@@ -3,7 +3,8 @@
 //! the pure modules ([`revisions`](crate::revisions), [`assign`](crate::assign)); this module
 //! loads, persists (transactions with version conditions) and emits events.
 //!
-//! Writers are serialized by one lock (one controller process writes); the transactions'
+//! Writers are serialized by one lock (one controller process writes: with etcd, the elected
+//! leader, whose writes are fenced, see [`leader`](crate::leader)); the transactions'
 //! version conditions still guard against a second writer on the same store (a conflict is
 //! reported, never a lost write). It owns no sockets: [`api`](crate::api) serves it.
 
@@ -185,6 +186,28 @@ impl<S: Store> Core<S> {
     /// Changes whenever any host's assignment changes (long-polls wait on it).
     pub fn assignment_changes(&self) -> watch::Receiver<u64> {
         self.assignments.subscribe()
+    }
+
+    /// Wakes long-polls to re-read their assignment: a follower controller calls it when
+    /// the shared store changed under it (the leader wrote).
+    pub fn wake_assignments(&self) {
+        self.assignments.send_modify(|g| *g += 1);
+    }
+
+    /// The store's revision (followers watch it to notice the leader's writes).
+    pub async fn store_revision(&self) -> Result<u64, CoreError> {
+        Ok(self.store.revision().await?)
+    }
+
+    /// Forgets which head the last sync processed, so the next sync decides from the store
+    /// alone: a controller that becomes leader again may have missed the others' syncs.
+    pub async fn forget_seen_head(&self) {
+        *self.sync_lock.lock().await = None;
+    }
+
+    /// The store (for the token records of [`access`](crate::access)).
+    pub(crate) fn store(&self) -> &Arc<S> {
+        &self.store
     }
 
     /// Now, in Unix ms.

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use berth_controller::resolve::{RegistryResolver, credentials_from_docker_config};
-use berth_controller::{Config, Controller};
+use berth_controller::{Config, Controller, StoreConfig};
 
 use super::{Global, UsageError};
 
@@ -31,9 +31,23 @@ pub struct Args {
     /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
     #[arg(long)]
     pub metrics_token_required: bool,
+    /// Where the state lives: `embedded` (a file under --data-dir) or
+    /// `etcd://HOST:PORT[,HOST:PORT...]` (several controllers, one elected leader)
+    #[arg(long, env = "BERTH_STORE", default_value = "embedded")]
+    pub store: String,
+    /// With etcd: the leader's lease; a dead leader is replaced within about this long
+    #[arg(long, default_value = "5s")]
+    pub lease_ttl: berth_manifests::Duration,
+    /// With etcd: the URL the other controllers forward writes to (default: http://<--listen>)
+    #[arg(long)]
+    pub advertise: Option<String>,
     /// Most API connections open at once; past it new ones are closed at once
     #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS)]
     pub max_connections: usize,
+    /// Most API connections open at once from one IP address (raise it for load tests of
+    /// many simulated agents on one address)
+    #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS_PER_PEER)]
+    pub max_connections_per_peer: usize,
 }
 
 /// Runs `berth controller`.
@@ -41,6 +55,12 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if args.poll_interval.as_millis() < 100 {
         return Err(UsageError("--poll-interval must be at least 100ms".into()).into());
     }
+    if args.lease_ttl.as_millis() < 2000 {
+        return Err(
+            UsageError("--lease-ttl must be at least 2s (etcd's shortest lease)".into()).into(),
+        );
+    }
+    let store = StoreConfig::parse(&args.store).map_err(|e| UsageError(format!("--store: {e}")))?;
     let credentials = credentials_from_docker_config(&docker_config_path())?;
     let resolver = RegistryResolver::new(global.insecure_registries.clone(), credentials)?
         .with_mirrors(global.mirrors()?);
@@ -55,7 +75,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.host_grace = args.host_grace.as_std();
     config.token = global.token.clone();
     config.metrics_token_required = args.metrics_token_required;
+    config.store = store;
+    config.lease_ttl = args.lease_ttl.as_std();
+    config.advertise = args.advertise;
     config.max_connections = args.max_connections;
+    config.max_connections_per_peer = args.max_connections_per_peer;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -33,6 +33,7 @@ pub mod revisions;
 pub mod rollback;
 pub mod rollout;
 pub mod status;
+pub mod token;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

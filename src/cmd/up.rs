@@ -327,7 +327,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
 /// commit of a local repository at once. A failed commit is retried every 2 s.
 async fn watch_manifests(
     local: Option<LocalRepo>,
-    core: Arc<berth_controller::state::Core<berth_controller::store::redb::RedbStore>>,
+    core: Arc<berth_controller::state::Core<berth_controller::store::AnyStore>>,
     stop: impl std::future::Future<Output = ()>,
 ) {
     let Some(local) = local else {
@@ -390,7 +390,7 @@ struct About<'a> {
 /// Prints the source, then every change of an app's state, and marks `up` ready in its pid
 /// file after the first sync.
 async fn show(
-    core: Arc<berth_controller::state::Core<berth_controller::store::redb::RedbStore>>,
+    core: Arc<berth_controller::state::Core<berth_controller::store::AnyStore>>,
     about: About<'_>,
     lock: &mut PidLock,
     stop: impl std::future::Future<Output = ()>,
@@ -457,7 +457,7 @@ async fn show(
 }
 
 async fn exposed_ports(
-    core: &berth_controller::state::Core<berth_controller::store::redb::RedbStore>,
+    core: &berth_controller::state::Core<berth_controller::store::AnyStore>,
     host: &str,
 ) -> BTreeMap<String, u16> {
     match core.assignment(host).await {

@@ -3,6 +3,8 @@
 //! - [`Registry`]: a real CNCF Distribution registry (Debian's `docker-registry`) on a free
 //!   127.0.0.1 port with its storage in a temp dir, optionally behind basic auth; dropped, it
 //!   stops the process it started (by pid) and removes its storage.
+//! - [`Etcd`]: a real single-member etcd (Debian's `etcd-server`) on free 127.0.0.1 ports
+//!   with its data dir in a temp dir; dropped, it stops the process it started (by pid).
 //! - [`push_test_images`]: builds and pushes the `berth-test/*` images with
 //!   `scripts/test-images.sh` (one implementation shared with the shell fixtures).
 //! - [`busybox_rootfs`]: a minimal root filesystem from Debian's busybox-static.
@@ -167,6 +169,103 @@ impl Registry {
 impl Drop for Registry {
     fn drop(&mut self) {
         // Our own child, by pid; the temp dir then removes the storage.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running single-member etcd owned by the test.
+pub struct Etcd {
+    child: Child,
+    client: String,
+    dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Starts etcd on free loopback ports (client and peer) with a temp data dir; it allows
+    /// transactions of up to 10,000 ops and requests of up to 16 MiB (docs/controller.md).
+    pub fn start() -> std::io::Result<Etcd> {
+        let mut last = None;
+        // a free port can be taken between the check and etcd's bind: try a few times
+        for _ in 0..3 {
+            match Self::spawn() {
+                Ok(etcd) => return Ok(etcd),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("etcd did not start")))
+    }
+
+    fn spawn() -> std::io::Result<Etcd> {
+        let dir = tempfile::Builder::new()
+            .prefix("berth-test-etcd-")
+            .tempdir()?;
+        let client = format!("127.0.0.1:{}", free_port()?);
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let log = std::fs::File::create(dir.path().join("etcd.log"))?;
+        let child = Command::new("etcd")
+            .arg("--name=berth-test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls=http://{client}"))
+            .arg(format!("--advertise-client-urls=http://{client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=berth-test={peer}"))
+            .args(["--max-txn-ops=10000", "--max-request-bytes=16777216"])
+            .args(["--logger=zap", "--log-level=warn"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .map_err(|e| {
+                std::io::Error::other(format!(
+                    "cannot start etcd ({e}): run scripts/install-deps.sh (etcd-server)"
+                ))
+            })?;
+        let mut etcd = Etcd { child, client, dir };
+        etcd.wait_ready()?;
+        Ok(etcd)
+    }
+
+    fn wait_ready(&mut self) -> std::io::Result<()> {
+        for _ in 0..300 {
+            if let Some(status) = self.child.try_wait()? {
+                return Err(std::io::Error::other(format!(
+                    "etcd exited ({status}): {}",
+                    self.log()
+                )));
+            }
+            if http_get(&self.client, "/health").is_ok_and(|b| b.contains("true")) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::io::Error::other(format!(
+            "etcd on {} did not become healthy: {}",
+            self.client,
+            self.log()
+        )))
+    }
+
+    /// The client endpoint, `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.client)
+    }
+
+    /// The store URL for `berth controller --store`: `etcd://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("etcd://{}", self.client)
+    }
+
+    /// etcd's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        // Our own child, by pid; the temp dir then removes the data dir.
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

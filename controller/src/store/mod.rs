@@ -1,15 +1,17 @@
 //! The controller's store: a small key-value interface shaped like etcd's, so the embedded
-//! default ([`redb::RedbStore`], one file under the data dir) and the HA backend (etcd, a
-//! later layer) implement the same trait and pass the same [`conformance`] suite.
+//! default ([`redb::RedbStore`], one file under the data dir) and the HA backend
+//! ([`etcd::EtcdStore`], the real etcd) implement the same trait and pass the same
+//! [`conformance`] suite.
 //!
 //! Keys are `/`-separated strings (`apps/web/revisions/00000003`); values are bytes (the
 //! callers store JSON). Every write goes through [`Txn`]: conditions on the versions of keys,
-//! then puts and deletes, applied all-or-nothing. Each applied transaction bumps the store's
-//! revision; each entry remembers the revision that last wrote it (its version), which is
+//! then puts and deletes, applied all-or-nothing. Each applied transaction that writes bumps the
+//! store's revision; each entry remembers the revision that last wrote it (its version), which is
 //! what optimistic concurrency compares.
 //!
 //! The store knows nothing of apps or hosts: the layers above give keys their meaning.
 
+pub mod etcd;
 pub mod redb;
 
 use std::future::Future;
@@ -105,6 +107,12 @@ pub enum StoreError {
         /// The backend's words.
         reason: String,
     },
+    /// A write on a controller that does not lead (HA): the leader takes writes.
+    #[error("write refused: {reason}; the leader controller takes writes (retry)")]
+    NotLeader {
+        /// Why this controller may not write.
+        reason: String,
+    },
     /// A key or value breaks the store's rules.
     #[error("store key {key:?}: {reason}")]
     BadKey {
@@ -121,6 +129,7 @@ impl StoreError {
         match self {
             StoreError::Open { .. } => crate::ErrorKind::Unavailable,
             StoreError::Backend { .. } => crate::ErrorKind::Unavailable,
+            StoreError::NotLeader { .. } => crate::ErrorKind::Unavailable,
             StoreError::BadKey { .. } => crate::ErrorKind::InvalidInput,
         }
     }
@@ -182,11 +191,53 @@ pub trait Store: Send + Sync + 'static {
         prefix: &str,
     ) -> impl Future<Output = Result<Vec<(String, Entry)>, StoreError>> + Send;
 
-    /// Applies `txn` all-or-nothing; durable when it returns [`Outcome::Applied`].
+    /// Applies `txn` all-or-nothing; durable when it returns [`Outcome::Applied`]. Several
+    /// ops on one key leave the last one's effect. A transaction that changes nothing may
+    /// leave the revision where it was (etcd does).
     fn commit(&self, txn: Txn) -> impl Future<Output = Result<Outcome, StoreError>> + Send;
 
     /// The store's current revision (0 when nothing was ever written).
     fn revision(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
+/// The store a controller runs on, chosen at start (youki's enum-over-backends pattern):
+/// the embedded file, or etcd with the leader's fence.
+#[derive(Debug, Clone)]
+pub enum AnyStore {
+    /// The embedded default.
+    Redb(redb::RedbStore),
+    /// etcd, written only by the elected leader (boxed: the client is large).
+    Etcd(Box<crate::leader::FencedStore>),
+}
+
+impl Store for AnyStore {
+    async fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.get(key).await,
+            AnyStore::Etcd(s) => s.get(key).await,
+        }
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.list(prefix).await,
+            AnyStore::Etcd(s) => s.list(prefix).await,
+        }
+    }
+
+    async fn commit(&self, txn: Txn) -> Result<Outcome, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.commit(txn).await,
+            AnyStore::Etcd(s) => s.commit(txn).await,
+        }
+    }
+
+    async fn revision(&self) -> Result<u64, StoreError> {
+        match self {
+            AnyStore::Redb(s) => s.revision().await,
+            AnyStore::Etcd(s) => s.revision().await,
+        }
+    }
 }
 
 /// The behaviour every [`Store`] must have, as async checks a backend's tests call with a
@@ -204,6 +255,7 @@ pub mod conformance {
         failed_condition_writes_nothing(store).await;
         list_returns_prefix_sorted(store).await;
         delete_removes_and_bumps_revision(store).await;
+        the_last_op_on_a_key_wins(store).await;
         bad_keys_and_large_values_are_refused(store).await;
     }
 
@@ -324,6 +376,20 @@ pub mod conformance {
                 .delete("apps/web/1"),
         );
         assert_eq!(out.await.unwrap(), Outcome::Conflict);
+    }
+
+    async fn the_last_op_on_a_key_wins<S: Store>(store: &S) {
+        let txn = Txn::new()
+            .put("dup/a", b"first".to_vec())
+            .put("dup/a", b"second".to_vec())
+            .put("dup/b", b"gone".to_vec())
+            .delete("dup/b");
+        assert!(matches!(
+            store.commit(txn).await.unwrap(),
+            Outcome::Applied { .. }
+        ));
+        assert_eq!(store.get("dup/a").await.unwrap().unwrap().value, b"second");
+        assert_eq!(store.get("dup/b").await.unwrap(), None);
     }
 
     async fn bad_keys_and_large_values_are_refused<S: Store>(store: &S) {
