@@ -117,6 +117,7 @@ async fn the_agents_client_speaks_the_controllers_api() {
             assignment_version: second.version,
             instances: Vec::new(),
             apps: vec![AppReport {
+                requests_total: None,
                 app: "web".into(),
                 target: 2,
                 desired: 2,

@@ -168,6 +168,7 @@ fn controller_binary_serves_status_revisions_rollback_and_rollout() {
                 assignment_version: r.assignment_version,
                 instances: Vec::new(),
                 apps: vec![AppReport {
+                    requests_total: None,
                     app: "web".into(),
                     target: 2,
                     desired: 2,

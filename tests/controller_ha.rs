@@ -324,6 +324,7 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
             assignment_version: 0,
             instances: Vec::new(),
             apps: vec![AppReport {
+                requests_total: None,
                 app: "web".into(),
                 target: 5,
                 desired: 1,

@@ -138,6 +138,7 @@ fn the_dashboard_shows_apps_hosts_events_and_refuses_a_wrong_token() {
                 instances: Vec::new(),
                 apps: vec![
                     AppReport {
+                        requests_total: Some(100),
                         app: "web".into(),
                         target: 1,
                         desired: 2,
@@ -145,6 +146,7 @@ fn the_dashboard_shows_apps_hosts_events_and_refuses_a_wrong_token() {
                         rollout: RolloutState::Progressing,
                     },
                     AppReport {
+                        requests_total: None,
                         app: "api".into(),
                         target: 1,
                         desired: 1,
@@ -157,6 +159,13 @@ fn the_dashboard_shows_apps_hosts_events_and_refuses_a_wrong_token() {
             .await
             .unwrap();
     });
+
+    // The proxies' request counters reach the status (the page turns them into a rate).
+    let st = rt.block_on(client.status()).unwrap();
+    let web = st.apps.iter().find(|a| a.name == "web").unwrap();
+    assert_eq!(web.requests_total, Some(100));
+    let api = st.apps.iter().find(|a| a.name == "api").unwrap();
+    assert_eq!(api.requests_total, None);
 
     // The assets need no token and carry their security headers.
     let head = Command::new("curl")

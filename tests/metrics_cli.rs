@@ -129,6 +129,7 @@ fn controller_metrics_pass_promtool_check_metrics() {
                 assignment_version: a.version,
                 instances: Vec::new(),
                 apps: vec![AppReport {
+                    requests_total: None,
                     app: "web".into(),
                     target: 1,
                     desired: 1,

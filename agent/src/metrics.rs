@@ -501,6 +501,12 @@ impl AgentMetrics {
         *lock(&self.proxy.apps) = apps;
     }
 
+    /// The proxy's request counter for `app`, as last fetched (reported to the controller,
+    /// whose status and dashboard turn it into a rate).
+    pub fn proxy_requests(&self, app: &str) -> Option<u64> {
+        lock(&self.proxy.apps).get(app).map(|s| s.requests_total)
+    }
+
     /// The families as OpenMetrics text without the final `# EOF` line, so that a process
     /// serving other metrics too (`berth up`) can join the texts.
     pub fn encode_body(&self) -> String {

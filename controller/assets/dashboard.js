@@ -51,10 +51,32 @@ function showLogin(message) {
   document.getElementById("sync").textContent = "not signed in";
 }
 
+// Hosts report their proxies' request counters every few seconds: the rate is the change
+// of the sum over the time since it last changed (kept between changes).
+const counters = new Map(); // app -> {t, total, rps}
+
+function rate(app) {
+  if (typeof app.requests_total !== "number") return undefined;
+  const now = Date.now();
+  const c = counters.get(app.name);
+  if (!c || app.requests_total < c.total) {
+    counters.set(app.name, { t: now, total: app.requests_total, rps: c ? c.rps : undefined });
+    return c ? c.rps : undefined;
+  }
+  if (app.requests_total > c.total) {
+    c.rps = (app.requests_total - c.total) / Math.max(0.001, (now - c.t) / 1000);
+    c.t = now;
+    c.total = app.requests_total;
+  } else if (now - c.t > 30000) {
+    c.rps = 0; // no change for 30 s: idle
+  }
+  return c.rps;
+}
+
 function record(app) {
   let s = series.get(app.name);
   if (!s) { s = []; series.set(app.name, s); }
-  s.push({ t: Date.now(), ready: app.ready, desired: app.desired, rps: app.rps });
+  s.push({ t: Date.now(), ready: app.ready, desired: app.desired, rps: rate(app) });
   if (s.length > MAX_POINTS) s.shift();
   return s;
 }

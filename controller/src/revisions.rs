@@ -339,6 +339,7 @@ mod tests {
 
     fn report(target: u64, rollout: RolloutState) -> AppReport {
         AppReport {
+            requests_total: None,
             app: "web".into(),
             target,
             desired: 1,

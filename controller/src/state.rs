@@ -908,7 +908,19 @@ impl<S: Store> Core<S> {
                         lines.join("; ")
                     )
                 });
+                let requests_total = hosts
+                    .iter()
+                    .filter_map(|host| {
+                        host.last_report
+                            .as_ref()?
+                            .apps
+                            .iter()
+                            .find(|a| a.app == h.record.name)?
+                            .requests_total
+                    })
+                    .reduce(u64::saturating_add);
                 AppStatus {
+                    requests_total,
                     name: h.record.name.clone(),
                     revision: h.record.target,
                     desired,

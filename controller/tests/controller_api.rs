@@ -92,6 +92,7 @@ fn report(host: &str, version: u64, target: u64, rollout: RolloutState) -> HostR
         assignment_version: version,
         instances: Vec::new(),
         apps: vec![AppReport {
+            requests_total: None,
             app: "web".into(),
             target,
             desired: 2,

@@ -72,6 +72,7 @@ fn report(version: u64, target: u64, rollout: RolloutState) -> HostReport {
         assignment_version: version,
         instances: Vec::new(),
         apps: vec![AppReport {
+            requests_total: None,
             app: "web".into(),
             target,
             desired: 1,

@@ -184,6 +184,10 @@ pub struct AppReport {
     pub ready: u32,
     /// The rollout's state.
     pub rollout: RolloutState,
+    /// Requests the host's proxy has answered for the app since it started (its counter),
+    /// when the app is exposed; rates come from differences between reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_total: Option<u64>,
 }
 
 /// A rollout's state on one host.
@@ -252,6 +256,10 @@ pub struct AppStatus {
     /// failed rollout).
     #[serde(default)]
     pub head: u64,
+    /// Requests answered for the app by the hosts' proxies (sum of their counters, as last
+    /// reported); `None` when no host reports any (the app is not exposed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_total: Option<u64>,
 }
 
 /// One host in `berth status`.

@@ -192,6 +192,10 @@ fn build_report(name: &str, shared: &Shared) -> (HostReport, u64) {
             .apps
             .values()
             .filter_map(|(r, _)| r.clone())
+            .map(|mut r| {
+                r.requests_total = crate::metrics::global().proxy_requests(&r.app);
+                r
+            })
             .collect(),
         events: status.events.clone(),
     };

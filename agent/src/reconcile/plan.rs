@@ -543,6 +543,7 @@ pub fn plan(
         (None, _) => RolloutState::Progressing,
     };
     let report = AppReport {
+        requests_total: None,
         app: app.to_string(),
         target: target.number,
         desired: n,
