@@ -97,6 +97,20 @@ impl Drop for Env {
                 }
             }
         }
+        // Then remove each container with its cgroup (the data dir goes with the temp dir,
+        // the cgroups would not).
+        use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
+        let store = Store::new(&self.data);
+        let cgroups: Box<dyn Cgroups> =
+            match HostCgroups::detect(std::path::Path::new("/proc/self/mountinfo")) {
+                Ok(c) => Box::new(c),
+                Err(_) => Box::new(NoCgroups),
+            };
+        if let Ok((listed, _)) = store.list() {
+            for l in listed {
+                let _ = container::remove(&store, cgroups.as_ref(), &l.state.spec.id, true);
+            }
+        }
     }
 }
 
