@@ -525,3 +525,93 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
         (ev.contains("1 → 0 instances: idle") && ev.contains("0 → 1 instances: wake")).then_some(())
     });
 }
+
+/// A connection to 127.0.0.1:port made inside the sandbox's namespace (it stays there).
+fn connect_in(sandbox: &Sandbox, port: u16) -> std::io::Result<TcpStream> {
+    let s = berth_agent::host::net::run_in_netns(&sandbox.netns_path(), move || {
+        TcpStream::connect(("127.0.0.1", port))
+    })
+    .map_err(std::io::Error::other)??;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Sends one line and reads back what the echo server returned.
+fn echo(s: &mut TcpStream, line: &str) -> std::io::Result<String> {
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while got.last() != Some(&b'\n') {
+        if s.read(&mut byte)? == 0 {
+            break;
+        }
+        got.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&got).trim_end().to_string())
+}
+
+#[test]
+fn tcp_app_is_proxied_byte_for_byte_and_scales_on_open_connections() {
+    let reg = Registry::start().unwrap();
+    reg.push_test_images(&["hello"]).unwrap();
+    let sandbox = Sandbox::new("trafe", 5);
+    let image = pull(&sandbox, &reg);
+    // Not HTTP: busybox nc echoing every connection (`-ll`: keep listening, a child each).
+    let manifest = format!(
+        "app: echo\nimage: {image}\nport: 7000\n\
+         command: [/bin/sh, -c, 'exec nc -ll -p \"$PORT\" -e /bin/cat']\n\
+         expose: {{ port: {PROXY_PORT}, protocol: tcp }}\n\
+         health: {{ tcp: 7000, interval: 1s, timeout: 1s, start_period: 10s }}\n\
+         stop: {{ grace: 1s }}\n\
+         autoscale: {{ min: 1, max: 2, metric: concurrency, target: 2, scale_down_window: 2s }}\n"
+    );
+    let _dir = up(&sandbox, &manifest);
+    let mut first = wait_for(
+        "the echo app to answer through the proxy",
+        60,
+        &sandbox,
+        || {
+            let mut s = connect_in(&sandbox, PROXY_PORT).ok()?;
+            (echo(&mut s, "hello").ok()? == "hello").then_some(s)
+        },
+    );
+    assert_eq!(sandbox.instance_netns().len(), 1);
+
+    // Four open connections against a target of 2 per instance: a second instance.
+    let mut conns: Vec<TcpStream> = (0..3)
+        .map(|_| connect_in(&sandbox, PROXY_PORT).unwrap())
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(echo(c, &format!("line {i}")).unwrap(), format!("line {i}"));
+    }
+    wait_for(
+        "a second instance for 4 open connections",
+        30,
+        &sandbox,
+        || (sandbox.status()["apps"][0]["ready"].as_u64() == Some(2)).then_some(()),
+    );
+    // New connections are balanced to the new instance too; every one still echoes.
+    for i in 0..4 {
+        let mut c = connect_in(&sandbox, PROXY_PORT).unwrap();
+        assert_eq!(
+            echo(&mut c, &format!("new {i}")).unwrap(),
+            format!("new {i}")
+        );
+        conns.push(c);
+    }
+    assert_eq!(echo(&mut first, "still there").unwrap(), "still there");
+    let ev = events(&sandbox);
+    assert!(
+        ev.contains("ScaledUp") && ev.contains("concurrency per instance"),
+        "{ev}"
+    );
+
+    // All closed: back to one instance after the window.
+    drop(conns);
+    drop(first);
+    wait_for("the scale to return to 1", 40, &sandbox, || {
+        (sandbox.instance_netns().len() == 1).then_some(())
+    });
+    let mut c = connect_in(&sandbox, PROXY_PORT).unwrap();
+    assert_eq!(echo(&mut c, "after").unwrap(), "after");
+}

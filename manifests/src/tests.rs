@@ -396,6 +396,10 @@ fn docs_mirror_the_defaults() {
         ("volumes[].read_only", d(&defaults::VOLUME_READ_ONLY)),
         ("placement.spread", d(&defaults::PLACEMENT_SPREAD)),
         ("network", defaults::NETWORK.as_str().to_owned()),
+        (
+            "expose.protocol",
+            defaults::EXPOSE_PROTOCOL.as_str().to_owned(),
+        ),
         ("logs.max_size", d(&defaults::LOGS_MAX_SIZE)),
         ("logs.max_files", d(&defaults::LOGS_MAX_FILES)),
     ];
