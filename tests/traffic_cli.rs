@@ -462,7 +462,27 @@ fn now_of_day() -> f64 {
 /// The phases from the load step to the second instance in rotation, from the agent's log
 /// (`berth_agent` at debug): the decision, the start step, its first passing probe and the
 /// admit step, in ms after `t0` (seconds of the day).
+/// `s` without ANSI escape sequences (the log's colours).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters… final letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn phases(log: &str, t0: f64) -> String {
+    let log = strip_ansi(log);
     let after: Vec<(f64, &str)> = log
         .lines()
         .filter_map(|l| Some((log_time(l)?, l)))
@@ -475,7 +495,7 @@ fn phases(log: &str, t0: f64) -> String {
     let ms =
         |t: Option<f64>| t.map_or_else(|| "?".to_string(), |t| format!("{:.0}", (t - t0) * 1000.0));
     let find = |pred: &dyn Fn(&str) -> bool| after.iter().find(|(_, l)| pred(l)).copied();
-    let decision = find(&|l| l.contains("autoscaled") && l.contains("to=2"));
+    let decision = find(&|l| l.contains("autoscaled") && l.contains("from=1"));
     let start = find(&|l| l.contains("applying") && l.contains("step=\"start\""));
     let id = start.and_then(|(_, l)| field(l, "id")).unwrap_or_default();
     let probed = |ok: bool| {
@@ -711,7 +731,7 @@ fn tcp_app_is_proxied_byte_for_byte_and_scales_on_open_connections() {
     assert_eq!(echo(&mut first, "still there").unwrap(), "still there");
     let ev = events(&sandbox);
     assert!(
-        ev.contains("ScaledUp") && ev.contains("concurrency per instance"),
+        ev.contains("ScaledUp") && ev.contains("in-flight per instance"),
         "{ev}"
     );
 
