@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Long fuzz runs (issue 9; CI runs the same properties with a few hundred cases): the manifest
+# parser and validator (manifests/tests/hostile_yaml.rs, plus the random-bytes and damaged-YAML
+# properties of revision_props.rs) and layer extraction into a temp root
+# (agent/tests/hardening_unpack_fuzz.rs, needs root). Every case must end in a value or an
+# error within its time bound, never a panic; extraction must write nothing outside the root.
+# A failing case is shrunk and saved under proptest-regressions/ by proptest (replayed first
+# on the next run). Prints cases, wall time and failures per suite.
+#
+#   scripts/fuzz.sh [CASES=20000]       (root for the extraction suite)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cases=${1:-20000}
+cargo build --tests -p berth-manifests -p berth-agent --test hostile_yaml --test revision_props \
+  --test hardening_unpack_fuzz >/dev/null 2>&1 ||
+  cargo build --tests -p berth-manifests -p berth-agent
+fail=0
+run() { # package test filter cases
+  local start=$SECONDS log
+  log=$(mktemp /tmp/berth-fuzz.XXXXXX)
+  if PROPTEST_CASES=$4 cargo test -q -p "$1" --test "$2" -- "$3" >"$log" 2>&1; then
+    echo "$2 $3: $4 cases per property, $((SECONDS - start)) s, 0 failures"
+  else
+    echo "$2 $3: FAILED after $((SECONDS - start)) s:"; grep -E "panicked|minimal failing|Test failed" "$log" | head -20
+    fail=1
+  fi
+  rm -f "$log"
+}
+run berth-manifests hostile_yaml hostile_manifests "$cases"
+run berth-manifests hostile_yaml alias_and_merge "$((cases / 10))"
+run berth-manifests hostile_yaml deeply_nested "$((cases / 50))"
+run berth-manifests revision_props never_panic "$cases"
+run berth-agent hardening_unpack_fuzz "" "$cases"
+exit $fail
