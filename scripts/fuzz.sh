@@ -11,24 +11,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-20000}
-cargo build --tests -p berth-manifests -p berth-agent --test hostile_yaml --test revision_props \
-  --test hardening_unpack_fuzz >/dev/null 2>&1 ||
-  cargo build --tests -p berth-manifests -p berth-agent
+# --workspace: the same feature set as the rest of the build (no rebuild of dependencies).
+cargo build --workspace --tests --test hostile_yaml --test revision_props --test hardening_unpack_fuzz
 fail=0
-run() { # package test filter cases
+run() { # test filter cases
   local start=$SECONDS log
   log=$(mktemp /tmp/berth-fuzz.XXXXXX)
-  if PROPTEST_CASES=$4 cargo test -q -p "$1" --test "$2" -- "$3" >"$log" 2>&1; then
-    echo "$2 $3: $4 cases per property, $((SECONDS - start)) s, 0 failures"
+  if PROPTEST_CASES=$3 cargo test -q --workspace --test "$1" -- "$2" >"$log" 2>&1; then
+    echo "$1 $2: $3 cases per property, $((SECONDS - start)) s, 0 failures"
   else
-    echo "$2 $3: FAILED after $((SECONDS - start)) s:"; grep -E "panicked|minimal failing|Test failed" "$log" | head -20
+    echo "$1 $2: FAILED after $((SECONDS - start)) s:"; grep -E "panicked|minimal failing|Test failed" "$log" | head -20
     fail=1
   fi
   rm -f "$log"
 }
-run berth-manifests hostile_yaml hostile_manifests "$cases"
-run berth-manifests hostile_yaml alias_and_merge "$((cases / 10))"
-run berth-manifests hostile_yaml deeply_nested "$((cases / 50))"
-run berth-manifests revision_props never_panic "$cases"
-run berth-agent hardening_unpack_fuzz "" "$cases"
+run hostile_yaml hostile_manifests "$cases"
+run hostile_yaml alias_and_merge "$((cases / 10))"
+run hostile_yaml deeply_nested "$((cases / 50))"
+run revision_props never_panic "$cases"
+run hardening_unpack_fuzz "" "$cases"
 exit $fail
