@@ -21,6 +21,7 @@
 //! | `GET /v1/apps/{app}/rollout?revision=N` | `RolloutStatus` |
 //! | `POST /v1/apps/{app}/rollback` `{"to": N}` | `RevisionInfo` (now pinned) |
 //! | `GET /v1/instances` | `[InstanceInfo]` |
+//! | `GET /v1/placement` | `PlacementView`: instances per host and app, capacity, what did not fit |
 //! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard (no token: static assets) |
@@ -214,6 +215,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollout", get(rollout::<S>))
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
+        .route("/v1/placement", get(placement::<S>))
         .route("/v1/leader", get(leader::<S>))
         .route("/v1/tokens", post(create_token::<S>).get(tokens::<S>))
         .route("/v1/tokens/{id}", axum::routing::delete(revoke_token::<S>))
@@ -873,6 +875,12 @@ async fn instances<S: Store>(
     State(state): State<ApiState<S>>,
 ) -> ApiResult<Json<Vec<wire::InstanceInfo>>> {
     Ok(Json(state.core.instances().await?))
+}
+
+async fn placement<S: Store>(
+    State(state): State<ApiState<S>>,
+) -> ApiResult<Json<wire::PlacementView>> {
+    Ok(Json(state.core.placement().await?))
 }
 
 async fn sync<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<wire::SyncStatus>> {

@@ -220,6 +220,11 @@ impl Client {
         self.get("/v1/instances").await
     }
 
+    /// `GET /v1/placement`.
+    pub async fn placement(&self) -> Result<berth_manifests::wire::PlacementView, ClientError> {
+        self.get("/v1/placement").await
+    }
+
     /// `POST /v1/sync`.
     pub async fn sync(&self) -> Result<SyncStatus, ClientError> {
         let url = self.url("/v1/sync");

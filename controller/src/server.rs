@@ -67,7 +67,8 @@ pub struct Config {
     pub token: Option<String>,
     /// Tag → digest resolution.
     pub resolver: Arc<dyn DigestResolver>,
-    /// A host silent longer than this shows `ready: false`.
+    /// A host silent longer than this is marked down and its apps are placed elsewhere; a
+    /// host back from down gets work once it has reported for this long.
     pub host_grace: Duration,
     /// The wall clock (Unix ms); [`system_clock`] outside tests.
     pub clock: Clock,
@@ -192,6 +193,7 @@ pub struct ControllerHandle {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     poller: JoinHandle<()>,
+    liveness: JoinHandle<()>,
     elector: Option<JoinHandle<()>>,
 }
 
@@ -331,6 +333,12 @@ impl Controller {
             shutdown_rx.clone(),
             acceptor,
         ));
+        let liveness = tokio::spawn(liveness(
+            core.clone(),
+            config.host_grace,
+            shutdown_rx.clone(),
+            ha.as_ref().map(|h| h.role.clone()),
+        ));
         let poller = tokio::spawn(poll(
             core.clone(),
             watched,
@@ -348,6 +356,7 @@ impl Controller {
             shutdown,
             server,
             poller,
+            liveness,
             elector,
         })
     }
@@ -537,6 +546,29 @@ impl Drop for PeerSlot {
     }
 }
 
+/// Checks the hosts' liveness every quarter of the grace period (100 ms … 1 s) while this
+/// controller leads: silent hosts are marked down and their apps placed elsewhere, and hosts
+/// back for a grace period get work again ([`Core::check_hosts`]).
+async fn liveness(
+    core: Arc<Core<AnyStore>>,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    role: Option<watch::Receiver<Role>>,
+) {
+    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if role.as_ref().is_none_or(|r| r.borrow().is_leader())
+            && let Err(error) = core.check_hosts().await
+        {
+            tracing::warn!(%error, "checking the hosts' liveness failed");
+        }
+    }
+}
+
 /// How often a repository on this machine has its ref files checked for pushes.
 const LOCAL_WATCH: Duration = Duration::from_millis(50);
 
@@ -659,6 +691,8 @@ impl ControllerHandle {
         // a sync in flight (git fetch) is cancelled: its store writes are transactions
         self.poller.abort();
         let _ = self.poller.await;
+        self.liveness.abort();
+        let _ = self.liveness.await;
         // a leader revokes its lease so another takes over at once
         if let Some(elector) = self.elector {
             let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;

@@ -42,6 +42,14 @@ pub struct Args {
     /// Serve `GET /metrics` (OpenMetrics) on this address, e.g. 127.0.0.1:9700
     #[arg(long, env = "BERTH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What this host offers to apps, cpu=CORES,memory=SIZE (either may be left out);
+    /// default: the online cpus and MemTotal minus a reserve (docs/multi-host.md)
+    #[arg(long, env = "BERTH_CAPACITY", value_name = "cpu=2,memory=4Gi")]
+    pub capacity: Option<String>,
+    /// Report to the controller at least this often (the heartbeat; keep it well under the
+    /// controller's --host-grace)
+    #[arg(long, default_value = "10s")]
+    pub report_interval: berth_manifests::Duration,
     /// The parent cgroup of the instances (one per agent on a host)
     #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
@@ -200,6 +208,20 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut config = AgentConfig::new(args.name.clone());
     config.labels = labels(&args.labels)?;
+    let detected = berth_agent::host::capacity::detect().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read this host's capacity; declaring none (not limited)");
+        berth_manifests::wire::Capacity::default()
+    });
+    config.capacity = match &args.capacity {
+        Some(spec) => {
+            berth_agent::host::capacity::parse_override(spec, detected).map_err(UsageError)?
+        }
+        None => detected,
+    };
+    if args.report_interval.as_millis() < 100 {
+        return Err(UsageError("--report-interval must be at least 100ms".into()).into());
+    }
+    config.report_interval = args.report_interval.as_std();
     let options = args.registry.pull_options(global)?;
     let net = args.net.config()?;
     let rt = super::pull::runtime()?;

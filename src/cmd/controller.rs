@@ -25,8 +25,9 @@ pub struct Args {
     /// Time between polls of the repository (`POST /v1/sync` fetches at once)
     #[arg(long, default_value = "5s")]
     pub poll_interval: berth_manifests::Duration,
-    /// A host silent longer than this shows as not ready
-    #[arg(long, default_value = "30s")]
+    /// A host silent longer than this is marked down and its apps are placed on other
+    /// matching hosts; a host back from down gets work once it has reported this long
+    #[arg(long, alias = "node-grace", default_value = "30s")]
     pub host_grace: berth_manifests::Duration,
     /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
     #[arg(long)]
