@@ -241,6 +241,64 @@ pub fn to_spec(
             gid: num("gid"),
         });
     }
+    for r in linux["resources"]["devices"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let num = |k: &str| match &r[k] {
+            Value::Null => Ok(None),
+            v => v
+                .as_i64()
+                .filter(|n| *n == -1 || u32::try_from(*n).is_ok())
+                .map(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    invalid(
+                        "linux.resources.devices",
+                        format!("{k} {v} is not a device number"),
+                    )
+                }),
+        };
+        let kind = match r["type"].as_str().unwrap_or("a") {
+            t @ ("a" | "c" | "b") => t.chars().next().unwrap_or('a'),
+            other => {
+                return Err(invalid(
+                    "linux.resources.devices",
+                    format!("type {other:?} must be a, c or b"),
+                ));
+            }
+        };
+        let access = r["access"].as_str().unwrap_or("rwm").to_string();
+        if access.is_empty() || !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+            return Err(invalid(
+                "linux.resources.devices",
+                format!("access {access:?} must be letters of rwm"),
+            ));
+        }
+        spec.device_rules
+            .push(crate::runtime::spec::DeviceCgroupRule {
+                allow: r["allow"].as_bool().unwrap_or(false),
+                kind,
+                major: num("major")?,
+                minor: num("minor")?,
+                access,
+            });
+    }
+    if let Some(p) = linux["rootfsPropagation"]
+        .as_str()
+        .filter(|p| !p.is_empty())
+    {
+        let known = ["shared", "slave", "private", "unbindable"];
+        if !known.contains(&p.strip_prefix('r').unwrap_or(p)) && !known.contains(&p) {
+            return Err(invalid(
+                "linux.rootfsPropagation",
+                format!(
+                    "{p:?} must be one of shared, slave, private, unbindable (or rshared, ...)"
+                ),
+            ));
+        }
+        spec.rootfs_propagation = Some(p.to_string());
+    }
     spec.masked_paths = strings(&linux["maskedPaths"]);
     spec.readonly_paths = strings(&linux["readonlyPaths"]);
     let res = &linux["resources"];
@@ -445,6 +503,39 @@ mod tests {
     }
 
     #[test]
+    fn device_cgroup_rules_are_read_in_order() {
+        let mut c = config();
+        c["linux"]["resources"]["devices"] = serde_json::json!([
+            {"allow": false, "access": "rwm"},
+            {"allow": true, "type": "c", "major": 10, "minor": 229, "access": "rwm"},
+            {"allow": true, "type": "b", "major": 8, "minor": -1, "access": "r"}
+        ]);
+        let (spec, _) = to_spec("c1", Path::new("/b"), &c).unwrap();
+        let rules: Vec<_> = spec
+            .device_rules
+            .iter()
+            .map(|r| (r.allow, r.kind, r.major, r.minor, r.access.as_str()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (false, 'a', None, None, "rwm"),
+                (true, 'c', Some(10), Some(229), "rwm"),
+                (true, 'b', Some(8), None, "r"),
+            ]
+        );
+        for bad in [
+            serde_json::json!({"allow": true, "type": "x"}),
+            serde_json::json!({"allow": true, "access": "rwx"}),
+            serde_json::json!({"allow": true, "major": -5}),
+        ] {
+            let mut c = config();
+            c["linux"]["resources"]["devices"] = serde_json::json!([bad.clone()]);
+            assert!(to_spec("c1", Path::new("/b"), &c).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn only_runtime_spec_1_versions_are_read() {
         for ok in ["1.0.2", "1.1.0", "1.0.0-rc5", "1.2.0+dev", "1.0.2-dev"] {
             assert!(supported_version(ok), "{ok}");
@@ -477,6 +568,16 @@ mod tests {
         c["linux"]["resources"]["blockIO"] = serde_json::json!({});
         c["linux"]["resources"]["hugepageLimits"] = serde_json::json!([]);
         assert!(to_spec("c1", Path::new("/b"), &c).is_ok());
+    }
+
+    #[test]
+    fn rootfs_propagation_is_checked() {
+        let mut c = config();
+        c["linux"]["rootfsPropagation"] = serde_json::json!("rshared");
+        let (spec, _) = to_spec("c1", Path::new("/b"), &c).unwrap();
+        assert_eq!(spec.rootfs_propagation.as_deref(), Some("rshared"));
+        c["linux"]["rootfsPropagation"] = serde_json::json!("sideways");
+        assert!(to_spec("c1", Path::new("/b"), &c).is_err());
     }
 
     #[test]

@@ -104,6 +104,21 @@ pub struct Device {
     pub gid: Option<u32>,
 }
 
+/// A device cgroup rule (OCI `linux.resources.devices`), applied in order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceCgroupRule {
+    /// Allow (true) or deny.
+    pub allow: bool,
+    /// `a`, `c` or `b`.
+    pub kind: char,
+    /// Major number; `None` = any.
+    pub major: Option<u32>,
+    /// Minor number; `None` = any.
+    pub minor: Option<u32>,
+    /// Any of `r`, `w`, `m`.
+    pub access: String,
+}
+
 /// A bind mount from the host (a volume) or a filesystem mount (OCI `mounts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
@@ -327,6 +342,15 @@ pub struct ContainerSpec {
     pub permitted: Option<CapSet>,
     /// The app revision (empty for `berth run`).
     pub revision: String,
+    /// Propagation of the container's root mount after `pivot_root` (OCI
+    /// `linux.rootfsPropagation`: `shared`, `slave`, `private`, `unbindable`, or their `r`
+    /// forms); `None` keeps it private.
+    #[serde(default)]
+    pub rootfs_propagation: Option<String>,
+    /// Device cgroup rules from the bundle, applied after the default deny-all and before
+    /// the default allow-list (OCI `linux.resources.devices`).
+    #[serde(default)]
+    pub device_rules: Vec<DeviceCgroupRule>,
     /// Device nodes to create besides the default ones (OCI `linux.devices`).
     #[serde(default)]
     pub devices: Vec<Device>,
@@ -378,6 +402,8 @@ impl ContainerSpec {
             permitted: None,
             init: false,
             devices: Vec::new(),
+            device_rules: Vec::new(),
+            rootfs_propagation: None,
         }
     }
 

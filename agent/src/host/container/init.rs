@@ -99,6 +99,14 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     };
     rootfs::pivot(root.as_fd(), spec.readonly_rootfs).map_err(|e| e.to_string())?;
     drop(root);
+    // OCI rootfsPropagation: the container's mount namespace is private to it, so a shared
+    // root forms a peer group inside the container only.
+    if let Some(p) = &spec.rootfs_propagation
+        && let Some(flag) = rootfs::propagation(std::slice::from_ref(p))
+    {
+        sys::mount(None, "/", None, flag, None)
+            .map_err(|e| format!("set rootfs propagation {p}: {e}"))?;
+    }
     // Namespaced sysctls (validated: only the container's own ipc/net namespaces) and the
     // OOM score, through the container's procfs.
     for (key, value) in &spec.sysctl {

@@ -136,10 +136,30 @@ fn cg_err(path: &str, e: impl std::fmt::Display) -> ContainerError {
     }
 }
 
-/// The default device allow-list plus `rwm` on each of the spec's own device nodes.
+/// The device rules of a container, in order: the default deny-all, the bundle's own rules
+/// (OCI `linux.resources.devices`, in their order), the default allow-list (the spec's
+/// default devices must stay usable), and `rwm` on each of the spec's device nodes.
 fn device_rules(spec: &ContainerSpec) -> Vec<crate::host::cgroup::DeviceRule> {
     use crate::host::cgroup::{DeviceAccess, DeviceKind, DeviceRule};
-    let mut rules = crate::host::cgroup::default_device_rules();
+    let defaults = crate::host::cgroup::default_device_rules();
+    let (deny_all, allows) = defaults.split_at(1.min(defaults.len()));
+    let mut rules = deny_all.to_vec();
+    rules.extend(spec.device_rules.iter().map(|r| DeviceRule {
+        allow: r.allow,
+        kind: match r.kind {
+            'c' => DeviceKind::Char,
+            'b' => DeviceKind::Block,
+            _ => DeviceKind::All,
+        },
+        major: r.major,
+        minor: r.minor,
+        access: DeviceAccess {
+            read: r.access.contains('r'),
+            write: r.access.contains('w'),
+            mknod: r.access.contains('m'),
+        },
+    }));
+    rules.extend_from_slice(allows);
     rules.extend(
         spec.devices
             .iter()
@@ -276,5 +296,42 @@ impl Cgroups for HostCgroups {
             let _ = cg.kill_all();
         }
         cg.delete().map_err(|e| cg_err(&path, e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::spec::{Device, DeviceCgroupRule};
+
+    #[test]
+    fn bundle_device_rules_come_between_deny_all_and_the_default_allows() {
+        let mut spec = ContainerSpec::for_test("c1");
+        spec.device_rules = vec![DeviceCgroupRule {
+            allow: true,
+            kind: 'c',
+            major: Some(10),
+            minor: Some(229),
+            access: "rwm".into(),
+        }];
+        spec.devices = vec![Device {
+            path: "/dev/test1".into(),
+            kind: 'b',
+            major: 8,
+            minor: 1,
+            mode: None,
+            uid: None,
+            gid: None,
+        }];
+        let lines: Vec<String> = device_rules(&spec)
+            .iter()
+            .map(|r| format!("{} {}", r.v1_file(), r.v1_line()))
+            .collect();
+        let defaults = crate::host::cgroup::default_device_rules();
+        assert_eq!(lines[0], "devices.deny a *:* rwm");
+        assert_eq!(lines[1], "devices.allow c 10:229 rwm");
+        assert_eq!(lines.len(), defaults.len() + 2);
+        assert_eq!(lines[2], format!("devices.allow {}", defaults[1].v1_line()));
+        assert_eq!(lines.last().unwrap(), "devices.allow b 8:1 rwm");
     }
 }
