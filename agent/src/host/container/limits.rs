@@ -137,8 +137,11 @@ fn cg_err(path: &str, e: impl std::fmt::Display) -> ContainerError {
 }
 
 /// The device rules of a container, in order: the default deny-all, the bundle's own rules
-/// (OCI `linux.resources.devices`, in their order), the default allow-list (the spec's
-/// default devices must stay usable), and `rwm` on each of the spec's device nodes.
+/// (OCI `linux.resources.devices`, in their order), the default allow rules (the spec's
+/// default devices must stay usable), and `rwm` on each of the spec's device nodes. The
+/// default deny rules after the deny-all (e.g. /dev/fuse) are left out: they change nothing
+/// for a container without rules of its own, and a bundle that allows such a device
+/// explicitly gets it.
 fn device_rules(spec: &ContainerSpec) -> Vec<crate::host::cgroup::DeviceRule> {
     use crate::host::cgroup::{DeviceAccess, DeviceKind, DeviceRule};
     let defaults = crate::host::cgroup::default_device_rules();
@@ -159,7 +162,7 @@ fn device_rules(spec: &ContainerSpec) -> Vec<crate::host::cgroup::DeviceRule> {
             mknod: r.access.contains('m'),
         },
     }));
-    rules.extend_from_slice(allows);
+    rules.extend(allows.iter().filter(|r| r.allow).copied());
     rules.extend(
         spec.devices
             .iter()
@@ -307,6 +310,7 @@ mod tests {
     #[test]
     fn bundle_device_rules_come_between_deny_all_and_the_default_allows() {
         let mut spec = ContainerSpec::for_test("c1");
+        // /dev/fuse, which the defaults deny explicitly.
         spec.device_rules = vec![DeviceCgroupRule {
             allow: true,
             kind: 'c',
@@ -330,8 +334,13 @@ mod tests {
         let defaults = crate::host::cgroup::default_device_rules();
         assert_eq!(lines[0], "devices.deny a *:* rwm");
         assert_eq!(lines[1], "devices.allow c 10:229 rwm");
-        assert_eq!(lines.len(), defaults.len() + 2);
+        let default_allows = defaults.iter().filter(|r| r.allow).count();
+        assert_eq!(lines.len(), 1 + 1 + default_allows + 1);
         assert_eq!(lines[2], format!("devices.allow {}", defaults[1].v1_line()));
+        assert!(
+            !lines[1..].iter().any(|l| l.starts_with("devices.deny")),
+            "a default deny undoes the bundle's allow: {lines:?}"
+        );
         assert_eq!(lines.last().unwrap(), "devices.allow b 8:1 rwm");
     }
 }
