@@ -249,7 +249,7 @@ pub fn show_memory(bytes: u64, declared: bool) -> String {
         "unlimited".into()
     } else if bytes >= GI {
         let tenths = bytes / (GI / 10);
-        if tenths % 10 == 0 {
+        if tenths.is_multiple_of(10) {
             format!("{}Gi", tenths / 10)
         } else {
             format!("{}.{}Gi", tenths / 10, tenths % 10)
@@ -906,7 +906,10 @@ mod tests {
 
     /// A random cluster: hosts with a zone label and capacity, apps with replicas, a zone
     /// (or none) and requests.
-    fn cluster() -> impl Strategy<Value = (Vec<HostInfo>, Vec<(u32, Option<u8>, u64, u64, bool)>)> {
+    /// One random app: instances, zone label, cpu millis, memory MiB, spread.
+    type AppSpec = (u32, Option<u8>, u64, u64, bool);
+
+    fn cluster() -> impl Strategy<Value = (Vec<HostInfo>, Vec<AppSpec>)> {
         let hosts = prop::collection::vec((0u8..3, 0u64..8_000, 0u64..8_192, 0u8..6), 1..8)
             .prop_map(|hs| {
                 hs.into_iter()
@@ -939,9 +942,7 @@ mod tests {
         (hosts, apps)
     }
 
-    fn demands(
-        apps: &[(u32, Option<u8>, u64, u64, bool)],
-    ) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
+    fn demands(apps: &[AppSpec]) -> (Vec<String>, Vec<BTreeMap<String, String>>) {
         let names = (0..apps.len()).map(|i| format!("app{i}")).collect();
         let labels = apps
             .iter()
@@ -955,7 +956,7 @@ mod tests {
 
     fn run(
         hosts: &[HostInfo],
-        apps: &[(u32, Option<u8>, u64, u64, bool)],
+        apps: &[AppSpec],
         previous: &Previous,
     ) -> (Vec<Demand<'static>>, Allocation) {
         let (names, labels) = demands(apps);
