@@ -7,6 +7,10 @@
 //! certificate expired (a clear error). With a 6 s certificate lifetime the agent renews at
 //! 4 s and keeps reporting after its first certificate expired.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits with deadlines read from the wall clock"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -5,6 +5,10 @@
 //! leader, which takes the host from the follower's controller certificate
 //! (`x-berth-forwarded-host`); another host's assignment is still 403 there.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits with deadlines read from the wall clock"
+)]
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -144,10 +148,7 @@ async fn controllers_on_etcd_share_the_ca_and_forward_agents_certificates() {
         .await
         .unwrap();
     agent.assignment("h1", 0, Duration::ZERO).await.unwrap();
-    let err = agent
-        .assignment("h2", 0, Duration::ZERO)
-        .await
-        .unwrap_err();
+    let err = agent.assignment("h2", 0, Duration::ZERO).await.unwrap_err();
     assert!(format!("{err:?}").contains("403"), "{err:?}");
     // renewal through the follower; the new certificate works at the leader as well
     let renewed = node_cert::renew(&agent, &cert).await.unwrap();
