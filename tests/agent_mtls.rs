@@ -221,9 +221,14 @@ fn agents_join_with_tokens_then_speak_mtls_for_their_own_host_only() {
     let out = c
         .berth(
             &elsewhere,
-            &["status", "--token", admin_token.trim(), "--ca"],
+            &[
+                "status",
+                "--token",
+                admin_token.trim(),
+                "--ca",
+                ca_file.to_str().unwrap(),
+            ],
         )
-        .arg(&ca_file)
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
