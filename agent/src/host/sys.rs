@@ -348,6 +348,15 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Clears close-on-exec on `fd` (it survives the next exec).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns.
+    let flags = check_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
 /// `execve(path, argv, envp)`; returns only on failure.
 pub fn execve(path: &str, argv: &[String], envp: &[String]) -> io::Error {
     let conv = |v: &[String]| -> io::Result<Vec<CString>> { v.iter().map(|s| cstr(s)).collect() };
@@ -394,10 +403,18 @@ pub fn execveat_empty(fd: BorrowedFd<'_>, argv: &[String], envp: &[String]) -> i
 /// A close-on-exec memfd named `name` holding `bytes`, sealed against any change.
 pub fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     let n = cstr(name)?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3): executable even where `vm.memfd_noexec` makes memfds
+    // non-executable by default; older kernels refuse the flag (EINVAL), so retry without.
+    const MFD_EXEC: libc::c_uint = 0x0010;
     // SAFETY: a valid C string and integer flags.
-    let fd = check_int(unsafe {
-        libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    })?;
+    let fd = match check_int(unsafe { libc::memfd_create(n.as_ptr(), flags | MFD_EXEC) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // SAFETY: as above.
+            check_int(unsafe { libc::memfd_create(n.as_ptr(), flags) })?
+        }
+        other => other?,
+    };
     // SAFETY: memfd_create returned a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     write_all_fd(fd.as_fd(), bytes)?;
