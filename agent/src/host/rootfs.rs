@@ -397,8 +397,7 @@ fn setup_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
 /// hosts; on v1 and hybrid hosts a tmpfs with each hierarchy mounted below (the container's
 /// cgroup namespace makes each show only the container's own subtree).
 fn mount_cgroupfs(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(sys_err("read", "/proc/self/mountinfo"))?;
+    let mountinfo = sys::self_mountinfo().map_err(sys_err("read", "/proc/self/mountinfo"))?;
     let mut subs: Vec<(String, String, String)> = Vec::new();
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {

@@ -348,6 +348,31 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+static MOUNTINFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static MOUNTINFO_STALE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process's `/proc/self/mountinfo`, read once per process: the CLI's cgroup detection
+/// and the init it forks (whose new mount namespace starts as a copy, with the same cgroup
+/// mounts) share one read. The kernel generates the text on every read, which costs 0.5–1 ms
+/// on a host with a few hundred mounts. After [`mountinfo_changed`], every call reads anew.
+pub fn self_mountinfo() -> io::Result<std::borrow::Cow<'static, str>> {
+    use std::borrow::Cow;
+    let fresh = || std::fs::read_to_string("/proc/self/mountinfo");
+    if MOUNTINFO_STALE.load(std::sync::atomic::Ordering::SeqCst) {
+        return fresh().map(Cow::Owned);
+    }
+    if let Some(text) = MOUNTINFO.get() {
+        return Ok(Cow::Borrowed(text));
+    }
+    let text = fresh()?;
+    Ok(Cow::Borrowed(MOUNTINFO.get_or_init(|| text)))
+}
+
+/// Marks [`self_mountinfo`]'s copy outdated (this process joined another mount namespace).
+pub fn mountinfo_changed() {
+    MOUNTINFO_STALE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Clears close-on-exec on `fd` (it survives the next exec).
 pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
     // SAFETY: fcntl on an fd the caller owns.

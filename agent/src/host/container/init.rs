@@ -282,6 +282,9 @@ fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {
     };
     let fd = sys::open(path, libc::O_RDONLY)
         .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    if flag == libc::CLONE_NEWNS {
+        sys::mountinfo_changed();
+    }
     sys::setns(fd.as_fd(), flag)
         .map_err(|e| format!("join {kind} namespace {}: {e}", path.display()))
 }
