@@ -150,8 +150,11 @@ pub fn spawn(
         id: cfg.spec.id.clone(),
         message: format!("encode init config: {e}"),
     })?;
+    // `--init` keeps the init as the container's pid 1 for its whole life: that must be the
+    // berth re-executed from a read-only bind, never a fork of the caller's image.
+    let verb = if cfg.spec.init { INIT_REEXEC } else { "__init" };
     spawn_helper(
-        "__init",
+        verb,
         &cfg.spec.id,
         &config,
         clone_flags(cfg),
@@ -160,6 +163,10 @@ pub fn spawn(
         join_cgroup,
     )
 }
+
+/// The verb [`spawn`] gives [`spawn_helper`] for an init that must be berth re-executed as
+/// `__init` (`--init`) even where inits normally run in the cloned child.
+const INIT_REEXEC: &str = "__init (re-executed)";
 
 /// Clones a child with `flags` (plus a new mount namespace for the read-only binary) that
 /// re-executes berth as `verb` with `config` on fd 3 and the report pipe on fd 4.
@@ -175,6 +182,7 @@ pub fn spawn_helper(
     // The init runs in the cloned child itself where it can start the program through the
     // trampoline (`init`'s module docs); everything else is berth re-executed.
     let in_process = verb == "__init" && super::init::in_process();
+    let verb = if verb == INIT_REEXEC { "__init" } else { verb };
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(ContainerError::io("read", "/proc/self/exe"))?;
     let exe_s = exe.display().to_string();
