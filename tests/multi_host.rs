@@ -226,6 +226,8 @@ impl Hub {
                 "main",
                 "--listen",
                 "0.0.0.0:7070",
+                // plain HTTP (the agents use tokens here); tests/agent_mtls.rs covers --join
+                "--insecure-http",
                 "--poll-interval",
                 "200ms",
             ])

@@ -481,7 +481,7 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-fn phases(log: &str, t0: f64) -> String {
+fn phases(log: &str, t0: f64, from: u32) -> String {
     let log = strip_ansi(log);
     let after: Vec<(f64, &str)> = log
         .lines()
@@ -495,7 +495,8 @@ fn phases(log: &str, t0: f64) -> String {
     let ms =
         |t: Option<f64>| t.map_or_else(|| "?".to_string(), |t| format!("{:.0}", (t - t0) * 1000.0));
     let find = |pred: &dyn Fn(&str) -> bool| after.iter().find(|(_, l)| pred(l)).copied();
-    let decision = find(&|l| l.contains("autoscaled") && l.contains("from=1"));
+    let from = format!("from={from} ");
+    let decision = find(&|l| l.contains("autoscaled") && l.contains(&from));
     let start = find(&|l| l.contains("applying") && l.contains("step=\"start\""));
     let id = start.and_then(|(_, l)| field(l, "id")).unwrap_or_default();
     let probed = |ok: bool| {
@@ -571,7 +572,7 @@ fn load_scales_out_within_bounds_and_back_in_after_the_window() {
             eprintln!(
                 "load step → second instance in rotation: {:?} ({})",
                 started.elapsed(),
-                phases(&sandbox.log(), t0)
+                phases(&sandbox.log(), t0, 1)
             );
         }
         if polled.elapsed() >= Duration::from_millis(100) {
@@ -627,13 +628,28 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
     reg.push_test_images(&["hello"]).unwrap();
     let sandbox = Sandbox::new("trafd", 4);
     let image = pull(&sandbox, &reg);
-    let _dir = up(
-        &sandbox,
-        &web(
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        web(
             &image,
             "health: { http: /up, interval: 1s, timeout: 1s, start_period: 10s }\n\
              autoscale: { min: 0, max: 2, metric: rps, target: 50, scale_down_window: 1s }\n",
         ),
+    )
+    .unwrap();
+    // Debug logs of the agent: the phases of the cold start are read from them.
+    run_ok(
+        sandbox
+            .berth(&[
+                "up",
+                "-d",
+                "--manifests",
+                dir.path().to_str().unwrap(),
+                "--name",
+                "t1",
+            ])
+            .env("BERTH_LOG", "warn,berth_agent=debug"),
     );
     wait_for("1 ready instance", 60, &sandbox, || {
         (sandbox.status()["apps"][0]["ready"] == 1).then_some(())
@@ -642,10 +658,14 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
     wait_for("scale to zero", 90, &sandbox, || {
         sandbox.instance_netns().is_empty().then_some(())
     });
+    let t0 = now_of_day();
     let t = Instant::now();
     let (code, body) = get_in(&sandbox, PROXY_PORT, "/up").unwrap();
     let cold = t.elapsed();
-    eprintln!("cold start from zero: {cold:?} for the first request");
+    eprintln!(
+        "cold start from zero: {cold:?} for the first request ({})",
+        phases(&sandbox.log(), t0, 0)
+    );
     assert_eq!(code, 200, "{body}\n{}", sandbox.log());
     assert_eq!(sandbox.instance_netns().len(), 1);
     // The decisions reach the controller with the agent's next report.

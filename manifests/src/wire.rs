@@ -52,6 +52,34 @@ pub struct Registered {
     pub assignment_version: u64,
 }
 
+/// `POST /v1/agents/join` (with a join token) and `POST /v1/agents/{host}/certificate`
+/// (renewal, over mTLS): a certificate signing request for host `name`. The agent makes its
+/// key itself; the controller signs the CSR's public key for `name` alone (CN and DNS SAN),
+/// ignoring any other names the CSR asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertRequest {
+    /// The host.
+    pub name: String,
+    /// The PKCS#10 request, PEM.
+    pub csr: String,
+}
+
+/// The controller's answer to a [`NodeCertRequest`]: the node certificate and the CA that
+/// issued it (the CA the agent trusts from then on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    /// The host.
+    pub name: String,
+    /// The node certificate, PEM.
+    pub certificate: String,
+    /// The controller's CA certificate, PEM.
+    pub ca: String,
+    /// When the certificate stops being valid (Unix ms).
+    pub not_after_ms: u64,
+    /// Its lifetime as issued (ms); agents renew when a third of it is left.
+    pub lifetime_ms: u64,
+}
+
 /// Everything one host should run. Versions only grow; an agent caches the newest it saw
 /// and keeps running it while the controller is unreachable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,6 +15,7 @@ pub mod deploy_runtime;
 pub mod image_store;
 pub mod metrics_server;
 pub mod net;
+pub mod node_cert;
 pub mod pidlock;
 pub mod probe;
 pub mod proxy_process;

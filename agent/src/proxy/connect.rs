@@ -10,9 +10,12 @@
 //! count as latency.
 //!
 //! So an attempt still pending after [`RESYN_AFTER`] is raced by a fresh one (a new SYN at
-//! once), and so on with the wait doubling, until the connect timeout; the first attempt to
-//! connect wins and the others are dropped (closed; the app may see a connection that closes
-//! without a request). An attempt that fails (refused, unreachable) ends the connect with its
+//! once), and again every [`RESYN_AFTER`], up to [`MAX_ATTEMPTS`] in all (then the pending
+//! ones' own retransmits go on until the connect timeout); the first attempt to connect wins
+//! and the others are dropped (closed; the app may see a connection that closes without a
+//! request). A constant interval, not a doubling one: under a full queue, the slot that
+//! frees goes to whichever SYN arrives next, so a request that has waited longest keeps the
+//! same chance as a new one instead of falling behind (the tail is what this is about). An attempt that fails (refused, unreachable) ends the connect with its
 //! error at once, so the caller can try another backend.
 
 use std::future::Future;
@@ -28,18 +31,22 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-/// A connect attempt still pending after this is raced by another (then after 2×, 4×, …).
+/// A connect attempt still pending after this is raced by another, and so on.
 pub(crate) const RESYN_AFTER: Duration = Duration::from_millis(100);
 
-/// Connects to `addr` within `timeout`, racing a fresh attempt against a pending one after
-/// [`RESYN_AFTER`], doubling. `TCP_NODELAY` is set on the result.
+/// Most connect attempts (sockets) one connect makes: bounds the SYN_SENT sockets a backend
+/// that never answers costs while its connect timeout runs.
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
+
+/// Connects to `addr` within `timeout`, racing a fresh attempt against the pending ones
+/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY` is set on the result.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let start = Instant::now();
     let deadline = start + timeout;
     let mut attempts: JoinSet<io::Result<TcpStream>> = JoinSet::new();
     attempts.spawn(TcpStream::connect(addr));
-    let mut wait = RESYN_AFTER;
-    let mut next = start + wait;
+    let mut started = 1;
+    let mut next = start + RESYN_AFTER;
     loop {
         tokio::select! {
             done = attempts.join_next() => match done {
@@ -52,11 +59,11 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
                 // Not reached: the set is never empty here.
                 None => return Err(io::Error::other("no connect attempt")),
             },
-            () = tokio::time::sleep_until(next), if next < deadline => {
+            () = tokio::time::sleep_until(next), if next < deadline && started < MAX_ATTEMPTS => {
                 tracing::debug!(%addr, after_ms = (next - start).as_millis(), "connect pending: racing a fresh attempt");
                 attempts.spawn(TcpStream::connect(addr));
-                wait *= 2;
-                next += wait;
+                started += 1;
+                next += RESYN_AFTER;
             }
             () = tokio::time::sleep_until(deadline) => {
                 return Err(io::Error::new(
@@ -139,7 +146,7 @@ mod tests {
             }
         }
         // Accept after 150 ms, making room: a plain connect would wait for the retransmitted
-        // SYN at ~1 s; the racing one gets in with the next fresh attempt (at 300 ms).
+        // SYN at ~1 s; the racing one gets in with the next fresh attempt (at 200 ms).
         let accepter = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(150)).await;
             let mut kept = Vec::new();

@@ -1,7 +1,13 @@
-//! The container's init: berth re-executed as `berth __init` by [`super::spawn`], already
-//! pid 1 of the container's new pid namespace and in its new mount, uts, ipc and network
-//! namespaces, running from a read-only bind of the berth binary (so a container that runs
-//! `/proc/self/exe` or opens `/proc/1/exe` finds a file it cannot write: CVE-2019-5736).
+//! The container's init, already pid 1 of the container's new pid namespace and in its new
+//! mount, uts, ipc and network namespaces. Normally it is the child [`super::spawn`]
+//! cloned, still running the caller's berth image (no exec of the big binary: that was
+//! the largest cost of starting a container), and it starts the program through
+//! [`TRAMPOLINE`], a tiny static program run from a sealed memfd: so the process whose
+//! `/proc/self/exe` the kernel resolves when the container's program is `#!/proc/self/exe`
+//! is that unwritable copy, never the host's berth binary (CVE-2019-5736), and no container
+//! process ever exists while the init still runs berth. Where the trampoline could not be
+//! built, the init is berth re-executed as `berth __init` from a read-only bind of the berth
+//! binary, and execs the program itself.
 //!
 //! It reads its [`InitConfig`] from fd 3, reports on fd 4 (`E<message>` on failure, `R`
 //! when set up and waiting for `start`; the fd is close-on-exec, so EOF means the program
@@ -38,13 +44,33 @@ pub struct InitConfig {
     pub start_fifo: Option<PathBuf>,
 }
 
+/// The tiny static program the init starts the container's program through
+/// (`agent/trampoline/main.rs`, built by `build.rs`); empty where it could not be built.
+pub static TRAMPOLINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-trampoline"));
+
+/// Whether inits run in the spawner's cloned child and start the program through
+/// [`TRAMPOLINE`] (else they are berth re-executed).
+pub fn in_process() -> bool {
+    TRAMPOLINE.starts_with(b"\x7fELF")
+}
+
 /// Entry point of `berth __init`. Returns the exit code to use when setup fails; on success
 /// the process has become the container's program.
 pub fn main() -> u8 {
+    main_with(false)
+}
+
+/// Entry point of the init in the spawner's cloned child (fds 3 and 4 in place), which
+/// starts the program through [`TRAMPOLINE`]. Returns as [`main`].
+pub fn main_in_process() -> u8 {
+    main_with(true)
+}
+
+fn main_with(trampoline: bool) -> u8 {
     // SAFETY: fd 4 was set up by the spawner as the status pipe and nothing else owns it.
     let status = unsafe { OwnedFd::from_raw_fd(STATUS_FD) };
     let _ = sys::set_cloexec(STATUS_FD);
-    let err = match run(&status) {
+    let err = match run(&status, trampoline) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -54,7 +80,7 @@ pub fn main() -> u8 {
 
 enum Never {}
 
-fn run(status: &OwnedFd) -> Result<Never, String> {
+fn run(status: &OwnedFd, trampoline: bool) -> Result<Never, String> {
     caps::set_non_dumpable().map_err(|e| format!("make init non-dumpable: {e}"))?;
     let (raw, tasks, cgroup_pipe) = spawn::read_config()?;
     // Into the v1 hierarchies first (still in the host's view of /sys/fs/cgroup).
@@ -117,6 +143,15 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     }
     let fifo_fd = fifo.as_ref().map(|f| f.as_raw_fd());
     let (program, env) = prepare_process(spec, &[STATUS_FD], fifo_fd)?;
+    // After `prepare_process` closed every other fd; close-on-exec, so it ends with the exec.
+    let trampoline = if trampoline {
+        Some(
+            sys::sealed_memfd("container-init", TRAMPOLINE)
+                .map_err(|e| format!("load the exec trampoline: {e}"))?,
+        )
+    } else {
+        None
+    };
 
     if let Some(fifo) = fifo {
         let _ = sys::write_all_fd(status.as_fd(), b"R");
@@ -128,8 +163,100 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     }
 
     apply_seccomp(spec)?;
-    let err = sys::execve(&program, &spec.args, &env);
+    if spec.init {
+        // `--init` keeps this process as the container's pid 1 for its whole life, so it must
+        // be the re-executed init from a read-only bind (spawn never runs it in process).
+        if trampoline.is_some() {
+            return Err("--init needs the re-executed init (internal error)".into());
+        }
+        return run_as_init(&program, &spec.args, &env, status);
+    }
+    let err = match &trampoline {
+        Some(t) => {
+            // The trampoline reports a failed exec on fd 4 itself and closes it on success.
+            sys::clear_cloexec(STATUS_FD).map_err(|e| format!("report pipe: {e}"))?;
+            let mut argv = Vec::with_capacity(spec.args.len() + 2);
+            argv.push(String::new());
+            argv.push(program);
+            argv.extend(spec.args.iter().cloned());
+            let err = sys::execveat_empty(t.as_fd(), &argv, &env);
+            let _ = sys::set_cloexec(STATUS_FD);
+            err
+        }
+        None => sys::execve(&program, &spec.args, &env),
+    };
     Err(format!("exec {}: {err}", spec.args[0]))
+}
+
+/// `--init`: stays pid 1 as a minimal init (like tini, docker's `--init`) and runs the
+/// program as its child. With the process profile (user, capabilities, no_new_privs,
+/// seccomp) already applied, it blocks every signal, forks the program (which gets the old
+/// mask back before exec), then waits for signals: SIGCHLD reaps every exited child (orphans
+/// are reparented to pid 1), any other signal is forwarded to the program. When the program
+/// ends, the init exits with its code (128 + signal when it was killed) and the kernel ends
+/// the rest of the pid namespace. Blocking the signals (instead of leaving them at their
+/// default action, which pid 1 ignores) is what lets SIGTERM from outside the namespace, as
+/// `berth stop` sends it, reach the init and so the program.
+fn run_as_init(
+    program: &str,
+    args: &[String],
+    env: &[String],
+    status: &OwnedFd,
+) -> Result<Never, String> {
+    let all = sys::SigSet::full();
+    let old =
+        sys::sigprocmask(libc::SIG_SETMASK, &all).map_err(|e| format!("block signals: {e}"))?;
+    match sys::clone_process(0).map_err(|e| format!("fork the program: {e}"))? {
+        sys::Forked::Child => {
+            let err = match sys::sigprocmask(libc::SIG_SETMASK, &old) {
+                Ok(_) => sys::execve(program, args, env),
+                Err(e) => e,
+            };
+            // The report pipe is close-on-exec: the spawner sees EOF once the program runs.
+            let _ = sys::write_all_fd(
+                status.as_fd(),
+                format!("Eexec {}: {err}", args[0]).as_bytes(),
+            );
+            sys::exit_now(127)
+        }
+        sys::Forked::Parent(child) => {
+            // Only the program's copy of the report pipe may keep it open.
+            // SAFETY: fd 4 is the report pipe, owned by `main`'s OwnedFd, which this
+            // function never returns to: nothing uses or closes it again.
+            unsafe { libc::close(status.as_raw_fd()) };
+            let code = reap_until_exit(child, &all);
+            sys::exit_now(code)
+        }
+    }
+}
+
+/// The init's loop: reaps every child, forwards other signals to `child`, and returns the
+/// exit code once `child` has ended.
+fn reap_until_exit(child: i32, waited: &sys::SigSet) -> i32 {
+    loop {
+        let sig = match sys::sigwait(waited) {
+            Ok(sig) => sig,
+            // Cannot happen with a valid set; reap what there is and carry on.
+            Err(_) => libc::SIGCHLD,
+        };
+        if sig != libc::SIGCHLD {
+            let _ = sys::kill(child, sig);
+            continue;
+        }
+        // SIGCHLDs coalesce: collect every child that has exited.
+        while let Ok((pid, st)) = sys::waitpid(-1, libc::WNOHANG) {
+            if pid <= 0 {
+                break;
+            }
+            if pid == child {
+                return if libc::WIFSIGNALED(st) {
+                    128 + libc::WTERMSIG(st)
+                } else {
+                    libc::WEXITSTATUS(st)
+                };
+            }
+        }
+    }
 }
 
 /// The process half of the profile, shared by the init and `berth exec`: rlimits, user
@@ -148,8 +275,14 @@ pub fn prepare_process(
     }
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
-    let ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
+    let mut ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
         .map_err(|e| e.to_string())?;
+    // OCI `additionalGids` on top of the groups from the container's /etc/group.
+    for g in &spec.additional_gids {
+        if !ids.groups.contains(g) {
+            ids.groups.push(*g);
+        }
+    }
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", ids.home));
@@ -234,6 +367,9 @@ fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {
     };
     let fd = sys::open(path, libc::O_RDONLY)
         .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    if flag == libc::CLONE_NEWNS {
+        sys::mountinfo_changed();
+    }
     sys::setns(fd.as_fd(), flag)
         .map_err(|e| format!("join {kind} namespace {}: {e}", path.display()))
 }
