@@ -1,23 +1,40 @@
-//! Builds `logshim/main.rs`, the tiny static program a detached container's shim becomes once
-//! the container runs (see that file), with the same `rustc` cargo uses, and leaves it in
-//! `$OUT_DIR/berth-logshim` for `include_bytes!`. Where it cannot be built (another OS or
-//! architecture, no linker), the file is empty and the shim stays the berth process.
+//! Builds two tiny static programs with the same `rustc` cargo uses and leaves them in
+//! `$OUT_DIR` for `include_bytes!`: `logshim/main.rs` (`berth-logshim`), which a detached
+//! container's shim becomes once the container runs, and `trampoline/main.rs`
+//! (`berth-trampoline`), which a container's init executes to start the program (see those
+//! files). Where they cannot be built (another OS or architecture, no linker), the files are
+//! empty: the shim stays the berth process, and the init is berth re-executed.
 
 use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    println!("cargo:rerun-if-changed=logshim/main.rs");
     println!("cargo:rerun-if-changed=build.rs");
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join("berth-logshim");
+    build(
+        "logshim/main.rs",
+        "berth_logshim",
+        "berth-logshim",
+        "detached containers keep the full berth shim",
+    );
+    build(
+        "trampoline/main.rs",
+        "berth_trampoline",
+        "berth-trampoline",
+        "a container's init is berth re-executed",
+    );
+}
+
+/// Compiles `src` into `$OUT_DIR/name` (an empty file, with a warning naming `fallback`,
+/// where it cannot).
+fn build(src: &str, crate_name: &str, name: &str, fallback: &str) {
+    println!("cargo:rerun-if-changed={src}");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join(name);
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let target = std::env::var("TARGET").unwrap_or_default();
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     let empty = |why: &str| {
-        println!(
-            "cargo:warning=berth-logshim not built ({why}): detached containers keep the full berth shim"
-        );
+        println!("cargo:warning={name} not built ({why}): {fallback}");
         let _ = std::fs::write(&out, b"");
     };
     if os != "linux" || !(arch == "x86_64" || arch == "aarch64") {
@@ -31,7 +48,7 @@ fn main() {
             "--crate-type",
             "bin",
             "--crate-name",
-            "berth_logshim",
+            crate_name,
         ])
         .args(["--target", &target])
         .args([
@@ -47,7 +64,7 @@ fn main() {
         .args(["-C", "link-arg=-static"])
         .arg("-o")
         .arg(&out)
-        .arg("logshim/main.rs")
+        .arg(src)
         .status();
     match status {
         Ok(s) if s.success() => {}

@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cases=${1:-20000}
 # --workspace: the same feature set as the rest of the build (no rebuild of dependencies).
-cargo build --workspace --tests --test hostile_yaml --test revision_props --test hardening_unpack_fuzz
+cargo build --workspace --test hostile_yaml --test revision_props --test hardening_unpack_fuzz
 fail=0
 run() { # test filter cases
   local start=$SECONDS log

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Soak (issue 9; not in CI): N containers on this host under one `berth up` (sleepers in apps
 # of 10 replicas, plus one web app), every app rolled to a new revision every ROUND seconds,
-# for M minutes. Samples the agent's (berth up's) RSS and open fds, the running containers,
-# the mounts, the sum of the apps' revisions and of their ready instances every 10 s into a CSV, prints first/last/max, then checks `berth down` left
-# no mount, cgroup, process or link behind.
+# for M minutes. Samples every 10 s into a CSV: the agent's (berth up's) RSS and open fds, the
+# running containers, the host mounts under the data dir, the cgroups under our parent (all
+# controllers), the links (veths) in our network namespace, the network namespaces of
+# processes in our cgroups, the files under the data dir (but its git repositories), the sum
+# of the apps' revisions and of their ready instances. Prints first/last/min/max of each, then checks `berth down` left
+# no mount, cgroup, process or link behind. Stop it early by killing this script's pid (the
+# EXIT trap runs `berth down`); watch `free -g` on small machines.
 #
 #   scripts/soak.sh [N=200] [MINUTES=10]    (root; env: ROUND=60, SOAK_NETWORK=private|host,
 #                                            BERTH_BIN=path/to/berth, default target/debug)
@@ -61,7 +65,7 @@ done
 echo "$n running after $((SECONDS - start)) s"
 
 csv=${SOAK_CSV:-/tmp/berth-soak-$$.csv}
-echo "t_s,rss_kib,fds,running,mounts,round,revisions,ready" >"$csv"
+echo "t_s,rss_kib,fds,running,mounts,cgroups,links,netns,files,round,revisions,ready" >"$csv"
 pid=$(up_pid)
 end=$((SECONDS + minutes * 60))
 next_round=$((SECONDS + round_secs))
@@ -76,18 +80,28 @@ while ((SECONDS < end)); do
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
   fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
   mounts=$(grep -cF "$SB_DATA" /proc/self/mountinfo || true)
+  # (find fails on the hierarchies without our parent: `|| true` keeps `set -e -o pipefail`.)
+  cgroups=$({ find /sys/fs/cgroup/*/"$SB_PARENT" -mindepth 1 -type d 2>/dev/null || true; } | wc -l)
+  links=$({ in_ns ip -o link show 2>/dev/null || true; } | wc -l)
+  netns=$({ find /sys/fs/cgroup/pids/"$SB_PARENT" /sys/fs/cgroup/"$SB_PARENT" -name cgroup.procs \
+    -exec cat {} + 2>/dev/null || true; } | while read -r p; do
+    readlink "/proc/$p/ns/net" 2>/dev/null || true; done | sort -u | wc -l)
+  # Files outside the git repositories (`up`'s manifest repo and the controller's mirror grow
+  # by one commit per round, by design).
+  files=$({ find "$SB_DATA" -xdev -type f -not -path '*/manifests.git/*' \
+    -not -path '*/controller/mirror/*' 2>/dev/null || true; } | wc -l)
   revs=$(berth status -o json 2>/dev/null | python3 -c '
 import json, sys
 a = json.load(sys.stdin)["apps"]
 print(sum(x["revision"] for x in a), sum(x["ready"] for x in a), sep=",")' || echo 0,0)
-  echo "$((SECONDS - t0)),$rss,$fds,$(running),$mounts,$round,$revs" >>"$csv"
+  echo "$((SECONDS - t0)),$rss,$fds,$(running),$mounts,$cgroups,$links,$netns,$files,$round,$revs" >>"$csv"
   sleep 10
 done
 echo "samples in $csv"
 python3 - "$csv" <<'EOF'
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
-for key in ("rss_kib", "fds", "running", "mounts", "revisions", "ready"):
+for key in ("rss_kib", "fds", "running", "mounts", "cgroups", "links", "netns", "files", "revisions", "ready"):
     v = [int(r[key]) for r in rows]
     print(f"{key:8} first {v[0]:>8} last {v[-1]:>8} min {min(v):>8} max {max(v):>8}")
 print(f"rounds of rolling updates: {rows[-1]['round']}")

@@ -7,6 +7,10 @@
 //! certificate expired (a clear error). With a 6 s certificate lifetime the agent renews at
 //! 4 s and keeps reporting after its first certificate expired.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
+#![allow(
+    clippy::disallowed_methods,
+    reason = "waits with deadlines read from the wall clock"
+)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -202,6 +206,32 @@ fn agents_join_with_tokens_then_speak_mtls_for_their_own_host_only() {
     }
     .admin(&["status", "-o", "json"]);
     assert_eq!(plain.status.code(), Some(1), "{plain:?}");
+
+    // elsewhere the CLI needs the CA: refused without it (saying so), fine with --ca
+    let admin_token = std::fs::read_to_string(cdata.join("controller/token")).unwrap();
+    let elsewhere = c.dir.path().join("elsewhere");
+    let out = c
+        .berth(&elsewhere, &["status", "--token", admin_token.trim()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--ca FILE"), "{stderr}");
+    let ca_file = cdata.join("controller/ca.pem");
+    let out = c
+        .berth(
+            &elsewhere,
+            &[
+                "status",
+                "--token",
+                admin_token.trim(),
+                "--ca",
+                ca_file.to_str().unwrap(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
 
     let (token_a, id_a, pin) = c.join_token("a");
     let (token_b, _, pin_b) = c.join_token("b");

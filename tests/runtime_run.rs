@@ -368,6 +368,69 @@ fn foreground_run_leaves_no_state_with_rm() {
 }
 
 #[test]
+fn a_program_that_cannot_be_executed_is_reported() {
+    require_root!();
+    let env = Env::new();
+    std::fs::write(env.rootfs.join("not-exec"), "data\n").unwrap();
+    for (program, want) in [
+        (
+            "/no/such/program",
+            "exec /no/such/program: No such file or directory",
+        ),
+        ("/not-exec", "exec /not-exec: Permission denied"),
+    ] {
+        let out = env
+            .berth()
+            .args(["run", "--rm", "--rootfs"])
+            .arg(&env.rootfs)
+            .args(["--", program])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{program}: {}", stderr(&out));
+        assert!(stderr(&out).contains(want), "{program}: {}", stderr(&out));
+    }
+    let left = std::fs::read_dir(env.data.join("containers"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "a failed --rm run left its state dir");
+}
+
+#[test]
+fn the_program_is_not_started_by_a_berth_process() {
+    require_root!();
+    let env = Env::new();
+    // `/proc/self/exe` during the program's exec (an interpreter of that name) is the
+    // init's trampoline, a sealed copy, which refuses to run as anything but the init's
+    // last step; never the host's berth binary.
+    std::fs::write(env.rootfs.join("again"), "#!/proc/self/exe\n").unwrap();
+    std::fs::set_permissions(
+        env.rootfs.join("again"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let out = env
+        .berth()
+        .args(["run", "--rm", "--rootfs"])
+        .arg(&env.rootfs)
+        .args(["--", "/again"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(126), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("only starts a container's process"),
+        "{}",
+        stderr(&out)
+    );
+    // What runs as pid 1 is the program itself, with nothing of berth mapped.
+    let out = env.run_sh(
+        &[],
+        "readlink /proc/1/exe; grep -c berth /proc/1/maps || true",
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "/bin/busybox\n0\n", "{}", stderr(&out));
+}
+
+#[test]
 fn init_keeps_the_programs_exit_code_and_is_pid_1() {
     require_root!();
     let env = Env::new();

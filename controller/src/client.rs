@@ -63,6 +63,24 @@ pub struct Client {
     http: reqwest::Client,
 }
 
+/// A send error with its causes; a certificate the client does not trust gets a hint.
+fn send_error(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    if text.contains("UnknownIssuer") || text.contains("certificate") {
+        text.push_str(
+            " (the controller's TLS certificate is not trusted: pass its CA with --ca FILE or \
+             BERTH_CA; on the controller's host it is <data-dir>/controller/ca.pem)",
+        );
+    }
+    text
+}
+
 impl Client {
     /// A client of the controller at `base` (`http://127.0.0.1:7070`) using `token`.
     pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
@@ -121,7 +139,7 @@ impl Client {
                 .await
                 .map_err(|e| ClientError::Unreachable {
                     url: url.to_string(),
-                    reason: e.to_string(),
+                    reason: send_error(&e),
                 })?;
         let status = resp.status();
         if status.is_success() {

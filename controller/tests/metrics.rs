@@ -230,7 +230,26 @@ async fn every_family_is_updated_by_its_code_path() {
         .unwrap();
     assert_eq!(unknown.status(), 404);
 
+    // an app no host can take (no host has its label)
+    fx.push(
+        &format!(
+            "{}---\napp: db\nimage: busybox:1\nplacement: {{ labels: {{ role: db }} }}\n",
+            web(3)
+        ),
+        "db",
+    );
+    assert!(client.sync().await.unwrap().errors.is_empty());
+
     let f = metrics(&handle).await;
+    assert_eq!(
+        value(&f, "berth_controller_unplaced_instances{app=\"db\"}"),
+        1.0
+    );
+    assert_eq!(
+        value(&f, "berth_controller_unplaced_instances{app=\"web\"}"),
+        0.0
+    );
+    assert_eq!(value(&f, "berth_controller_host_converge_seconds_count"), 1.0);
     // every registered family (families with labels show no series until first used)
     let unused: Vec<&String> = handle
         .core()

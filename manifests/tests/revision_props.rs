@@ -952,8 +952,16 @@ const MUTATIONS: &[Mutation] = &[
     }),
 ];
 
+/// 200 cases, or `PROPTEST_CASES` (scripts/fuzz.sh runs long ones).
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 200, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn revision_is_invariant_under_key_order_style_and_spelling(app in app(), seed1 in 1u64.., seed2 in 1u64..) {

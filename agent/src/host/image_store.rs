@@ -389,13 +389,19 @@ fn parse_manifest(
     match (raw.manifests, raw.config, raw.layers) {
         (Some(manifests), None, None) => {
             if mt.is_some_and(|m| !INDEX_TYPES.contains(&m)) {
-                return Err(bad(format!("an index with media type {mt:?}")));
+                return Err(bad(format!(
+                    "an index with media type {:?}",
+                    mt.unwrap_or_default()
+                )));
             }
             Ok(Parsed::Index(manifests))
         }
         (None, Some(config), Some(layers)) => {
             if mt.is_some_and(|m| !MANIFEST_TYPES.contains(&m)) {
-                return Err(bad(format!("a manifest with media type {mt:?}")));
+                return Err(bad(format!(
+                    "a manifest with media type {:?}",
+                    mt.unwrap_or_default()
+                )));
             }
             if !CONFIG_TYPES.contains(&config.media_type.as_str()) {
                 return Err(bad(format!(

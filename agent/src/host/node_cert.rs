@@ -64,15 +64,15 @@ impl NodeCert {
         }
         Err(format!(
             "host {}'s node certificate {} expired {} s ago (it was not renewed in time: the \
-             agent was stopped or the controller unreachable); join again: berth token create \
-             --role join --host {} on the controller, then berth agent --join URL --token T \
-             --name {} (after removing {})",
+             agent was stopped or the controller unreachable); join again: remove {}, then \
+             berth agent --join URL --token T --name {} with the host's join token (or a new \
+             one: berth token create --role join --host {})",
             self.host,
             dir.join("node.pem").display(),
             (now_ms - self.not_after_ms) / 1000,
+            dir.display(),
             self.host,
             self.host,
-            dir.display()
         ))
     }
 }

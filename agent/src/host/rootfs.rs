@@ -197,12 +197,16 @@ pub fn mount_rootfs(
     target: &Path,
     state_dir: &Path,
 ) -> Result<OwnedFd, RootfsError> {
-    let tgt = target.display().to_string();
+    let mut tgt = target.display().to_string();
     match &spec.rootfs {
         crate::runtime::spec::Rootfs::Dir { path } => {
+            // Bound onto itself (this mount namespace is private): it becomes a mount point
+            // for `pivot_root` without a mount-point directory in the state dir, whose
+            // creation and removal cost more than the rest of the state dir on a busy ext4.
             let p = path.display().to_string();
-            sys::mount(Some(&p), &tgt, None, libc::MS_BIND | libc::MS_REC, None)
-                .map_err(sys_err("bind rootfs", p))?;
+            sys::mount(Some(&p), &p, None, libc::MS_BIND | libc::MS_REC, None)
+                .map_err(sys_err("bind rootfs", p.clone()))?;
+            tgt = p;
         }
         crate::runtime::spec::Rootfs::Overlay { lowers } => {
             let lower = lowers
@@ -219,7 +223,8 @@ pub fn mount_rootfs(
                 .map_err(sys_err("mount overlay rootfs", tgt.clone()))?;
         }
     }
-    sys::open(target, libc::O_PATH | libc::O_DIRECTORY).map_err(sys_err("open rootfs", tgt))
+    sys::open(Path::new(&tgt), libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(sys_err("open rootfs", tgt.clone()))
 }
 
 /// The default mounts (SECURITY.md §1.2), devices, volumes, masked and read-only paths.
@@ -460,8 +465,7 @@ fn make_device(root: BorrowedFd<'_>, d: &crate::runtime::spec::Device) -> Result
 /// hosts; on v1 and hybrid hosts a tmpfs with each hierarchy mounted below (the container's
 /// cgroup namespace makes each show only the container's own subtree).
 fn mount_cgroupfs(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(sys_err("read", "/proc/self/mountinfo"))?;
+    let mountinfo = sys::self_mountinfo().map_err(sys_err("read", "/proc/self/mountinfo"))?;
     let mut subs: Vec<(String, String, String)> = Vec::new();
     for line in mountinfo.lines() {
         let Some((left, right)) = line.split_once(" - ") else {

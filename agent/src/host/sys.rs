@@ -348,6 +348,40 @@ pub fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+static MOUNTINFO: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+static MOUNTINFO_STALE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// This process's `/proc/self/mountinfo`, read once per process: the CLI's cgroup detection
+/// and the init it forks (whose new mount namespace starts as a copy, with the same cgroup
+/// mounts) share one read. The kernel generates the text on every read, which costs 0.5–1 ms
+/// on a host with a few hundred mounts. After [`mountinfo_changed`], every call reads anew.
+pub fn self_mountinfo() -> io::Result<std::borrow::Cow<'static, str>> {
+    use std::borrow::Cow;
+    let fresh = || std::fs::read_to_string("/proc/self/mountinfo");
+    if MOUNTINFO_STALE.load(std::sync::atomic::Ordering::SeqCst) {
+        return fresh().map(Cow::Owned);
+    }
+    if let Some(text) = MOUNTINFO.get() {
+        return Ok(Cow::Borrowed(text));
+    }
+    let text = fresh()?;
+    Ok(Cow::Borrowed(MOUNTINFO.get_or_init(|| text)))
+}
+
+/// Marks [`self_mountinfo`]'s copy outdated (this process joined another mount namespace).
+pub fn mountinfo_changed() {
+    MOUNTINFO_STALE.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Clears close-on-exec on `fd` (it survives the next exec).
+pub fn clear_cloexec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl on an fd the caller owns.
+    let flags = check_int(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: as above.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC) })?;
+    Ok(())
+}
+
 /// `execve(path, argv, envp)`; returns only on failure.
 pub fn execve(path: &str, argv: &[String], envp: &[String]) -> io::Error {
     let conv = |v: &[String]| -> io::Result<Vec<CString>> { v.iter().map(|s| cstr(s)).collect() };
@@ -394,10 +428,18 @@ pub fn execveat_empty(fd: BorrowedFd<'_>, argv: &[String], envp: &[String]) -> i
 /// A close-on-exec memfd named `name` holding `bytes`, sealed against any change.
 pub fn sealed_memfd(name: &str, bytes: &[u8]) -> io::Result<OwnedFd> {
     let n = cstr(name)?;
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // MFD_EXEC (Linux 6.3): executable even where `vm.memfd_noexec` makes memfds
+    // non-executable by default; older kernels refuse the flag (EINVAL), so retry without.
+    const MFD_EXEC: libc::c_uint = 0x0010;
     // SAFETY: a valid C string and integer flags.
-    let fd = check_int(unsafe {
-        libc::memfd_create(n.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING)
-    })?;
+    let fd = match check_int(unsafe { libc::memfd_create(n.as_ptr(), flags | MFD_EXEC) }) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            // SAFETY: as above.
+            check_int(unsafe { libc::memfd_create(n.as_ptr(), flags) })?
+        }
+        other => other?,
+    };
     // SAFETY: memfd_create returned a new fd that nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     write_all_fd(fd.as_fd(), bytes)?;

@@ -1,7 +1,13 @@
-//! The container's init: berth re-executed as `berth __init` by [`super::spawn`], already
-//! pid 1 of the container's new pid namespace and in its new mount, uts, ipc and network
-//! namespaces, running from a read-only bind of the berth binary (so a container that runs
-//! `/proc/self/exe` or opens `/proc/1/exe` finds a file it cannot write: CVE-2019-5736).
+//! The container's init, already pid 1 of the container's new pid namespace and in its new
+//! mount, uts, ipc and network namespaces. Normally it is the child [`super::spawn`]
+//! cloned, still running the caller's berth image (no exec of the big binary: that was
+//! the largest cost of starting a container), and it starts the program through
+//! [`TRAMPOLINE`], a tiny static program run from a sealed memfd: so the process whose
+//! `/proc/self/exe` the kernel resolves when the container's program is `#!/proc/self/exe`
+//! is that unwritable copy, never the host's berth binary (CVE-2019-5736), and no container
+//! process ever exists while the init still runs berth. Where the trampoline could not be
+//! built, the init is berth re-executed as `berth __init` from a read-only bind of the berth
+//! binary, and execs the program itself.
 //!
 //! It reads its [`InitConfig`] from fd 3, reports on fd 4 (`E<message>` on failure, `R`
 //! when set up and waiting for `start`; the fd is close-on-exec, so EOF means the program
@@ -38,13 +44,33 @@ pub struct InitConfig {
     pub start_fifo: Option<PathBuf>,
 }
 
+/// The tiny static program the init starts the container's program through
+/// (`agent/trampoline/main.rs`, built by `build.rs`); empty where it could not be built.
+pub static TRAMPOLINE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/berth-trampoline"));
+
+/// Whether inits run in the spawner's cloned child and start the program through
+/// [`TRAMPOLINE`] (else they are berth re-executed).
+pub fn in_process() -> bool {
+    TRAMPOLINE.starts_with(b"\x7fELF")
+}
+
 /// Entry point of `berth __init`. Returns the exit code to use when setup fails; on success
 /// the process has become the container's program.
 pub fn main() -> u8 {
+    main_with(false)
+}
+
+/// Entry point of the init in the spawner's cloned child (fds 3 and 4 in place), which
+/// starts the program through [`TRAMPOLINE`]. Returns as [`main`].
+pub fn main_in_process() -> u8 {
+    main_with(true)
+}
+
+fn main_with(trampoline: bool) -> u8 {
     // SAFETY: fd 4 was set up by the spawner as the status pipe and nothing else owns it.
     let status = unsafe { OwnedFd::from_raw_fd(STATUS_FD) };
     let _ = sys::set_cloexec(STATUS_FD);
-    let err = match run(&status) {
+    let err = match run(&status, trampoline) {
         Ok(never) => match never {},
         Err(e) => e,
     };
@@ -54,7 +80,7 @@ pub fn main() -> u8 {
 
 enum Never {}
 
-fn run(status: &OwnedFd) -> Result<Never, String> {
+fn run(status: &OwnedFd, trampoline: bool) -> Result<Never, String> {
     caps::set_non_dumpable().map_err(|e| format!("make init non-dumpable: {e}"))?;
     let (raw, tasks, cgroup_pipe) = spawn::read_config()?;
     // Into the v1 hierarchies first (still in the host's view of /sys/fs/cgroup).
@@ -125,6 +151,15 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     }
     let fifo_fd = fifo.as_ref().map(|f| f.as_raw_fd());
     let (program, env) = prepare_process(spec, &[STATUS_FD], fifo_fd)?;
+    // After `prepare_process` closed every other fd; close-on-exec, so it ends with the exec.
+    let trampoline = if trampoline {
+        Some(
+            sys::sealed_memfd("container-init", TRAMPOLINE)
+                .map_err(|e| format!("load the exec trampoline: {e}"))?,
+        )
+    } else {
+        None
+    };
 
     if let Some(fifo) = fifo {
         let _ = sys::write_all_fd(status.as_fd(), b"R");
@@ -137,9 +172,27 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
 
     apply_seccomp(spec)?;
     if spec.init {
+        // `--init` keeps this process as the container's pid 1 for its whole life, so it must
+        // be the re-executed init from a read-only bind (spawn never runs it in process).
+        if trampoline.is_some() {
+            return Err("--init needs the re-executed init (internal error)".into());
+        }
         return run_as_init(&program, &spec.args, &env, status);
     }
-    let err = sys::execve(&program, &spec.args, &env);
+    let err = match &trampoline {
+        Some(t) => {
+            // The trampoline reports a failed exec on fd 4 itself and closes it on success.
+            sys::clear_cloexec(STATUS_FD).map_err(|e| format!("report pipe: {e}"))?;
+            let mut argv = Vec::with_capacity(spec.args.len() + 2);
+            argv.push(String::new());
+            argv.push(program);
+            argv.extend(spec.args.iter().cloned());
+            let err = sys::execveat_empty(t.as_fd(), &argv, &env);
+            let _ = sys::set_cloexec(STATUS_FD);
+            err
+        }
+        None => sys::execve(&program, &spec.args, &env),
+    };
     Err(format!("exec {}: {err}", spec.args[0]))
 }
 
@@ -322,6 +375,9 @@ fn join_namespace(kind: &str, path: &Path) -> Result<(), String> {
     };
     let fd = sys::open(path, libc::O_RDONLY)
         .map_err(|e| format!("open namespace {}: {e}", path.display()))?;
+    if flag == libc::CLONE_NEWNS {
+        sys::mountinfo_changed();
+    }
     sys::setns(fd.as_fd(), flag)
         .map_err(|e| format!("join {kind} namespace {}: {e}", path.display()))
 }

@@ -98,13 +98,22 @@ pub struct HostCgroups {
 
 impl HostCgroups {
     /// Detects the layout from `mountinfo` (normally `/proc/self/mountinfo`).
+    /// This process's own `/proc/self/mountinfo` is read through
+    /// [`crate::host::sys::self_mountinfo`], so the inits this process forks reuse the text.
     pub fn detect(mountinfo: &std::path::Path) -> Result<HostCgroups, ContainerError> {
-        let layout = crate::host::cgroup::CgroupLayout::detect(mountinfo).map_err(|e| {
-            ContainerError::Cgroup {
-                path: mountinfo.display().to_string(),
-                message: e.to_string(),
-            }
-        })?;
+        use crate::host::cgroup::CgroupLayout;
+        let name = mountinfo.display().to_string();
+        let err = |message: String| ContainerError::Cgroup {
+            path: name.clone(),
+            message,
+        };
+        let layout = if mountinfo == std::path::Path::new("/proc/self/mountinfo") {
+            let text = crate::host::sys::self_mountinfo().map_err(|e| err(e.to_string()))?;
+            CgroupLayout::from_mountinfo(&text, &name)
+        } else {
+            CgroupLayout::detect(mountinfo)
+        }
+        .map_err(|e| err(e.to_string()))?;
         Ok(HostCgroups { layout })
     }
 

@@ -4,8 +4,9 @@
 //!
 //! State dir layout: `state.json` (the [`ContainerState`], replaced atomically: write temp,
 //! fsync, rename, fsync dir), `exit.json` (written once by whoever reaps the init), `lock`
-//! (flock: one CLI at a time changes a container), `rootfs/` (mount point, only mounted inside
-//! the container's own mount namespace), `upper/` and `work/` (overlay), `logs/`.
+//! (flock: one CLI at a time changes a container), for an overlay rootfs `rootfs/` (its
+//! mount point, only mounted inside the container's own mount namespace), `upper/` and
+//! `work/`, and `logs/`.
 //! Processes are identified by pid *and* start time; a reused pid is never signalled.
 
 pub mod exec;
@@ -345,7 +346,8 @@ pub fn write_atomic(
     Ok(())
 }
 
-/// Prepares the state dir for a new container: overlay upper/work and the rootfs mount point.
+/// Prepares the state dir for a new container: for an overlay, the rootfs mount point and
+/// upper/work.
 pub fn prepare_dirs(dir: &Path, spec: &ContainerSpec) -> Result<(), ContainerError> {
     let mut b = std::fs::DirBuilder::new();
     b.mode(0o700);
@@ -353,8 +355,9 @@ pub fn prepare_dirs(dir: &Path, spec: &ContainerSpec) -> Result<(), ContainerErr
         b.create(&p)
             .map_err(ContainerError::io("create", p.display()))
     };
-    mk(spawn::rootfs_mount(dir))?;
+    // A plain directory rootfs is bound onto itself (`rootfs::mount_rootfs`).
     if let Rootfs::Overlay { lowers } = &spec.rootfs {
+        mk(spawn::rootfs_mount(dir))?;
         for l in lowers {
             let s = l.display().to_string();
             if s.contains(':') || s.contains(',') || !l.is_absolute() {

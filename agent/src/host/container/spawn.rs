@@ -150,8 +150,11 @@ pub fn spawn(
         id: cfg.spec.id.clone(),
         message: format!("encode init config: {e}"),
     })?;
+    // `--init` keeps the init as the container's pid 1 for its whole life: that must be the
+    // berth re-executed from a read-only bind, never a fork of the caller's image.
+    let verb = if cfg.spec.init { INIT_REEXEC } else { "__init" };
     spawn_helper(
-        "__init",
+        verb,
         &cfg.spec.id,
         &config,
         clone_flags(cfg),
@@ -160,6 +163,10 @@ pub fn spawn(
         join_cgroup,
     )
 }
+
+/// The verb [`spawn`] gives [`spawn_helper`] for an init that must be berth re-executed as
+/// `__init` (`--init`) even where inits normally run in the cloned child.
+const INIT_REEXEC: &str = "__init (re-executed)";
 
 /// Clones a child with `flags` (plus a new mount namespace for the read-only binary) that
 /// re-executes berth as `verb` with `config` on fd 3 and the report pipe on fd 4.
@@ -172,10 +179,14 @@ pub fn spawn_helper(
     self_join: Option<&SelfJoin>,
     join_cgroup: &mut dyn FnMut(i32) -> Result<(), ContainerError>,
 ) -> Result<Spawned, ContainerError> {
+    // The init runs in the cloned child itself where it can start the program through the
+    // trampoline (`init`'s module docs); everything else is berth re-executed.
+    let in_process = verb == "__init" && super::init::in_process();
+    let verb = if verb == INIT_REEXEC { "__init" } else { verb };
     let exe = std::fs::read_link("/proc/self/exe")
         .map_err(ContainerError::io("read", "/proc/self/exe"))?;
     let exe_s = exe.display().to_string();
-    if exe_s.ends_with(" (deleted)") {
+    if !in_process && exe_s.ends_with(" (deleted)") {
         return Err(ContainerError::Setup {
             id: id.to_string(),
             message: format!("the berth binary {exe_s} was replaced: run the new one"),
@@ -228,7 +239,8 @@ pub fn spawn_helper(
     };
     match forked {
         sys::Forked::Child => {
-            let code = match child(&exe_s, verb, &cfg_r, &status_w, stdio) {
+            let exe = (!in_process).then_some(exe_s.as_str());
+            let code = match child(exe, verb, &cfg_r, &status_w, stdio) {
                 Ok(never) => match never {},
                 Err(msg) => {
                     let _ = sys::write_all_fd(status_w.as_fd(), format!("E{msg}").as_bytes());
@@ -287,14 +299,20 @@ pub fn spawn_helper(
 
 enum Never {}
 
-/// Runs in the cloned child: stdio, fds 3/4, private mounts, read-only berth binary, exec.
+/// Runs in the cloned child: stdio, fds 3/4, private mounts, then either the init in this
+/// process (`exe` is `None`) or a read-only bind of the berth binary `exe` and its exec.
 fn child(
-    exe: &str,
+    exe: Option<&str>,
     verb: &str,
     cfg_r: &OwnedFd,
     status_w: &OwnedFd,
     stdio: Stdio,
 ) -> Result<Never, String> {
+    if exe.is_none() {
+        // Non-dumpable before anything else, as the re-executed init is from its start.
+        crate::host::caps::set_non_dumpable()
+            .map_err(|e| format!("make init non-dumpable: {e}"))?;
+    }
     // Move the pipes well above the fds we are about to overwrite, then into place.
     let hi = |fd: RawFd| -> Result<RawFd, String> {
         // SAFETY: F_DUPFD_CLOEXEC on an fd we own returns a new fd we own.
@@ -316,10 +334,20 @@ fn child(
     }
     sys::dup2(cfg_hi, CONFIG_FD).map_err(|e| format!("dup config pipe: {e}"))?;
     sys::dup2(status_hi, STATUS_FD).map_err(|e| format!("dup status pipe: {e}"))?;
-    sys::cloexec_from(5).map_err(|e| format!("close inherited fds: {e}"))?;
+    if exe.is_some() {
+        sys::cloexec_from(5).map_err(|e| format!("close inherited fds: {e}"))?;
+    } else {
+        // No exec closes them: the caller's fds go now (among them the config pipe's write
+        // end, whose EOF tells the init that its parent gave up).
+        sys::close_from(5).map_err(|e| format!("close inherited fds: {e}"))?;
+    }
 
     sys::mount(None, "/", None, libc::MS_REC | libc::MS_PRIVATE, None)
         .map_err(|e| format!("make mounts private: {e}"))?;
+    let Some(exe) = exe else {
+        // `init::main_in_process` reports its own errors on fd 4 and never returns on success.
+        sys::exit_now(i32::from(super::init::main_in_process()))
+    };
     sys::mount(Some(exe), exe, None, libc::MS_BIND, None)
         .map_err(|e| format!("bind berth binary: {e}"))?;
     sys::mount(
