@@ -64,6 +64,29 @@ impl HttpController {
         })
     }
 
+    /// A client of the controller at `base` whose connections leave from the local address
+    /// `local` (the scale harness spreads simulated agents over 127.0.0.2, 127.0.0.3, … so
+    /// that neither ephemeral ports nor the controller's per-address cap run out). Clones
+    /// share one connection pool.
+    pub fn bound(
+        base: &str,
+        token: Option<String>,
+        local: std::net::IpAddr,
+    ) -> Result<Self, EffectError> {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")))
+            .pool_idle_timeout(std::time::Duration::from_secs(5))
+            .local_address(local)
+            .build()
+            .map_err(|e| EffectError::new("build http client", base, ErrorKind::Internal, e))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map_or(TokenSource::None, TokenSource::Fixed),
+            client,
+        })
+    }
+
     /// A client whose token is the content of `path`, read at every call (a missing file
     /// means no token, and the controller answers 401 until it appears).
     pub fn with_token_file(
