@@ -142,6 +142,7 @@ async fn simulate(
             reports: !args.no_reports,
             counters: counters.clone(),
             tx: tx.clone(),
+            current: tokio::sync::Mutex::new(None),
         };
         tasks.spawn(agent.run(gate.clone()));
     }
@@ -270,6 +271,9 @@ struct SimAgent {
     reports: bool,
     counters: Arc<Counters>,
     tx: mpsc::UnboundedSender<Got>,
+    /// The newest assignment; reports are sent one at a time, each about the newest (as
+    /// the agent's single reporter does), so the last report never carries an old one.
+    current: tokio::sync::Mutex<Option<Assignment>>,
 }
 
 impl SimAgent {
@@ -309,19 +313,14 @@ impl SimAgent {
             self.register().await;
         }
         let me = Arc::new(self);
-        let (current, _) = tokio::sync::watch::channel::<Option<Assignment>>(None);
         if let Some(every) = me.report_interval {
             let agent = me.clone();
-            let mut watched = current.subscribe();
             tokio::spawn(async move {
                 // spread heartbeats over the interval, as agents started at different times
                 let offset = every.mul_f64((agent.index % 1000) as f64 / 1000.0);
                 tokio::time::sleep(offset).await;
                 loop {
-                    let a = watched.borrow_and_update().clone();
-                    if let Some(a) = a {
-                        agent.report(&a).await;
-                    }
+                    agent.report_newest(None).await;
                     tokio::time::sleep(every).await;
                 }
             });
@@ -335,14 +334,15 @@ impl SimAgent {
                     // reported before the harness hears of it: when every agent has the
                     // change, the controller has every agent's report of it too
                     if me.reports {
-                        me.report(&a).await;
+                        me.report_newest(Some(a)).await;
+                    } else {
+                        *me.current.lock().await = Some(a);
                     }
                     let _ = me.tx.send(Got {
                         index: me.index,
                         version,
                         at,
                     });
-                    current.send_replace(Some(a));
                 }
                 Ok(_) => {}
                 Err(e) => {
@@ -354,6 +354,17 @@ impl SimAgent {
                     }
                 }
             }
+        }
+    }
+
+    /// Reports the newest assignment (`new` first becomes it), one report at a time.
+    async fn report_newest(&self, new: Option<Assignment>) {
+        let mut current = self.current.lock().await;
+        if new.is_some() {
+            *current = new;
+        }
+        if let Some(a) = current.as_ref() {
+            self.report(a).await;
         }
     }
 
