@@ -57,6 +57,11 @@ pub struct Args {
     /// Heartbeat reports every this long, as agents do (0s: only after a new assignment)
     #[arg(long, default_value = "10s")]
     pub report_interval: berth_manifests::Duration,
+    /// After a new assignment, report it within this long (each agent waits its own share
+    /// of it): a host reports a change once its new instances run, seconds later, not all
+    /// in the same millisecond
+    #[arg(long, default_value = "3s")]
+    pub report_spread: berth_manifests::Duration,
     /// Send no report at all (register and long-poll only)
     #[arg(long)]
     pub no_reports: bool,
@@ -140,6 +145,10 @@ async fn simulate(
             report_interval: (!args.no_reports && args.report_interval.as_millis() > 0)
                 .then(|| args.report_interval.as_std()),
             reports: !args.no_reports,
+            report_delay: args
+                .report_spread
+                .as_std()
+                .mul_f64(spread(index) as f64 / 1000.0),
             counters: counters.clone(),
             tx: tx.clone(),
             current: tokio::sync::Mutex::new(None),
@@ -260,6 +269,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
+/// A number in 0..1000 that looks random but is the same for an agent every run.
+fn spread(index: usize) -> u64 {
+    (index as u64).wrapping_mul(2_654_435_761) % 1000
+}
+
 /// One simulated agent.
 struct SimAgent {
     index: usize,
@@ -269,6 +283,7 @@ struct SimAgent {
     wait: Duration,
     report_interval: Option<Duration>,
     reports: bool,
+    report_delay: Duration,
     counters: Arc<Counters>,
     tx: mpsc::UnboundedSender<Got>,
     /// The newest assignment; reports are sent one at a time, each about the newest (as
@@ -334,6 +349,7 @@ impl SimAgent {
                     // reported before the harness hears of it: when every agent has the
                     // change, the controller has every agent's report of it too
                     if me.reports {
+                        tokio::time::sleep(me.report_delay).await;
                         me.report_newest(Some(a)).await;
                     } else {
                         *me.current.lock().await = Some(a);
