@@ -39,7 +39,10 @@ storage:
   filesystem: { rootdirectory: $SB_WORK/registry/storage }
 http: { addr: 127.0.0.1:5000, secret: berth-test-secret }
 EOF
-  in_ns docker-registry serve "$SB_WORK/registry/config.yml" >"$SB_WORK/registry/log" 2>&1 &
+  # nsenter directly, not through the in_ns function: `$!` must be the registry's pid (nsenter
+  # execs it), not a subshell's, or sandbox_exit kills the subshell and the registry stays.
+  nsenter --net="/run/netns/$SB_NS" docker-registry serve "$SB_WORK/registry/config.yml" \
+    >"$SB_WORK/registry/log" 2>&1 &
   SB_REG_PID=$!
   for _ in $(seq 100); do
     in_ns curl -fsS -o /dev/null http://127.0.0.1:5000/v2/ 2>/dev/null && break

@@ -376,3 +376,173 @@ fn berth_binary_cannot_be_reached_for_writing_from_inside() {
         "berth binary changed"
     );
 }
+
+/// Counts zombies in the container (from an exec'd shell, which reaps its own children).
+fn zombies(env: &Env, id: &str) -> String {
+    let out = env
+        .berth()
+        .args(["exec", id, "--", "/bin/sh", "-c"])
+        .arg("cat /proc/[0-9]*/stat 2>/dev/null | grep -c ') Z ' || true")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn init_reaps_orphans_and_forwards_sigterm() {
+    require_root!();
+    let env = Env::new();
+    // Two orphans whose parent is gone; the program that stays is `sleep`, which never
+    // reaps. As pid 1 (no --init) it leaves them as zombies; under --init it is pid 2 and the
+    // orphans are reparented to the init, which reaps them.
+    let script = "sh -c 'sleep 0.1 & sleep 0.1 &'; exec sleep 30";
+    let plain = run_d(&env, &[], script);
+    let with_init = run_d(&env, &["--init"], script);
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(
+        zombies(&env, &plain),
+        "2",
+        "control: sleep as pid 1 reaps nothing"
+    );
+    assert_eq!(zombies(&env, &with_init), "0", "the init left zombies");
+    let out = env
+        .berth()
+        .args(["exec", &with_init, "--", "cat", "/proc/1/cmdline"])
+        .output()
+        .unwrap();
+    assert!(
+        !stdout(&out).starts_with("sleep"),
+        "the program is pid 1 despite --init"
+    );
+    // SIGTERM from `berth stop` reaches the program through the init (sleep dies of it:
+    // 128 + 15); without the init, pid 1 ignores it and only the SIGKILL ends it.
+    let t = Instant::now();
+    let out = env
+        .berth()
+        .args(["stop", "-t", "10", &with_init])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        t.elapsed() < Duration::from_secs(8),
+        "SIGTERM did not reach the program"
+    );
+    assert_eq!(entry(&env, &with_init)["exit_code"], 143);
+}
+
+/// A pty pair standing in for the caller's terminal: (master, slave).
+fn openpty(rows: u16, cols: u16) -> (std::fs::File, std::fs::File) {
+    use std::os::fd::FromRawFd;
+    let (mut m, mut s) = (0, 0);
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: valid out pointers; name and termios may be null.
+    let r = unsafe { libc::openpty(&mut m, &mut s, std::ptr::null_mut(), std::ptr::null(), &ws) };
+    assert_eq!(r, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: openpty returned two new fds we own.
+    let master = unsafe { std::fs::File::from_raw_fd(m) };
+    // SAFETY: as above.
+    let slave = unsafe { std::fs::File::from_raw_fd(s) };
+    (master, slave)
+}
+
+fn lflag(f: &std::fs::File) -> libc::tcflag_t {
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data; all zeroes is a valid value.
+    let mut t: libc::termios = unsafe { std::mem::zeroed() };
+    // SAFETY: tcgetattr writes into `t`.
+    assert_eq!(unsafe { libc::tcgetattr(f.as_raw_fd(), &mut t) }, 0);
+    t.c_lflag
+}
+
+#[test]
+fn exec_t_gives_a_container_terminal_that_follows_the_window_size() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    use std::sync::{Arc, Mutex};
+    require_root!();
+    let env = Env::new();
+    let id = run_d(&env, &[], "sleep 30");
+    let (mut master, slave) = openpty(24, 80);
+    assert_ne!(lflag(&slave) & libc::ICANON, 0);
+    let mut cmd = env.berth();
+    cmd.args(["exec", "-i", "-t", &id, "--", "/bin/sh"])
+        .stdin(slave.try_clone().unwrap())
+        .stdout(slave.try_clone().unwrap())
+        .stderr(slave.try_clone().unwrap());
+    let make_controlling = || {
+        // SAFETY: plain syscall in the child before exec.
+        if unsafe { libc::setsid() } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: as above; fd 0 is the pty's slave side.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: setsid and ioctl are async-signal-safe: the pty becomes the controlling
+    // terminal of berth's session, so resizing it signals berth's process group.
+    unsafe { cmd.pre_exec(make_controlling) };
+    let mut child = cmd.spawn().unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut reader = master.try_clone().unwrap();
+    let sink = Arc::clone(&seen);
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_output = |what: &str| {
+        wait_for(
+            &format!("{what:?} from exec -t"),
+            Duration::from_secs(20),
+            || seen.lock().unwrap().contains(what),
+        )
+    };
+    master.write_all(b"tty; stty size\n").unwrap();
+    wait_output("24 80\r\n");
+    let out = seen.lock().unwrap().clone();
+    assert!(
+        out.contains("\r\n/dev/pts/0\r\n"),
+        "tty is not the container's pts: {out:?}"
+    );
+    assert_eq!(
+        lflag(&slave) & libc::ICANON,
+        0,
+        "the caller's terminal is not raw"
+    );
+    // Resize the caller's terminal: the kernel signals SIGWINCH, berth copies the size.
+    let ws = libc::winsize {
+        ws_row: 40,
+        ws_col: 100,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads the winsize.
+    let resized = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
+    assert_eq!(resized, 0);
+    std::thread::sleep(Duration::from_millis(200));
+    master.write_all(b"stty size\n").unwrap();
+    wait_output("40 100\r\n");
+    master.write_all(b"exit 3\n").unwrap();
+    let mut status = None;
+    wait_for("exec -t to end", Duration::from_secs(20), || {
+        status = child.try_wait().unwrap();
+        status.is_some()
+    });
+    assert_eq!(status.unwrap().code(), Some(3), "{}", seen.lock().unwrap());
+    assert_ne!(lflag(&slave) & libc::ICANON, 0, "terminal not restored");
+}

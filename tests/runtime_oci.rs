@@ -247,3 +247,69 @@ fn run_passes_the_exit_code_and_hooks_see_the_state() {
     assert_eq!(st["status"], "created");
     let _ = runtime(&env, &root).args(["delete", "-f", "c5"]).output();
 }
+
+#[test]
+fn devices_propagation_groups_and_cgroup_extras_are_applied() {
+    require_root!();
+    let env = Env::new();
+    let root = env.tmp.path().join("root");
+    let script = "stat -c '%F %t:%T %a %u:%g' /dev/test1 /dev/fifo1; \
+                  grep -c ' /tmp/shared .* shared:' /proc/self/mountinfo; \
+                  grep '^Groups:' /proc/self/status; \
+                  cat /sys/fs/cgroup/memory/memory.soft_limit_in_bytes /sys/fs/cgroup/memory.low 2>/dev/null; \
+                  cat /sys/fs/cgroup/cpuset/cpuset.cpus /sys/fs/cgroup/cpuset.cpus 2>/dev/null; \
+                  exit 0";
+    let b = bundle(&env, &["sh", "-c", script], |c| {
+        c["process"]["user"]["additionalGids"] = serde_json::json!([5, 7]);
+        let mounts = c["mounts"].as_array_mut().unwrap();
+        mounts.push(
+            serde_json::json!({"destination": "/tmp/shared", "type": "tmpfs",
+                                       "source": "tmpfs", "options": ["shared", "mode=755"]}),
+        );
+        mounts.push(
+            serde_json::json!({"destination": "/sys/fs/cgroup", "type": "cgroup",
+                                       "source": "cgroup", "options": ["ro"]}),
+        );
+        c["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"type": "cgroup"}));
+        c["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/test1", "type": "c", "major": 10, "minor": 666, "fileMode": 432,
+             "uid": 1, "gid": 2},
+            {"path": "/dev/fifo1", "type": "p", "fileMode": 384}
+        ]);
+        c["linux"]["resources"] = serde_json::json!({
+            "memory": {"reservation": 33554432},
+            "cpu": {"cpus": "0", "mems": "0"}
+        });
+        c["linux"]["cgroupsPath"] =
+            serde_json::json!(format!("/berth-test-{}-oci-extras", std::process::id()));
+    });
+    let out = runtime(&env, &root)
+        .args(["run", "-b"])
+        .arg(&b)
+        .arg("extras")
+        .output()
+        .unwrap();
+    let s = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{}{s}", stderr(&out));
+    let mut lines: Vec<&str> = s.lines().collect();
+    // Groups from the rootfs's /etc/group for root come first; the additional ones follow.
+    let groups: Vec<&str> = lines.remove(3).split_whitespace().collect();
+    assert!(
+        groups.contains(&"5") && groups.contains(&"7"),
+        "additionalGids missing: {groups:?}"
+    );
+    assert_eq!(
+        lines,
+        [
+            "character special file a:29a 660 1:2",
+            "fifo 0:0 600 0:0",
+            "1",
+            "33554432",
+            "0",
+        ],
+        "{s}"
+    );
+}

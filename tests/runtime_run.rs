@@ -366,3 +366,15 @@ fn foreground_run_leaves_no_state_with_rm() {
         .unwrap_or(0);
     assert_eq!(left, 0);
 }
+
+#[test]
+fn init_keeps_the_programs_exit_code_and_is_pid_1() {
+    require_root!();
+    let env = Env::new();
+    let out = env.run_sh(&["--init"], "echo $$; exit 7");
+    assert_eq!(out.status.code(), Some(7), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "2\n", "the program must be the init's child");
+    // Killed by a signal: 128 + its number, like tini.
+    let out = env.run_sh(&["--init"], "kill -USR1 $$");
+    assert_eq!(out.status.code(), Some(138), "{}", stderr(&out));
+}

@@ -419,42 +419,172 @@ fn events(sandbox: &Sandbox) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Backends in the proxy's rotation for `app`, read from its control socket.
+fn in_rotation(sandbox: &Sandbox, app: &str) -> Option<usize> {
+    use std::io::BufRead;
+    let mut s =
+        std::os::unix::net::UnixStream::connect(sandbox.data().join("run/proxy.sock")).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"{\"op\":\"state\"}\n").ok()?;
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&line).ok()?;
+    let apps = v["apps"].as_array()?;
+    let a = apps.iter().find(|a| a["config"]["name"] == app)?;
+    Some(
+        a["backends"]
+            .as_array()?
+            .iter()
+            .filter(|b| b["in_rotation"] == true)
+            .count(),
+    )
+}
+
+/// Seconds since midnight UTC of a tracing timestamp (`2026-11-24T02:15:00.123456Z …`).
+fn log_time(line: &str) -> Option<f64> {
+    let t = line.split_whitespace().next()?.split('T').nth(1)?;
+    let t = t.trim_end_matches('Z');
+    let mut parts = t.split(':');
+    let h: f64 = parts.next()?.parse().ok()?;
+    let m: f64 = parts.next()?.parse().ok()?;
+    let s: f64 = parts.next()?.parse().ok()?;
+    Some(h * 3600.0 + m * 60.0 + s)
+}
+
+fn now_of_day() -> f64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    since % 86_400.0
+}
+
+/// The phases from the load step to the second instance in rotation, from the agent's log
+/// (`berth_agent` at debug): the decision, the start step, its first passing probe and the
+/// admit step, in ms after `t0` (seconds of the day).
+/// `s` without ANSI escape sequences (the log's colours).
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ parameters… final letter
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn phases(log: &str, t0: f64, from: u32) -> String {
+    let log = strip_ansi(log);
+    let after: Vec<(f64, &str)> = log
+        .lines()
+        .filter_map(|l| Some((log_time(l)?, l)))
+        .filter(|(t, _)| *t >= t0)
+        .collect();
+    let field = |line: &str, name: &str| -> Option<String> {
+        let v = line.split(&format!(" {name}=")).nth(1)?;
+        Some(v.split_whitespace().next()?.trim_matches('"').to_string())
+    };
+    let ms =
+        |t: Option<f64>| t.map_or_else(|| "?".to_string(), |t| format!("{:.0}", (t - t0) * 1000.0));
+    let find = |pred: &dyn Fn(&str) -> bool| after.iter().find(|(_, l)| pred(l)).copied();
+    let from = format!("from={from} ");
+    let decision = find(&|l| l.contains("autoscaled") && l.contains(&from));
+    let start = find(&|l| l.contains("applying") && l.contains("step=\"start\""));
+    let id = start.and_then(|(_, l)| field(l, "id")).unwrap_or_default();
+    let probed = |ok: bool| {
+        find(&|l| {
+            l.contains("probed")
+                && field(l, "id").as_deref() == Some(id.as_str())
+                && l.contains("Ok(") == ok
+        })
+    };
+    let admit = find(&|l| {
+        l.contains("applying")
+            && l.contains("step=\"admit\"")
+            && field(l, "id").as_deref() == Some(id.as_str())
+    });
+    format!(
+        "decision +{} ms, start step +{} ms, first probe +{} ms, first passing probe +{} ms, admit step +{} ms",
+        ms(decision.map(|x| x.0)),
+        ms(start.map(|x| x.0)),
+        ms(after
+            .iter()
+            .find(|(_, l)| l.contains("probed") && field(l, "id").as_deref() == Some(id.as_str()))
+            .map(|x| x.0)),
+        ms(probed(true).map(|x| x.0)),
+        ms(admit.map(|x| x.0)),
+    )
+}
+
 #[test]
 fn load_scales_out_within_bounds_and_back_in_after_the_window() {
     let reg = Registry::start().unwrap();
     reg.push_test_images(&["hello"]).unwrap();
     let sandbox = Sandbox::new("trafc", 3);
     let image = pull(&sandbox, &reg);
-    let _dir = up(
-        &sandbox,
-        &web(
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        web(
             &image,
             "health: { http: /up, interval: 1s, timeout: 1s, start_period: 10s }\n\
              autoscale: { min: 1, max: 3, metric: rps, target: 20, scale_down_window: 3s }\n",
         ),
+    )
+    .unwrap();
+    // Debug logs of the agent: the phases of the scale out are read from them.
+    run_ok(
+        sandbox
+            .berth(&[
+                "up",
+                "-d",
+                "--manifests",
+                dir.path().to_str().unwrap(),
+                "--name",
+                "t1",
+            ])
+            .env("BERTH_LOG", "warn,berth_agent=debug"),
     );
     wait_for("1 ready instance", 60, &sandbox, || {
-        (sandbox.status()["apps"][0]["ready"] == 1).then_some(())
+        (in_rotation(&sandbox, "web") == Some(1)).then_some(())
     });
     assert_eq!(sandbox.instance_netns().len(), 1);
 
     // 20 s of load (one client, as fast as it goes: far above 20 rps per instance).
+    let t0 = now_of_day();
     let load = Load::start(&sandbox, PROXY_PORT);
     let started = Instant::now();
     let mut seen = Vec::new();
     let mut second_ready = None;
+    let mut polled = Instant::now() - Duration::from_secs(1);
     while started.elapsed() < Duration::from_secs(20) {
-        let n = sandbox.instance_netns().len();
-        seen.push(n);
-        if second_ready.is_none() && sandbox.status()["apps"][0]["ready"].as_u64() >= Some(2) {
+        // The step's end: a second backend in the proxy's rotation (polled every 20 ms).
+        if second_ready.is_none() && in_rotation(&sandbox, "web").is_some_and(|n| n >= 2) {
             second_ready = Some(started.elapsed());
+            eprintln!(
+                "load step → second instance in rotation: {:?} ({})",
+                started.elapsed(),
+                phases(&sandbox.log(), t0, 1)
+            );
         }
-        std::thread::sleep(Duration::from_millis(100));
+        if polled.elapsed() >= Duration::from_millis(100) {
+            polled = Instant::now();
+            seen.push(sandbox.instance_netns().len());
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     let outcomes = load.finish();
     let peak = seen.iter().copied().max().unwrap_or(0);
     eprintln!(
-        "{} requests in 20 s; instances seen {:?}..{peak}; second instance ready after {:?}",
+        "{} requests in 20 s; instances seen {:?}..{peak}; second instance serving after {:?}",
         outcomes.len(),
         seen.iter().min(),
         second_ready
@@ -498,13 +628,28 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
     reg.push_test_images(&["hello"]).unwrap();
     let sandbox = Sandbox::new("trafd", 4);
     let image = pull(&sandbox, &reg);
-    let _dir = up(
-        &sandbox,
-        &web(
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("web.yaml"),
+        web(
             &image,
             "health: { http: /up, interval: 1s, timeout: 1s, start_period: 10s }\n\
              autoscale: { min: 0, max: 2, metric: rps, target: 50, scale_down_window: 1s }\n",
         ),
+    )
+    .unwrap();
+    // Debug logs of the agent: the phases of the cold start are read from them.
+    run_ok(
+        sandbox
+            .berth(&[
+                "up",
+                "-d",
+                "--manifests",
+                dir.path().to_str().unwrap(),
+                "--name",
+                "t1",
+            ])
+            .env("BERTH_LOG", "warn,berth_agent=debug"),
     );
     wait_for("1 ready instance", 60, &sandbox, || {
         (sandbox.status()["apps"][0]["ready"] == 1).then_some(())
@@ -513,10 +658,14 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
     wait_for("scale to zero", 90, &sandbox, || {
         sandbox.instance_netns().is_empty().then_some(())
     });
+    let t0 = now_of_day();
     let t = Instant::now();
     let (code, body) = get_in(&sandbox, PROXY_PORT, "/up").unwrap();
     let cold = t.elapsed();
-    eprintln!("cold start from zero: {cold:?} for the first request");
+    eprintln!(
+        "cold start from zero: {cold:?} for the first request ({})",
+        phases(&sandbox.log(), t0, 0)
+    );
     assert_eq!(code, 200, "{body}\n{}", sandbox.log());
     assert_eq!(sandbox.instance_netns().len(), 1);
     // The decisions reach the controller with the agent's next report.
@@ -524,4 +673,94 @@ fn scale_to_zero_holds_the_first_request_and_serves_it() {
         let ev = events(&sandbox);
         (ev.contains("1 → 0 instances: idle") && ev.contains("0 → 1 instances: wake")).then_some(())
     });
+}
+
+/// A connection to 127.0.0.1:port made inside the sandbox's namespace (it stays there).
+fn connect_in(sandbox: &Sandbox, port: u16) -> std::io::Result<TcpStream> {
+    let s = berth_agent::host::net::run_in_netns(&sandbox.netns_path(), move || {
+        TcpStream::connect(("127.0.0.1", port))
+    })
+    .map_err(std::io::Error::other)??;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// Sends one line and reads back what the echo server returned.
+fn echo(s: &mut TcpStream, line: &str) -> std::io::Result<String> {
+    s.write_all(format!("{line}\n").as_bytes())?;
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while got.last() != Some(&b'\n') {
+        if s.read(&mut byte)? == 0 {
+            break;
+        }
+        got.push(byte[0]);
+    }
+    Ok(String::from_utf8_lossy(&got).trim_end().to_string())
+}
+
+#[test]
+fn tcp_app_is_proxied_byte_for_byte_and_scales_on_open_connections() {
+    let reg = Registry::start().unwrap();
+    reg.push_test_images(&["hello"]).unwrap();
+    let sandbox = Sandbox::new("trafe", 5);
+    let image = pull(&sandbox, &reg);
+    // Not HTTP: busybox nc echoing every connection (`-ll`: keep listening, a child each).
+    let manifest = format!(
+        "app: echo\nimage: {image}\nport: 7000\n\
+         command: [/bin/sh, -c, 'exec nc -ll -p \"$PORT\" -e /bin/cat']\n\
+         expose: {{ port: {PROXY_PORT}, protocol: tcp }}\n\
+         health: {{ tcp: 7000, interval: 1s, timeout: 1s, start_period: 10s }}\n\
+         stop: {{ grace: 1s }}\n\
+         autoscale: {{ min: 1, max: 2, metric: concurrency, target: 2, scale_down_window: 2s }}\n"
+    );
+    let _dir = up(&sandbox, &manifest);
+    let mut first = wait_for(
+        "the echo app to answer through the proxy",
+        60,
+        &sandbox,
+        || {
+            let mut s = connect_in(&sandbox, PROXY_PORT).ok()?;
+            (echo(&mut s, "hello").ok()? == "hello").then_some(s)
+        },
+    );
+    assert_eq!(sandbox.instance_netns().len(), 1);
+
+    // Four open connections against a target of 2 per instance: a second instance.
+    let mut conns: Vec<TcpStream> = (0..3)
+        .map(|_| connect_in(&sandbox, PROXY_PORT).unwrap())
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        assert_eq!(echo(c, &format!("line {i}")).unwrap(), format!("line {i}"));
+    }
+    wait_for(
+        "a second instance for 4 open connections",
+        30,
+        &sandbox,
+        || (sandbox.status()["apps"][0]["ready"].as_u64() == Some(2)).then_some(()),
+    );
+    // New connections are balanced to the new instance too; every one still echoes.
+    for i in 0..4 {
+        let mut c = connect_in(&sandbox, PROXY_PORT).unwrap();
+        assert_eq!(
+            echo(&mut c, &format!("new {i}")).unwrap(),
+            format!("new {i}")
+        );
+        conns.push(c);
+    }
+    assert_eq!(echo(&mut first, "still there").unwrap(), "still there");
+    let ev = events(&sandbox);
+    assert!(
+        ev.contains("ScaledUp") && ev.contains("in-flight per instance"),
+        "{ev}"
+    );
+
+    // All closed: back to one instance after the window.
+    drop(conns);
+    drop(first);
+    wait_for("the scale to return to 1", 40, &sandbox, || {
+        (sandbox.instance_netns().len() == 1).then_some(())
+    });
+    let mut c = connect_in(&sandbox, PROXY_PORT).unwrap();
+    assert_eq!(echo(&mut c, "after").unwrap(), "after");
 }

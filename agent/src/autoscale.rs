@@ -2,7 +2,8 @@
 //! one sample of its metric. Kubernetes HPA's rule — `desired = ceil(current × value /
 //! target)`, no change within a 10% tolerance — with scale-up and scale-down stabilization
 //! windows, a maximum step per evaluation, the host's share of the manifest's bounds, and
-//! scale to zero after an idle window (DESIGN.md §5). The agent evaluates it every second.
+//! scale to zero after an idle window (DESIGN.md §5). The agent evaluates it every 250 ms
+//! (rates over the last second).
 //!
 //! Pure: the caller passes `now` (a monotonic timestamp) and the sample; nothing here reads
 //! a clock, a cgroup or the proxy. Missing, NaN, negative or infinite metrics never scale
@@ -295,7 +296,13 @@ impl Autoscaler {
     }
 
     fn remember(&mut self, now: Duration, recommendation: u32) {
-        self.history.push_back((now, recommendation));
+        // A run of equal recommendations is kept as its newest one: a window holds the
+        // value exactly when it holds the run's newest entry, so the extremes do not change,
+        // and a steady app keeps one entry however long its windows are.
+        match self.history.back_mut() {
+            Some(last) if last.1 == recommendation => last.0 = now,
+            _ => self.history.push_back((now, recommendation)),
+        }
         let keep = self
             .policy
             .scale_up_window

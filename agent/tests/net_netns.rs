@@ -286,21 +286,8 @@ fn egress_nat_installs_one_masquerade_rule_in_the_host_namespace() {
     };
     drop(net);
     open().unwrap(); // idempotent: no second rule
-    let rules = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &host.name,
-            "iptables",
-            "-t",
-            "nat",
-            "-S",
-            "POSTROUTING",
-        ])
-        .output()
-        .unwrap();
-    let rules = String::from_utf8(rules.stdout).unwrap();
-    assert_eq!(rules.matches("MASQUERADE").count(), 1, "{rules}");
+    assert_eq!(ours(&host.name), 1, "{}", nat_rules(&host.name));
+    let rules = nat_rules(&host.name);
     assert!(rules.contains("10.77.0.0/24"), "{rules}");
     let fwd = Command::new("ip")
         .args([
@@ -313,6 +300,102 @@ fn egress_nat_installs_one_masquerade_rule_in_the_host_namespace() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&fwd.stdout).trim(), "1");
+}
+
+fn nat_rules(ns: &str) -> String {
+    let out = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "iptables",
+            "-t",
+            "nat",
+            "-S",
+            "POSTROUTING",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Rules carrying berth's egress-NAT comment.
+fn ours(ns: &str) -> usize {
+    nat_rules(ns)
+        .lines()
+        .filter(|l| l.contains("berth egress-nat"))
+        .count()
+}
+
+fn iptables_in(ns: &str, args: &[&str]) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, "iptables"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "iptables {args:?}: {out:?}");
+}
+
+#[test]
+fn teardown_and_orphan_cleanup_remove_exactly_our_nat_rule() {
+    let host = TestHost::new();
+    let hns = HostNetns::Named(host.name.clone());
+    // Someone else's rules in the same namespace, one of them for the same subnet.
+    let foreign_same = "POSTROUTING -s 10.77.0.0/24 ! -o tbr0 -j MASQUERADE";
+    let foreign_other = "POSTROUTING -s 10.99.0.0/24 -j MASQUERADE";
+    for r in [foreign_same, foreign_other] {
+        let mut args = vec!["-t", "nat", "-A"];
+        args.extend(r.split(' '));
+        iptables_in(&host.name, &args);
+    }
+    let foreign = |rules: &str| {
+        [foreign_same, foreign_other]
+            .iter()
+            .all(|f| rules.lines().any(|l| l == format!("-A {f}")))
+    };
+    let nat = NetConfig {
+        egress_nat: true,
+        ..host.cfg()
+    };
+    // Two data dirs sharing subnet and namespace each own a rule.
+    let other_data = tempfile::tempdir().unwrap();
+    Network::open(nat.clone(), hns.clone(), host.data.path()).unwrap();
+    Network::open(nat.clone(), hns.clone(), other_data.path()).unwrap();
+    assert_eq!(ours(&host.name), 2, "{}", nat_rules(&host.name));
+
+    // `berth down`'s teardown: only this data dir's rule goes.
+    let report = berth_agent::host::net::teardown(host.data.path(), hns.clone()).unwrap();
+    assert!(report.nat_rule.is_some(), "{report:?}");
+    let rules = nat_rules(&host.name);
+    assert_eq!(ours(&host.name), 1, "{rules}");
+    assert!(foreign(&rules), "foreign rules must stay: {rules}");
+    // Idempotent.
+    let again = berth_agent::host::net::teardown(host.data.path(), hns.clone()).unwrap();
+    assert_eq!(again.nat_rule, None);
+
+    // Agent start with NAT turned off: the other data dir's rule is an orphan now.
+    Network::open_deferred(host.cfg(), hns.clone(), other_data.path()).unwrap();
+    let rules = nat_rules(&host.name);
+    assert_eq!(ours(&host.name), 0, "{rules}");
+    assert!(foreign(&rules), "{rules}");
+
+    // A changed subnet replaces the old rule instead of adding a second one.
+    Network::open(nat.clone(), hns.clone(), host.data.path()).unwrap();
+    let moved = NetConfig {
+        subnet: "10.78.0.0/24".parse::<Subnet>().unwrap(),
+        bridge: "tbr1".into(),
+        ..nat
+    };
+    Network::open(moved, hns, host.data.path()).unwrap();
+    let rules = nat_rules(&host.name);
+    assert_eq!(ours(&host.name), 1, "{rules}");
+    assert!(
+        rules
+            .lines()
+            .any(|l| l.contains("berth egress-nat") && l.contains("10.78.0.0/24")),
+        "{rules}"
+    );
+    assert!(foreign(&rules), "{rules}");
 }
 
 struct NsGuard(String);

@@ -6,7 +6,7 @@
 //! | `read` | every `GET` of the CLI API (status, apps, revisions, rollout, instances, events, leader) |
 //! | `deploy` | `read`, plus `POST /v1/sync` and rollbacks |
 //! | `admin` | everything, tokens included; the controller's own token (`--token` or `<data-dir>/controller/token`) is admin |
-//! | `join` | the agent API only, and only for one host: the token is bound to the first host that registers with it (or to `--host` at creation); then it registers, reads the assignment of and reports for that host alone |
+//! | `join` | the agent API only, and only for one host: the token is bound to the first host that registers with it (or to `--host` at creation); then it registers, reads the assignment of and reports for that host alone; over TLS it buys that host a node certificate (`POST /v1/agents/join`), which then carries the same rights while the token exists |
 //!
 //! A token is `bt.<id>.<secret>` (id 12 hex digits, secret 32 random bytes in hex); the store
 //! keeps `tokens/<id>` with the role, the host binding and the secret's sha256, never the
@@ -106,6 +106,10 @@ pub struct IssuedToken {
     pub role: TokenRole,
     /// Its host binding.
     pub host: Option<String>,
+    /// The controller CA's fingerprint (`sha256:<hex>`) when it serves TLS: what an agent
+    /// joining with this token pins (`berth agent --join … --ca-fingerprint`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_fingerprint: Option<String>,
 }
 
 /// `GET /v1/tokens` item.
@@ -157,10 +161,10 @@ pub enum Need {
 pub fn need(method: &axum::http::Method, template: &str, host: Option<&str>) -> Need {
     use axum::http::Method;
     match template {
-        "/v1/agents/register" => Need::Agent(None),
-        "/v1/agents/{host}/assignment" | "/v1/agents/{host}/report" => {
-            Need::Agent(host.map(str::to_string))
-        }
+        "/v1/agents/register" | "/v1/agents/join" => Need::Agent(None),
+        "/v1/agents/{host}/assignment"
+        | "/v1/agents/{host}/report"
+        | "/v1/agents/{host}/certificate" => Need::Agent(host.map(str::to_string)),
         t if t.starts_with("/v1/tokens") => Need::Role(TokenRole::Admin),
         "/v1/sync" | "/v1/apps/{app}/rollback" => Need::Role(TokenRole::Deploy),
         _ if *method == Method::GET || *method == Method::HEAD => Need::Role(TokenRole::Read),
@@ -269,6 +273,7 @@ impl<S: Store> Core<S> {
                 id,
                 role: req.role,
                 host: req.host,
+                ca_fingerprint: None,
             }),
             Outcome::Conflict => Err(CoreError::Conflict {
                 what: format!("token {id}"),
@@ -308,6 +313,11 @@ impl<S: Store> Core<S> {
                 what: format!("token {id}"),
             }),
         }
+    }
+
+    /// Whether token `id` exists (was not revoked).
+    pub async fn token_exists(&self, id: &str) -> Result<bool, CoreError> {
+        Ok(self.store().get(&token_key(id)).await?.is_some())
     }
 
     /// The principal of a stored token's text, if it is one.

@@ -1,12 +1,17 @@
 //! The HTTP API under `/v1/` (axum): the agent endpoints and the CLI's. Every route checks
 //! the bearer token (`Authorization: Bearer`): the controller's own (admin, constant-time
 //! compare) or an API token with a role ([`access`](crate::access)); a known token without
-//! the role a route needs gets 403, an unknown one 401. Bodies are capped (413 beyond
+//! the role a route needs gets 403, an unknown one 401. Over TLS, a request without a bearer
+//! token may instead carry a node certificate ([`pki`](crate::pki)): it speaks for its host
+//! alone, with a join token's rights, while the host's join token exists (else 403). Bodies are capped (413 beyond
 //! [`MAX_BODY_BYTES`]) and requests time out, long-polls and event streams excepted (they are
 //! bounded by their own `wait`, and end at shutdown).
 //!
 //! | method and path | answer |
 //! |---|---|
+//! | `POST /v1/agents/join` `NodeCertRequest` (join token) | `NodeCertificate` (TLS only) |
+//! | `POST /v1/agents/{host}/certificate` `NodeCertRequest` | `NodeCertificate` (renewal) |
+//! | `GET /v1/pki/ca` | the CA certificate, PEM (no token: it is public; agents pin its hash) |
 //! | `POST /v1/agents/register` | `Registered` |
 //! | `GET /v1/agents/{host}/assignment?after=V&wait=SECS` | `Assignment` (long-poll, `wait` ≤ 60) |
 //! | `POST /v1/agents/{host}/report` | 204 |
@@ -16,6 +21,7 @@
 //! | `GET /v1/apps/{app}/rollout?revision=N` | `RolloutStatus` |
 //! | `POST /v1/apps/{app}/rollback` `{"to": N}` | `RevisionInfo` (now pinned) |
 //! | `GET /v1/instances` | `[InstanceInfo]` |
+//! | `GET /v1/placement` | `PlacementView`: instances per host and app, capacity, what did not fit |
 //! | `GET /v1/events?follow=1&after=SEQ` | NDJSON `Event` lines, streamed with `follow` |
 //! | `POST /v1/sync` | `SyncStatus` after fetching and applying the branch head |
 //! | `GET /` (and `/dashboard.js`, `/dashboard.css`) | the dashboard (no token: static assets) |
@@ -77,6 +83,8 @@ pub struct ApiState<S: Store> {
     pub metrics_token_required: bool,
     /// Set on etcd: this controller's election state, for forwarding writes.
     pub ha: Option<Ha>,
+    /// Set when serving TLS: the CA that signs node certificates.
+    pub pki: Option<Arc<crate::pki::Pki>>,
 }
 
 /// What a controller on etcd needs to forward writes to the leader.
@@ -90,15 +98,30 @@ pub struct Ha {
 }
 
 impl Ha {
-    /// Forwarding for `me`, following `role`.
-    pub fn new(me: Member, role: watch::Receiver<Role>) -> Ha {
+    /// Forwarding for `me`, following `role`. With `tls` (the CA, PEM, and this
+    /// controller's client identity, key and certificate PEM) the leader is reached over
+    /// HTTPS trusting only that CA, and agents' certificate-authenticated requests are
+    /// vouched for by the controller certificate.
+    pub fn new(me: Member, role: watch::Receiver<Role>, tls: Option<(&str, &str)>) -> Ha {
         // pooled connections are dropped after 5 s idle, under the leader's 10 s idle limit
         // (server::HEADER_READ_TIMEOUT): reusing one as the leader closes it fails a write
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
+            .pool_idle_timeout(Duration::from_secs(5));
+        if let Some((ca, identity)) = tls {
+            match (
+                reqwest::Certificate::from_pem(ca.as_bytes()),
+                reqwest::Identity::from_pem(identity.as_bytes()),
+            ) {
+                (Ok(ca), Ok(identity)) => {
+                    builder = builder.tls_certs_only([ca]).identity(identity);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "the controller's own certificate is unusable for forwarding");
+                }
+            }
+        }
+        let http = builder.build().unwrap_or_else(|_| reqwest::Client::new());
         Ha { me, role, http }
     }
 }
@@ -116,6 +139,13 @@ pub struct LeaderStatus {
 
 /// Marks a request a follower forwarded (never forwarded twice).
 pub const FORWARDED_HEADER: &str = "x-berth-forwarded-by";
+/// The host whose node certificate a follower verified, on a request it forwards to the
+/// leader; honoured only from a peer presenting a controller certificate.
+pub const FORWARDED_HOST_HEADER: &str = "x-berth-forwarded-host";
+
+/// Set by `auth` on requests authenticated by a node certificate (not a token).
+#[derive(Debug, Clone)]
+struct CertHost(String);
 
 impl<S: Store> Clone for ApiState<S> {
     fn clone(&self) -> Self {
@@ -125,6 +155,7 @@ impl<S: Store> Clone for ApiState<S> {
             shutdown: self.shutdown.clone(),
             metrics_token_required: self.metrics_token_required,
             ha: self.ha.clone(),
+            pki: self.pki.clone(),
         }
     }
 }
@@ -174,6 +205,9 @@ type ApiResult<T> = Result<T, ApiError>;
 pub fn router<S: Store>(state: ApiState<S>) -> Router {
     let timed = Router::new()
         .route("/v1/agents/register", post(register::<S>))
+        .route("/v1/agents/join", post(join::<S>))
+        .route("/v1/agents/{host}/certificate", post(renew::<S>))
+        .route("/v1/pki/ca", get(ca::<S>))
         .route("/v1/agents/{host}/report", post(report::<S>))
         .route("/v1/status", get(status::<S>))
         .route("/v1/apps", get(apps::<S>))
@@ -181,6 +215,7 @@ pub fn router<S: Store>(state: ApiState<S>) -> Router {
         .route("/v1/apps/{app}/rollout", get(rollout::<S>))
         .route("/v1/apps/{app}/rollback", post(rollback::<S>))
         .route("/v1/instances", get(instances::<S>))
+        .route("/v1/placement", get(placement::<S>))
         .route("/v1/leader", get(leader::<S>))
         .route("/v1/tokens", post(create_token::<S>).get(tokens::<S>))
         .route("/v1/tokens/{id}", axum::routing::delete(revoke_token::<S>))
@@ -330,6 +365,12 @@ async fn proxy(ha: &Ha, leader: &Member, request: Request) -> ApiResult<Response
     if let Ok(v) = axum::http::HeaderValue::from_str(&ha.me.id) {
         headers.insert(FORWARDED_HEADER, v);
     }
+    headers.remove(FORWARDED_HOST_HEADER);
+    if let Some(CertHost(host)) = parts.extensions.get::<CertHost>()
+        && let Ok(v) = axum::http::HeaderValue::from_str(host)
+    {
+        headers.insert(FORWARDED_HOST_HEADER, v);
+    }
     let answer = ha
         .http
         .request(parts.method.clone(), &url)
@@ -397,6 +438,10 @@ fn agent_host(path: &str) -> Option<&str> {
 }
 
 fn forbidden(message: String) -> Response {
+    forbidden_error(message).into_response()
+}
+
+fn forbidden_error(message: String) -> ApiError {
     ApiError {
         status: StatusCode::FORBIDDEN,
         body: wire::ApiError {
@@ -404,7 +449,6 @@ fn forbidden(message: String) -> Response {
             kind: ErrorKind::InvalidInput,
         },
     }
-    .into_response()
 }
 
 async fn auth<S: Store>(
@@ -419,8 +463,32 @@ async fn auth<S: Store>(
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .trim();
+    let peer = request
+        .extensions()
+        .get::<crate::pki::PeerIdentity>()
+        .cloned();
+    let mut cert_host = None;
     let principal = if given.is_empty() {
-        None
+        let host = match peer {
+            Some(crate::pki::PeerIdentity::Node(host)) => Some(host),
+            // another controller forwarding an agent's request it verified
+            Some(crate::pki::PeerIdentity::Controller(_)) => headers
+                .get(FORWARDED_HOST_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string),
+            None => None,
+        };
+        match host {
+            None => None,
+            Some(host) => match state.core.node_principal(&host).await {
+                Ok(Ok(p)) => {
+                    cert_host = Some(host);
+                    Some(p)
+                }
+                Ok(Err(why)) => return forbidden(why),
+                Err(e) => return ApiError::from(e).into_response(),
+            },
+        }
     } else if constant_time_eq(given.as_bytes(), state.token.as_bytes()) {
         Some(Principal::controller())
     } else {
@@ -442,6 +510,12 @@ async fn auth<S: Store>(
             }
         }
         request.extensions_mut().insert(principal);
+        if let Some(host) = cert_host {
+            request.extensions_mut().insert(CertHost(host));
+        }
+        return next.run(request).await;
+    }
+    if request.method() == axum::http::Method::GET && request.uri().path() == "/v1/pki/ca" {
         return next.run(request).await;
     }
     if !state.metrics_token_required
@@ -590,7 +664,98 @@ async fn create_token<S: Store>(
     State(state): State<ApiState<S>>,
     Body(req): Body<TokenRequest>,
 ) -> ApiResult<Json<IssuedToken>> {
-    Ok(Json(state.core.create_token(req).await?))
+    let mut issued = state.core.create_token(req).await?;
+    issued.ca_fingerprint = state.pki.as_ref().map(|p| p.fingerprint());
+    Ok(Json(issued))
+}
+
+fn pki<S: Store>(state: &ApiState<S>) -> ApiResult<&Arc<crate::pki::Pki>> {
+    state.pki.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorKind::InvalidInput,
+            "this controller serves plain HTTP: node certificates need TLS (berth controller \
+             --tls, the default on a non-loopback --listen)"
+                .into(),
+        )
+    })
+}
+
+/// `GET /v1/pki/ca`: the CA certificate (public: an agent pins its hash before trusting it).
+async fn ca<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Response> {
+    let pki = pki(&state)?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        pki.ca_pem().to_string(),
+    )
+        .into_response())
+}
+
+/// `POST /v1/agents/join`: a join token buys host `name` its node certificate. The token
+/// binds to the host (as registration does); the host's certificates are honoured while
+/// the token exists.
+async fn join<S: Store>(
+    State(state): State<ApiState<S>>,
+    principal: Option<axum::Extension<Principal>>,
+    Body(req): Body<wire::NodeCertRequest>,
+) -> ApiResult<Json<wire::NodeCertificate>> {
+    let pki = pki(&state)?.clone();
+    let Some(axum::Extension(p)) = principal else {
+        return Err(forbidden_error("joining needs a join token".into()));
+    };
+    if p.role != TokenRole::Join {
+        return Err(forbidden_error(format!(
+            "token {} has role {}; joining needs a join token (berth token create --role join)",
+            p.token, p.role
+        )));
+    }
+    if !berth_manifests::is_dns_label(&req.name) {
+        return Err(ApiError::new(
+            ErrorKind::InvalidInput,
+            format!("host name {:?} must be a DNS label", req.name),
+        ));
+    }
+    if let Err(why) = state.core.bind_token(&p.token, &req.name).await {
+        return Err(forbidden_error(why));
+    }
+    let issued = pki.sign_node(&req.name, &req.csr, state.core.now_ms())?;
+    state
+        .core
+        .record_node(&req.name, &p.token, issued.not_after_ms)
+        .await?;
+    tracing::info!(host = %req.name, token = %p.token, "host joined; node certificate issued");
+    Ok(Json(issued))
+}
+
+/// `POST /v1/agents/{host}/certificate`: a new node certificate for a host that holds a
+/// valid one (or its join token), for a new key.
+async fn renew<S: Store>(
+    State(state): State<ApiState<S>>,
+    Path(host): Path<String>,
+    principal: Option<axum::Extension<Principal>>,
+    Body(req): Body<wire::NodeCertRequest>,
+) -> ApiResult<Json<wire::NodeCertificate>> {
+    let pki = pki(&state)?.clone();
+    if req.name != host {
+        return Err(ApiError::new(
+            ErrorKind::InvalidInput,
+            format!("the request names host {}, the path {host}", req.name),
+        ));
+    }
+    let token = match principal {
+        Some(axum::Extension(p)) if p.role == TokenRole::Join => p.token,
+        _ => {
+            return Err(forbidden_error(format!(
+                "renewing host {host}'s certificate needs its node certificate or join token"
+            )));
+        }
+    };
+    let issued = pki.sign_node(&host, &req.csr, state.core.now_ms())?;
+    state
+        .core
+        .record_node(&host, &token, issued.not_after_ms)
+        .await?;
+    tracing::debug!(%host, not_after_ms = issued.not_after_ms, "node certificate renewed");
+    Ok(Json(issued))
 }
 
 async fn tokens<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<Vec<TokenInfo>>> {
@@ -718,6 +883,12 @@ async fn instances<S: Store>(
     State(state): State<ApiState<S>>,
 ) -> ApiResult<Json<Vec<wire::InstanceInfo>>> {
     Ok(Json(state.core.instances().await?))
+}
+
+async fn placement<S: Store>(
+    State(state): State<ApiState<S>>,
+) -> ApiResult<Json<wire::PlacementView>> {
+    Ok(Json(state.core.placement().await?))
 }
 
 async fn sync<S: Store>(State(state): State<ApiState<S>>) -> ApiResult<Json<wire::SyncStatus>> {

@@ -66,16 +66,27 @@ pub struct Client {
 impl Client {
     /// A client of the controller at `base` (`http://127.0.0.1:7070`) using `token`.
     pub fn new(base: &str, token: &str) -> Result<Client, ClientError> {
-        let http = reqwest::Client::builder()
+        Client::with_ca(base, token, None)
+    }
+
+    /// A client that trusts only the CA `ca_pem` (the controller's, for `https://` URLs;
+    /// `None`: the system's roots).
+    pub fn with_ca(base: &str, token: &str, ca_pem: Option<&str>) -> Result<Client, ClientError> {
+        let unusable = |reason: String| ClientError::Unreachable {
+            url: base.to_string(),
+            reason,
+        };
+        let mut builder = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             // below the server's idle limit (server::HEADER_READ_TIMEOUT, 10 s), so a pooled
             // connection is never reused just as the server closes it
-            .pool_idle_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.to_string(),
-                reason: e.to_string(),
-            })?;
+            .pool_idle_timeout(Duration::from_secs(5));
+        if let Some(pem) = ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem.as_bytes())
+                .map_err(|e| unusable(format!("the controller CA certificate: {e}")))?;
+            builder = builder.tls_certs_only([ca]);
+        }
+        let http = builder.build().map_err(|e| unusable(e.to_string()))?;
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
@@ -207,6 +218,11 @@ impl Client {
     /// `GET /v1/instances`.
     pub async fn instances(&self) -> Result<Vec<InstanceInfo>, ClientError> {
         self.get("/v1/instances").await
+    }
+
+    /// `GET /v1/placement`.
+    pub async fn placement(&self) -> Result<berth_manifests::wire::PlacementView, ClientError> {
+        self.get("/v1/placement").await
     }
 
     /// `POST /v1/sync`.

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod local;
 pub mod metrics;
 pub mod model;
+pub mod pki;
 pub mod process;
 pub mod resolve;
 pub mod revisions;

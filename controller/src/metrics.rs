@@ -117,6 +117,11 @@ struct AppResult {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct AppLabel {
+    app: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct StateLabel {
     state: &'static str,
 }
@@ -147,6 +152,9 @@ const ASSIGNMENT_BUCKETS: [f64; 11] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
 ];
 
+/// Buckets of the host convergence histogram: pulls and starts take seconds to minutes.
+const CONVERGE_BUCKETS: [f64; 10] = [0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0];
+
 /// The route label of a request no route matched (keeps cardinality bounded).
 pub const UNMATCHED_ROUTE: &str = "unmatched";
 
@@ -162,6 +170,9 @@ pub struct Metrics {
     rollouts: Family<AppResult, Counter>,
     assignment_latency: Histogram,
     hosts: Family<StateLabel, Gauge>,
+    host_converge: Histogram,
+    unplaced: Family<AppLabel, Gauge>,
+    unplaced_apps: Mutex<Vec<String>>,
     leader: Gauge,
     api_requests: Family<RouteCode, Counter>,
     api_duration: Family<RouteLabel, Histogram>,
@@ -252,8 +263,24 @@ impl Metrics {
         let hosts = Family::<StateLabel, Gauge>::default();
         registry.plain(
             "berth_controller_hosts",
-            "Registered hosts by state (ready: reported within the grace period)",
+            "Registered hosts by state (ready: reported within the grace period; down: \
+             silent past it, its work placed elsewhere; returning: back, given work once it \
+             reported for a grace period)",
             hosts.clone(),
+        );
+        let host_converge = Histogram::new(CONVERGE_BUCKETS);
+        registry.unit(
+            "berth_controller_host_converge",
+            "Time from a host's registration to its report of every assigned instance ready",
+            Unit::Seconds,
+            host_converge.clone(),
+        );
+        let unplaced = Family::<AppLabel, Gauge>::default();
+        registry.plain(
+            "berth_controller_unplaced_instances",
+            "Instances of an app that placement could not place (no ready matching host with \
+             room)",
+            unplaced.clone(),
         );
         let leader = Gauge::default();
         registry.plain(
@@ -293,6 +320,9 @@ impl Metrics {
             rollouts,
             assignment_latency,
             hosts,
+            host_converge,
+            unplaced,
+            unplaced_apps: Mutex::new(Vec::new()),
             leader,
             api_requests,
             api_duration,
@@ -389,15 +419,43 @@ impl Metrics {
         }
     }
 
-    /// Sets the host gauges: `ready` and `not_ready` hosts.
-    pub fn set_hosts(&self, ready: u64, not_ready: u64) {
+    /// Sets the host gauges: `ready`, `returning` (back from down, not yet given work) and
+    /// `down` (silent past the grace period) hosts.
+    pub fn set_hosts(&self, ready: u64, returning: u64, down: u64) {
         let as_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
-        self.hosts
-            .get_or_create(&StateLabel { state: "ready" })
-            .set(as_i64(ready));
-        self.hosts
-            .get_or_create(&StateLabel { state: "not_ready" })
-            .set(as_i64(not_ready));
+        for (state, n) in [("ready", ready), ("returning", returning), ("down", down)] {
+            self.hosts
+                .get_or_create(&StateLabel { state })
+                .set(as_i64(n));
+        }
+    }
+
+    /// A host reported its whole assignment ready `seconds` after it registered.
+    pub fn host_converged(&self, seconds: f64) {
+        self.host_converge.observe(seconds);
+    }
+
+    /// Sets the instances of each app placement could not place (apps absent: 0, and
+    /// dropped once they were 0 before).
+    pub fn set_unplaced(&self, unplaced: &[(String, u32)]) {
+        let mut known = self
+            .unplaced_apps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for app in known.iter() {
+            if !unplaced.iter().any(|(a, _)| a == app) {
+                self.unplaced
+                    .get_or_create(&AppLabel { app: app.clone() })
+                    .set(0);
+            }
+        }
+        known.clear();
+        for (app, n) in unplaced {
+            self.unplaced
+                .get_or_create(&AppLabel { app: app.clone() })
+                .set(i64::from(*n));
+            known.push(app.clone());
+        }
     }
 
     /// Whether this controller leads now.
@@ -491,9 +549,9 @@ pub(crate) mod tests {
         let m = Metrics::new();
         let text = m.encode();
         assert!(text.ends_with("# EOF\n"), "{text}");
-        assert_eq!(m.family_names().len(), 10);
+        assert_eq!(m.family_names().len(), 12);
         // families with labels have no series until first used
-        assert_eq!(never_updated(&m, &parse(&text)).len(), 10);
+        assert_eq!(never_updated(&m, &parse(&text)).len(), 12);
         // fixed label sets start at zero
         assert_eq!(
             sample(
@@ -513,7 +571,9 @@ pub(crate) mod tests {
         m.rollout("web", RolloutResult::RolledBack);
         m.assignment_written("h1", 1, t0);
         m.assignment_answered("h1", 1, t0 + Duration::from_millis(3));
-        m.set_hosts(1, 0);
+        m.set_hosts(1, 0, 0);
+        m.host_converged(2.5);
+        m.set_unplaced(&[("web".to_string(), 1)]);
         m.set_leader(true);
         m.api_request("/v1/status", 200, 0.001);
         // a new family without a method called here fails
@@ -619,15 +679,15 @@ pub(crate) mod tests {
     #[test]
     fn hosts_gauge_is_set_not_accumulated() {
         let m = Metrics::new();
-        m.set_hosts(2, 1);
-        m.set_hosts(1, 0);
+        m.set_hosts(2, 0, 1);
+        m.set_hosts(1, 0, 0);
         let f = parse(&m.encode());
         assert_eq!(
             sample(&f, "berth_controller_hosts{state=\"ready\"}"),
             Some(1.0)
         );
         assert_eq!(
-            sample(&f, "berth_controller_hosts{state=\"not_ready\"}"),
+            sample(&f, "berth_controller_hosts{state=\"down\"}"),
             Some(0.0)
         );
     }

@@ -11,6 +11,7 @@
 //! | `assignments/<host>` | [`Assignment`](berth_manifests::wire::Assignment) |
 //! | `events/<seq, 20 digits>` | [`Event`](berth_manifests::wire::Event) (the newest few thousand) |
 //! | `sync` | [`SyncStatus`](berth_manifests::wire::SyncStatus) |
+//! | `unplaced` | the apps that did not fit, [`Unplaced`](crate::assign::Unplaced) list |
 
 use berth_manifests::App;
 use berth_manifests::wire::{HostReport, Registration, RevisionInfo, RevisionSpec, RevisionState};
@@ -48,6 +49,9 @@ pub fn event_key(seq: u64) -> String {
 
 /// Key of the git source's state.
 pub const SYNC_KEY: &str = "sync";
+
+/// Key of the apps placement could not (entirely) place, as the last placement found them.
+pub const UNPLACED_KEY: &str = "unplaced";
 
 /// One numbered revision of an app, as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -163,4 +167,16 @@ pub struct HostRecord {
     /// Its newest report.
     #[serde(default)]
     pub last_report: Option<HostReport>,
+    /// When the controller marked it down (silent past its grace period); `None` while up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub down_since_ms: Option<u64>,
+    /// When it came back after being down (it gets work one grace period later).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub returned_ms: Option<u64>,
+    /// When it last registered, until it reports its whole assignment ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converging_since_ms: Option<u64>,
+    /// How long its last convergence took (registration → every assigned instance ready).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converged_in_ms: Option<u64>,
 }

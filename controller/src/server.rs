@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use crate::api::{self, ApiState, Ha};
 use crate::git::{GitError, GitSource};
 use crate::leader::{self, FencedStore, Member, Role};
+use crate::pki::Pki;
 use crate::resolve::DigestResolver;
 use crate::state::{Clock, Core, CoreError, system_clock};
 use crate::store::etcd::EtcdStore;
@@ -66,7 +67,8 @@ pub struct Config {
     pub token: Option<String>,
     /// Tag → digest resolution.
     pub resolver: Arc<dyn DigestResolver>,
-    /// A host silent longer than this shows `ready: false`.
+    /// A host silent longer than this is marked down and its apps are placed elsewhere; a
+    /// host back from down gets work once it has reported for this long.
     pub host_grace: Duration,
     /// The wall clock (Unix ms); [`system_clock`] outside tests.
     pub clock: Clock,
@@ -85,6 +87,14 @@ pub struct Config {
     /// Most connections one IP address may hold (default [`MAX_CONNECTIONS_PER_PEER`]);
     /// past it its new ones are closed at once, so one client cannot take every slot.
     pub max_connections_per_peer: usize,
+    /// Serve HTTPS with the controller's CA (made on the first start, kept in the store):
+    /// client certificates are requested and identify agents (docs/security.md).
+    pub tls: bool,
+    /// Extra names (DNS names or IP addresses) of the serving certificate, besides
+    /// `localhost`, 127.0.0.1, ::1, the listen address and the advertised host.
+    pub tls_names: Vec<String>,
+    /// Lifetime of the node certificates agents get (default 24 h); they renew at 2/3.
+    pub node_cert_lifetime: Duration,
 }
 
 /// Default cap on open API connections (each agent holds one or two).
@@ -119,6 +129,9 @@ impl Config {
             advertise: None,
             max_connections: MAX_CONNECTIONS,
             max_connections_per_peer: MAX_CONNECTIONS_PER_PEER,
+            tls: false,
+            tls_names: Vec::new(),
+            node_cert_lifetime: crate::pki::NODE_CERT_LIFETIME,
         }
     }
 }
@@ -173,12 +186,14 @@ pub struct Controller;
 /// A running controller.
 pub struct ControllerHandle {
     addr: SocketAddr,
+    pki: Option<Arc<crate::pki::Pki>>,
     token: String,
     core: Arc<Core<AnyStore>>,
     role: Option<watch::Receiver<Role>>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<std::io::Result<()>>,
     poller: JoinHandle<()>,
+    liveness: JoinHandle<()>,
     elector: Option<JoinHandle<()>>,
 }
 
@@ -209,7 +224,9 @@ impl Controller {
             source,
         })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (store, ha, elector) = match &config.store {
+        let now = (config.clock)();
+        let scheme = if config.tls { "https" } else { "http" };
+        let (store, ha, elector, pki) = match &config.store {
             StoreConfig::Embedded => {
                 let store_path = dir.join("store.redb");
                 let store = tokio::task::spawn_blocking(move || RedbStore::open(&store_path))
@@ -218,19 +235,35 @@ impl Controller {
                         backend: "redb",
                         reason: e.to_string(),
                     })??;
-                (AnyStore::Redb(store), None, None)
+                let pki = if config.tls {
+                    Some(Arc::new(
+                        Pki::load_or_create(&store, now, config.node_cert_lifetime).await?,
+                    ))
+                } else {
+                    None
+                };
+                (AnyStore::Redb(store), None, None, pki)
             }
             StoreConfig::Etcd {
                 endpoints,
                 namespace,
             } => {
                 let etcd = EtcdStore::connect(endpoints, namespace).await?;
+                // the CA is shared through the store; made (create-if-absent) before this
+                // controller can lead, so it is written past the leader's fence
+                let pki = if config.tls {
+                    Some(Arc::new(
+                        Pki::load_or_create(&etcd, now, config.node_cert_lifetime).await?,
+                    ))
+                } else {
+                    None
+                };
                 let me = Member {
                     id: leader::new_member_id(),
                     url: config
                         .advertise
                         .clone()
-                        .unwrap_or_else(|| format!("http://{addr}")),
+                        .unwrap_or_else(|| format!("{scheme}://{addr}")),
                 };
                 let (role, task) = leader::spawn(
                     etcd.clone(),
@@ -238,11 +271,20 @@ impl Controller {
                     config.lease_ttl,
                     shutdown_rx.clone(),
                 );
-                let ha = Ha::new(me, role.clone());
+                let identity = match &pki {
+                    Some(p) => Some(p.controller_identity(&me.id, now)?),
+                    None => None,
+                };
+                let tls = pki
+                    .as_ref()
+                    .zip(identity.as_deref())
+                    .map(|(p, i)| (p.ca_pem(), i));
+                let ha = Ha::new(me, role.clone(), tls);
                 (
                     AnyStore::Etcd(Box::new(FencedStore::new(etcd, role))),
                     Some(ha),
                     Some(task),
+                    pki,
                 )
             }
         };
@@ -259,12 +301,27 @@ impl Controller {
             )
             .await?,
         );
+        let acceptor = match &pki {
+            Some(pki) => {
+                pki.write_ca_file(&config.data_dir)
+                    .map_err(|source| StartError::DataDir {
+                        path: crate::pki::ca_path(&config.data_dir),
+                        source,
+                    })?;
+                let names = serving_names(&config, addr);
+                Some(tokio_rustls::TlsAcceptor::from(
+                    pki.server_config(&names, now)?,
+                ))
+            }
+            None => None,
+        };
         let app = api::router(ApiState {
             core: core.clone(),
             token: token.clone(),
             shutdown: shutdown_rx.clone(),
             metrics_token_required: config.metrics_token_required,
             ha: ha.clone(),
+            pki: pki.clone(),
         });
         let server = tokio::spawn(serve(
             listener,
@@ -272,6 +329,13 @@ impl Controller {
             config.max_connections.max(1),
             config.max_connections_per_peer.max(1),
             shutdown_rx.clone(),
+            acceptor,
+        ));
+        let liveness = tokio::spawn(liveness(
+            core.clone(),
+            config.host_grace,
+            shutdown_rx.clone(),
+            ha.as_ref().map(|h| h.role.clone()),
         ));
         let poller = tokio::spawn(poll(
             core.clone(),
@@ -283,12 +347,14 @@ impl Controller {
         tracing::info!(%addr, repo = %config.repo, branch = %config.branch, "controller listening");
         Ok(ControllerHandle {
             addr,
+            pki,
             token,
             core,
             role: ha.map(|h| h.role),
             shutdown,
             server,
             poller,
+            liveness,
             elector,
         })
     }
@@ -312,6 +378,29 @@ fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
     socket.listen(LISTEN_BACKLOG)
 }
 
+/// The serving certificate's names: loopback, the listen address (unless unspecified), the
+/// advertised URL's host and `--tls-name`s.
+fn serving_names(config: &Config, addr: SocketAddr) -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if !addr.ip().is_unspecified() {
+        names.push(addr.ip().to_string());
+    }
+    if let Some(url) = &config.advertise {
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, r)| r);
+        let authority = rest.split('/').next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        if !host.is_empty() {
+            names.push(host.to_string());
+        }
+    }
+    names.extend(config.tls_names.iter().cloned());
+    names.dedup();
+    names
+}
+
 /// Serves HTTP/1 connections until `stop`, then lets each finish its request in flight.
 /// Unlike `axum::serve` it bounds what a client can hold: the request head must arrive within
 /// [`HEADER_READ_TIMEOUT`] (also the idle limit between keep-alive requests), and at most
@@ -322,6 +411,7 @@ async fn serve(
     max_connections: usize,
     max_per_peer: usize,
     mut stop: watch::Receiver<bool>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 ) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let peers: Peers = Arc::default();
@@ -353,33 +443,81 @@ async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
-        let mut stop = stop.clone();
+        let app = app.clone();
+        let stop = stop.clone();
+        let tls = tls.clone();
         connections.spawn(async move {
             let _permit = permit;
             let _slot = slot;
-            let mut builder = hyper::server::conn::http1::Builder::new();
-            builder
-                .timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(error) = result {
-                        tracing::debug!(%peer, %error, "API connection ended");
+            let Some(acceptor) = tls else {
+                return connection(stream, None, app, stop, peer).await;
+            };
+            // the handshake has the same deadline as a request head
+            let stream =
+                match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(error)) => {
+                        // an expired, foreign or revoked-CA client certificate ends here
+                        tracing::warn!(%peer, %error, "TLS handshake failed");
+                        return;
                     }
-                    return;
-                }
-                _ = stop.wait_for(|s| *s) => {}
-            }
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let identity = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(|der| crate::pki::peer_identity(der));
+            connection(stream, identity, app, stop, peer).await;
         });
     }
     drop(listener);
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Serves one connection's requests, each carrying the client certificate's identity.
+async fn connection<I>(
+    io: I,
+    identity: Option<crate::pki::PeerIdentity>,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+    peer: SocketAddr,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let tower = hyper_util::service::TowerToHyperService::new(app);
+    let service =
+        hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+            request
+                .extensions_mut()
+                .remove::<crate::pki::PeerIdentity>();
+            if let Some(id) = &identity {
+                request.extensions_mut().insert(id.clone());
+            }
+            hyper::service::Service::call(&tower, request)
+        });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => {
+            if let Err(error) = result {
+                tracing::debug!(%peer, %error, "API connection ended");
+            }
+            return;
+        }
+        _ = stop.wait_for(|s| *s) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = conn.await;
 }
 
 /// Open connections per peer address.
@@ -420,6 +558,29 @@ impl Drop for PeerSlot {
             if *open == 0 {
                 map.remove(&self.ip);
             }
+        }
+    }
+}
+
+/// Checks the hosts' liveness every quarter of the grace period (100 ms … 1 s) while this
+/// controller leads: silent hosts are marked down and their apps placed elsewhere, and hosts
+/// back for a grace period get work again ([`Core::check_hosts`]).
+async fn liveness(
+    core: Arc<Core<AnyStore>>,
+    grace: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    role: Option<watch::Receiver<Role>>,
+) {
+    let every = (grace / 4).clamp(Duration::from_millis(100), Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if role.as_ref().is_none_or(|r| r.borrow().is_leader())
+            && let Err(error) = core.check_hosts().await
+        {
+            tracing::warn!(%error, "checking the hosts' liveness failed");
         }
     }
 }
@@ -511,7 +672,18 @@ impl ControllerHandle {
 
     /// `http://ADDR`, for clients.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.pki.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// The CA certificate (PEM) when serving TLS.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.pki.as_ref().map(|p| p.ca_pem())
+    }
+
+    /// The CA's fingerprint (`sha256:<hex>`) when serving TLS.
+    pub fn ca_fingerprint(&self) -> Option<String> {
+        self.pki.as_ref().map(|p| p.fingerprint())
     }
 
     /// The API token.
@@ -535,6 +707,8 @@ impl ControllerHandle {
         // a sync in flight (git fetch) is cancelled: its store writes are transactions
         self.poller.abort();
         let _ = self.poller.await;
+        self.liveness.abort();
+        let _ = self.liveness.await;
         // a leader revokes its lease so another takes over at once
         if let Some(elector) = self.elector {
             let _ = tokio::time::timeout(Duration::from_secs(5), elector).await;

@@ -13,20 +13,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_manifests::wire::{
-    AppReport, AppStatus, Assignment, ClusterStatus, Event, HostReport, HostRollout, HostStatus,
-    InstanceInfo, Registered, Registration, RevisionInfo, RolloutPhase, RolloutStatus, Scale,
-    SyncStatus,
+    AppReport, AppStatus, Assignment, Capacity, ClusterStatus, Event, HostPlacement, HostReport,
+    HostRollout, HostStatus, InstanceInfo, PlacedApp, PlacementView, Registered, Registration,
+    RevisionInfo, RolloutPhase, RolloutStatus, Scale, SyncStatus,
 };
 use berth_manifests::{App, Source};
 use tokio::sync::{Mutex, watch};
 
-use crate::assign::{self, HostLabels, Placeable};
+use crate::assign::{self, HostInfo, HostState, Placeable, Unplaced};
 use crate::events::EventLog;
 use crate::git::{CommitInfo, GitError, GitSource, Snapshot, SourceFile};
 use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
 use crate::model::{
-    AppHistory, AppRecord, HostRecord, SYNC_KEY, StoredRevision, app_key, assignment_key, host_key,
-    revision_key,
+    AppHistory, AppRecord, HostRecord, SYNC_KEY, StoredRevision, UNPLACED_KEY, app_key,
+    assignment_key, host_key, revision_key,
 };
 use crate::resolve::{DigestResolver, digest_of};
 use crate::revisions::{self, ReportOutcome, RollbackError, SyncAction};
@@ -155,6 +155,12 @@ pub struct Core<S: Store> {
     /// Reports waiting for the next group commit ([`Core::report`]).
     reports: std::sync::Mutex<Vec<PendingReport>>,
     metrics: Arc<Metrics>,
+    /// Hosts are not found silent before this (Unix ms): when this controller started or
+    /// became the leader (hosts look silent while no controller listens).
+    live_floor_ms: std::sync::atomic::AtomicU64,
+    /// The host states the last placement used; the liveness check places again when
+    /// they changed.
+    placed_states: std::sync::Mutex<BTreeMap<String, HostState>>,
 }
 
 /// A report waiting for its batch, and where its outcome goes.
@@ -217,6 +223,7 @@ impl<S: Store> Core<S> {
     ) -> Result<Core<S>, CoreError> {
         let events = EventLog::open(store.clone(), 5000).await?;
         let (assignments, _) = watch::channel(0);
+        let now = clock();
         Ok(Core {
             store,
             events,
@@ -232,6 +239,8 @@ impl<S: Store> Core<S> {
             reassign_done: Mutex::new(0),
             reports: std::sync::Mutex::default(),
             metrics: Arc::new(Metrics::new()),
+            live_floor_ms: std::sync::atomic::AtomicU64::new(now),
+            placed_states: std::sync::Mutex::new(BTreeMap::new()),
         })
     }
 
@@ -316,9 +325,13 @@ impl<S: Store> Core<S> {
 
     /// Forgets which head the last sync processed, so the next sync decides from the store
     /// alone: a controller that becomes leader again may have missed the others' syncs.
+    /// Hosts are given a full grace period from now before they count as silent (they may
+    /// have reported to no one while no controller led).
     pub async fn forget_seen_head(&self) {
         *self.sync_lock.lock().await = None;
         self.clear_assignment_cache();
+        self.live_floor_ms
+            .store(self.now_ms(), std::sync::atomic::Ordering::SeqCst);
     }
 
     /// The store (for the token records of [`access`](crate::access)).
@@ -414,6 +427,88 @@ impl<S: Store> Core<S> {
             .collect()
     }
 
+    /// Every stored assignment by host, with its store version.
+    async fn assignments(&self) -> Result<BTreeMap<String, (Assignment, u64)>, CoreError> {
+        let mut out = BTreeMap::new();
+        for (key, e) in self.store.list("assignments/").await? {
+            let a: Assignment = decode(&key, &e.value)?;
+            out.insert(a.host.clone(), (a, e.version));
+        }
+        Ok(out)
+    }
+
+    /// Where `host` stands now: down when marked so or silent past the grace period
+    /// (counted from when this controller started leading at the earliest), returning for
+    /// one grace period after it came back, else ready.
+    pub fn host_state(&self, host: &HostRecord, now: u64) -> HostState {
+        let floor = self.live_floor_ms.load(std::sync::atomic::Ordering::SeqCst);
+        if host.down_since_ms.is_some()
+            || now.saturating_sub(host.last_seen_ms.max(floor)) > self.host_grace_ms
+        {
+            HostState::Down
+        } else if host
+            .returned_ms
+            .is_some_and(|r| now.saturating_sub(r) < self.host_grace_ms)
+        {
+            HostState::Returning
+        } else {
+            HostState::Ready
+        }
+    }
+
+    /// The placement of the stored apps on the stored hosts as they stand at `now`,
+    /// keeping what the stored assignments place where it may stay.
+    fn compute_placement(
+        &self,
+        histories: &Histories,
+        hosts: &[HostRecord],
+        stored: &BTreeMap<String, (Assignment, u64)>,
+        now: u64,
+    ) -> (assign::Placed, BTreeMap<String, HostState>) {
+        let apps: Vec<Placeable> = histories
+            .values()
+            .filter(|(h, _)| h.record.in_git)
+            .filter_map(|(h, _)| {
+                Some(Placeable {
+                    target: h.target()?.to_spec(),
+                    fallback: revisions::fallback(h).map(StoredRevision::to_spec),
+                    pinned: h.record.pinned,
+                })
+            })
+            .collect();
+        let states: BTreeMap<String, HostState> = hosts
+            .iter()
+            .map(|h| (h.registration.name.clone(), self.host_state(h, now)))
+            .collect();
+        let infos: Vec<HostInfo> = hosts
+            .iter()
+            .map(|h| HostInfo {
+                name: h.registration.name.clone(),
+                labels: h.registration.labels.clone(),
+                capacity: h.registration.capacity,
+                state: states
+                    .get(&h.registration.name)
+                    .copied()
+                    .unwrap_or(HostState::Down),
+            })
+            .collect();
+        let previous = assign::previous_of(
+            stored
+                .values()
+                .filter(|(a, _)| states.contains_key(&a.host))
+                .map(|(a, _)| a),
+        );
+        (assign::place(&apps, &infos, &previous), states)
+    }
+
+    /// The apps the last placement could not (entirely) place.
+    async fn unplaced(&self) -> Result<Vec<Unplaced>, CoreError> {
+        match self.store.get(UNPLACED_KEY).await? {
+            Some(e) => decode(UNPLACED_KEY, &e.value),
+            None => Ok(Vec::new()),
+        }
+    }
+
     /// The stored assignment of `host`.
     pub async fn assignment(&self, host: &str) -> Result<Option<Assignment>, CoreError> {
         Ok(self
@@ -465,63 +560,81 @@ impl<S: Store> Core<S> {
         Ok(())
     }
 
-    /// Recomputes every host's assignment from the apps' targets; writes the changed ones
-    /// with version + 1 and wakes long-polls. Call with the write lock held.
+    /// Recomputes every host's assignment from the apps' targets and the hosts' states;
+    /// writes the changed ones with version + 1 and wakes long-polls; emits `AppUnplaced`
+    /// and `AppPlaced` when what does not fit changes. Call with the write lock held.
     async fn reassign(&self) -> Result<(), CoreError> {
+        let now = self.now_ms();
         let histories = self.histories().await?;
         let hosts = self.hosts().await?;
-        let apps: Vec<Placeable> = histories
-            .values()
-            .filter(|(h, _)| h.record.in_git)
-            .filter_map(|(h, _)| {
-                Some(Placeable {
-                    target: h.target()?.to_spec(),
-                    fallback: revisions::fallback(h).map(StoredRevision::to_spec),
-                    pinned: h.record.pinned,
-                })
-            })
-            .collect();
-        let labels: Vec<HostLabels> = hosts
-            .iter()
-            .map(|h| HostLabels {
-                name: h.registration.name.clone(),
-                labels: h.registration.labels.clone(),
-            })
-            .collect();
+        let stored = self.assignments().await?;
         let started = tokio::time::Instant::now();
-        let placed = assign::place(&apps, &labels);
+        let (placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
         let place_s = started.elapsed().as_secs_f64();
-        let placements: usize = placed.values().map(Vec::len).sum();
-        // the previous assignments: cached, else one range read for all of them
-        let missing = {
-            let cache = self.cache();
-            placed
-                .keys()
-                .filter(|h| !cache.hosts.contains_key(*h))
-                .count()
-        };
-        if missing > 1 {
-            self.load_assignments().await?;
-        }
+        let placements: usize = placed.hosts.values().map(Vec::len).sum();
+        let app_count = histories.values().filter(|(h, _)| h.record.in_git).count();
         let mut txn = Txn::new();
         let mut written = Vec::new();
-        for (host, apps) in placed {
+        for (host, apps) in placed.hosts {
             let key = assignment_key(&host);
-            let previous = self.assignment_json(&host).await?;
-            let Some(next) =
-                assign::next_assignment(&host, previous.as_ref().map(|c| &c.assignment), apps)
-            else {
-                continue;
-            };
-            let json = encode(&next);
-            txn = txn
-                .when_version(key.clone(), previous.map(|c| c.store_version))
-                .put(key, json.clone());
-            written.push((host, next, bytes::Bytes::from(json)));
+            let previous = stored.get(&host);
+            if let Some(next) = assign::next_assignment(&host, previous.map(|(a, _)| a), apps) {
+                let json = encode(&next);
+                txn = txn
+                    .when_version(key.clone(), previous.map(|(_, v)| *v))
+                    .put(key, json.clone());
+                written.push((host, next, bytes::Bytes::from(json)));
+            }
         }
         let changed = written.len();
-        if changed > 0 {
-            let revision = match self.store.commit(txn).await {
+        let old_unplaced = self.unplaced().await?;
+        let mut events = Vec::new();
+        if old_unplaced != placed.unplaced {
+            for u in &placed.unplaced {
+                if !old_unplaced
+                    .iter()
+                    .any(|o| (&o.app, o.wanted, o.placed) == (&u.app, u.wanted, u.placed))
+                {
+                    events.push(event(
+                        now,
+                        format!("app/{}", u.app),
+                        "AppUnplaced",
+                        format!("app {}: {}", u.app, u.reason),
+                    ));
+                }
+            }
+            for o in &old_unplaced {
+                if !placed.unplaced.iter().any(|u| u.app == o.app)
+                    && histories.get(&o.app).is_some_and(|(h, _)| h.record.in_git)
+                {
+                    events.push(event(
+                        now,
+                        format!("app/{}", o.app),
+                        "AppPlaced",
+                        format!("every instance of app {} is placed now", o.app),
+                    ));
+                }
+            }
+            txn = txn.put(UNPLACED_KEY, encode(&placed.unplaced));
+        }
+        // every app's series, 0 when it fits
+        self.metrics.set_unplaced(
+            &histories
+                .values()
+                .filter(|(h, _)| h.record.in_git)
+                .map(|(h, _)| {
+                    let missing = placed
+                        .unplaced
+                        .iter()
+                        .find(|u| u.app == h.record.name)
+                        .map_or(0, |u| u.wanted - u.placed);
+                    (h.record.name.clone(), missing)
+                })
+                .collect::<Vec<_>>(),
+        );
+        let mut revision = 0;
+        if !txn.ops.is_empty() {
+            revision = match self.store.commit(txn).await {
                 Ok(Outcome::Applied { revision }) => revision,
                 Ok(Outcome::Conflict) => {
                     self.clear_assignment_cache();
@@ -534,6 +647,15 @@ impl<S: Store> Core<S> {
                     return Err(e.into());
                 }
             };
+        }
+        *self
+            .placed_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
+        if !events.is_empty() {
+            self.events.append(events).await?;
+        }
+        if !written.is_empty() {
             let at = tokio::time::Instant::now();
             let mut cache = self.cache();
             for (host, assignment, json) in written {
@@ -553,8 +675,8 @@ impl<S: Store> Core<S> {
         }
         let total_s = started.elapsed().as_secs_f64();
         tracing::info!(
-            apps = apps.len(),
-            hosts = labels.len(),
+            apps = app_count,
+            hosts = hosts.len(),
             placements,
             changed,
             place_ms = place_s * 1e3,
@@ -567,6 +689,103 @@ impl<S: Store> Core<S> {
             "placed apps on hosts"
         );
         Ok(())
+    }
+
+    /// The liveness check (the leader runs it every grace/4, at most every second): marks
+    /// hosts silent past their grace period down (`HostDown`), and places again when any
+    /// host's state changed since the last placement (down, back, or given work again).
+    pub async fn check_hosts(&self) -> Result<(), CoreError> {
+        let _write = self.write.lock().await;
+        let now = self.now_ms();
+        let mut txn = Txn::new();
+        let mut events = Vec::new();
+        let mut states = BTreeMap::new();
+        for (key, entry) in self.store.list("hosts/").await? {
+            let mut record: HostRecord = decode(&key, &entry.value)?;
+            let state = self.host_state(&record, now);
+            if state == HostState::Down && record.down_since_ms.is_none() {
+                let name = record.registration.name.clone();
+                let silent = now.saturating_sub(record.last_seen_ms);
+                record.down_since_ms = Some(now);
+                record.returned_ms = None;
+                record.converging_since_ms = None;
+                txn = txn
+                    .when_version(key.clone(), Some(entry.version))
+                    .put(key, encode(&record));
+                events.push(event(
+                    now,
+                    format!("host/{name}"),
+                    "HostDown",
+                    format!(
+                        "host {name} has not reported for {:.1}s (grace {:.1}s): marked down; its apps are placed on the other matching hosts",
+                        silent as f64 / 1000.0,
+                        self.host_grace_ms as f64 / 1000.0
+                    ),
+                ));
+            }
+            states.insert(record.registration.name.clone(), state);
+        }
+        if !txn.ops.is_empty() {
+            self.commit(txn, "host liveness").await?;
+            self.events.append(events).await?;
+        }
+        let changed = *self
+            .placed_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            != states;
+        if changed {
+            self.reassign().await?;
+        }
+        self.set_host_gauges(&states);
+        Ok(())
+    }
+
+    fn set_host_gauges(&self, states: &BTreeMap<String, HostState>) {
+        let count = |s: HostState| {
+            u64::try_from(states.values().filter(|x| **x == s).count()).unwrap_or(u64::MAX)
+        };
+        self.metrics.set_hosts(
+            count(HostState::Ready),
+            count(HostState::Returning),
+            count(HostState::Down),
+        );
+    }
+
+    /// `GET /v1/placement`: every host's instances per app, capacity and allocation, and the
+    /// apps that did not fit.
+    pub async fn placement(&self) -> Result<PlacementView, CoreError> {
+        let now = self.now_ms();
+        let hosts = self.hosts().await?;
+        let stored = self.assignments().await?;
+        let mut view = PlacementView {
+            hosts: Vec::with_capacity(hosts.len()),
+            unplaced: self.unplaced().await?,
+        };
+        for h in &hosts {
+            let name = &h.registration.name;
+            let assigned = stored.get(name).map(|(a, _)| a);
+            view.hosts.push(HostPlacement {
+                name: name.clone(),
+                state: self.host_state(h, now).as_str().to_string(),
+                labels: h.registration.labels.clone(),
+                capacity: h.registration.capacity,
+                allocated: allocated(assigned),
+                apps: assigned
+                    .map(|a| {
+                        a.apps
+                            .iter()
+                            .map(|x| PlacedApp {
+                                app: x.target.app.clone(),
+                                instances: assign::share(x.scale),
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default(),
+            });
+        }
+        view.hosts.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(view)
     }
 
     /// The git source's stored state.
@@ -896,11 +1115,23 @@ impl<S: Store> Core<S> {
             Some(e) => Some(decode(&key, &e.value)?),
             None => None,
         };
+        let was_down = old
+            .as_ref()
+            .is_some_and(|o| self.host_state(o, now) == HostState::Down);
         let record = HostRecord {
             registered_ms: old.as_ref().map_or(now, |o| o.registered_ms),
             last_report: old.as_ref().and_then(|o| o.last_report.clone()),
             last_seen_ms: now,
             registration: reg.clone(),
+            down_since_ms: None,
+            // back from down: work once it reported for a grace period (no flapping)
+            returned_ms: if was_down {
+                Some(now)
+            } else {
+                old.as_ref().and_then(|o| o.returned_ms)
+            },
+            converging_since_ms: Some(now),
+            converged_in_ms: old.as_ref().and_then(|o| o.converged_in_ms),
         };
         self.commit(
             Txn::new()
@@ -914,12 +1145,26 @@ impl<S: Store> Core<S> {
         } else {
             "registered"
         };
+        let back = if was_down {
+            format!(
+                "; it was down, so it gets work once it has reported for {:.1}s",
+                self.host_grace_ms as f64 / 1000.0
+            )
+        } else {
+            String::new()
+        };
         self.events
             .append(vec![event(
                 now,
                 format!("host/{}", reg.name),
                 "HostRegistered",
-                format!("host {} {verb} (agent {})", reg.name, reg.agent_version),
+                format!(
+                    "host {} {verb} (agent {}, cpu {}, memory {}){back}",
+                    reg.name,
+                    reg.agent_version,
+                    assign::show_cpu(reg.capacity.cpu_millis, reg.capacity.cpu_millis > 0),
+                    assign::show_memory(reg.capacity.memory_bytes, reg.capacity.memory_bytes > 0),
+                ),
             )])
             .await?;
         drop(write);
@@ -978,23 +1223,26 @@ impl<S: Store> Core<S> {
         let mut events = Vec::new();
         let mut outcomes = Vec::new();
         let mut retarget = false;
+        let mut returned = false;
+        let mut converged = Vec::new();
         let mut accepted = Vec::new();
         for PendingReport { mut report, reply } in batch {
             let host = report.host.clone();
-            let loaded = match self
+            let assigned = match self
                 .load_for_report(&report, &mut hosts, &mut original)
                 .await
             {
-                Ok(l) => l,
+                Ok(Some(assigned)) => assigned,
+                Ok(None) => {
+                    let _ = reply.send(Err(CoreError::NoSuchHost { host }));
+                    continue;
+                }
                 Err(e) => {
                     let _ = reply.send(Err(e));
                     continue;
                 }
             };
-            if !loaded {
-                let _ = reply.send(Err(CoreError::NoSuchHost { host }));
-                continue;
-            }
+            let assigned = assigned.map(|c| c.assignment.clone());
             events.append(&mut report.events);
             for app in &report.apps {
                 let Some(old) = current
@@ -1046,7 +1294,47 @@ impl<S: Store> Core<S> {
                 current.insert(app.app.clone(), new);
             }
             if let Some((record, _)) = hosts.get_mut(&host) {
+                if self.host_state(record, now) == HostState::Down {
+                    record.down_since_ms = None;
+                    record.returned_ms = Some(now);
+                    returned = true;
+                    events.push(event(
+                        now,
+                        format!("host/{host}"),
+                        "HostReturned",
+                        format!(
+                            "host {host} reports again after being down; it gets work once it has reported for {:.1}s",
+                            self.host_grace_ms as f64 / 1000.0
+                        ),
+                    ));
+                }
                 record.last_seen_ms = now;
+                if let Some(since) = record.converging_since_ms
+                    && converged_on(
+                        assigned.as_ref(),
+                        &report,
+                        self.host_state(record, now) == HostState::Ready,
+                    )
+                {
+                    let took = now.saturating_sub(since);
+                    record.converging_since_ms = None;
+                    record.converged_in_ms = Some(took);
+                    converged.push(took);
+                    let instances: u32 = assigned
+                        .iter()
+                        .flat_map(|a| &a.apps)
+                        .map(|x| assign::share(x.scale))
+                        .sum();
+                    events.push(event(
+                        now,
+                        format!("host/{host}"),
+                        "HostConverged",
+                        format!(
+                            "host {host} converged {:.1}s after registering: {instances} assigned instance(s) ready",
+                            took as f64 / 1000.0
+                        ),
+                    ));
+                }
                 record.last_report = Some(report);
             }
             accepted.push(reply);
@@ -1066,6 +1354,9 @@ impl<S: Store> Core<S> {
         }
         let result = async {
             self.commit(txn, "report").await?;
+            for ms in converged {
+                self.metrics.host_converged(ms as f64 / 1000.0);
+            }
             for (app, result, moved) in outcomes {
                 self.metrics.rollout(&app, result);
                 if moved {
@@ -1075,6 +1366,11 @@ impl<S: Store> Core<S> {
             self.events.append(events).await?;
             if retarget {
                 self.reassign().await?;
+            }
+            // the host gauges are recomputed at every scrape; here only when a host
+            // came back (cheap otherwise: a batch may hold thousands of heartbeats)
+            if returned {
+                self.refresh_host_metrics().await?;
             }
             Ok::<(), CoreError>(())
         }
@@ -1087,20 +1383,20 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Loads what `report` needs into the batch's maps: its host record (false: the host is
+    /// Loads what `report` needs into the batch's maps: its host record (`None`: the host is
     /// not registered) and the histories of the apps it reports that are assigned to it (a
-    /// host speaks only for those).
+    /// host speaks only for those); returns the host's assignment.
     async fn load_for_report(
         &self,
         report: &HostReport,
         hosts: &mut BTreeMap<String, (HostRecord, u64)>,
         histories: &mut Histories,
-    ) -> Result<bool, CoreError> {
+    ) -> Result<Option<Option<Arc<CachedAssignment>>>, CoreError> {
         let host = &report.host;
         if !hosts.contains_key(host) {
             let key = host_key(host);
             let Some(entry) = self.store.get(&key).await? else {
-                return Ok(false);
+                return Ok(None);
             };
             let record: HostRecord = decode(&key, &entry.value)?;
             hosts.insert(host.clone(), (record, entry.version));
@@ -1114,17 +1410,19 @@ impl<S: Store> Core<S> {
                 histories.extend(self.histories_under(&format!("apps/{}/", app.app)).await?);
             }
         }
-        Ok(true)
+        Ok(Some(assigned))
     }
 
     /// Sets the `berth_controller_hosts` gauges from the stored hosts and the clock.
     pub async fn refresh_host_metrics(&self) -> Result<(), CoreError> {
         let now = self.now_ms();
-        let hosts = self.hosts().await?;
-        let ready = hosts.iter().filter(|h| self.host_ready(h, now)).count();
-        let count = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
-        self.metrics
-            .set_hosts(count(ready), count(hosts.len() - ready));
+        let states = self
+            .hosts()
+            .await?
+            .iter()
+            .map(|h| (h.registration.name.clone(), self.host_state(h, now)))
+            .collect();
+        self.set_host_gauges(&states);
         Ok(())
     }
 
@@ -1170,10 +1468,6 @@ impl<S: Store> Core<S> {
             .collect())
     }
 
-    fn host_ready(&self, host: &HostRecord, now: u64) -> bool {
-        now.saturating_sub(host.last_seen_ms) <= self.host_grace_ms
-    }
-
     /// `GET /v1/status`.
     pub async fn status(&self) -> Result<ClusterStatus, CoreError> {
         let now = self.now_ms();
@@ -1186,6 +1480,7 @@ impl<S: Store> Core<S> {
             }
         }
         let sync = self.sync_status().await?;
+        let unplaced = self.unplaced().await?;
         let apps = histories
             .values()
             .filter(|(h, _)| h.record.in_git)
@@ -1224,25 +1519,41 @@ impl<S: Store> Core<S> {
                         (r, e) => r.or(e),
                     },
                     head: h.newest().map_or(0, |r| r.number),
+                    unplaced: unplaced
+                        .iter()
+                        .find(|u| u.app == h.record.name)
+                        .map(|u| u.reason.clone()),
                 }
             })
             .collect();
         let hosts = hosts
             .iter()
-            .map(|h| HostStatus {
-                name: h.registration.name.clone(),
-                ready: self.host_ready(h, now),
-                labels: h.registration.labels.clone(),
-                last_seen_ms: h.last_seen_ms,
+            .map(|h| {
+                let state = self.host_state(h, now);
+                HostStatus {
+                    name: h.registration.name.clone(),
+                    ready: state == HostState::Ready,
+                    labels: h.registration.labels.clone(),
+                    last_seen_ms: h.last_seen_ms,
+                    state: state.as_str().to_string(),
+                    capacity: h.registration.capacity,
+                    allocated: allocated(assignments.get(&h.registration.name)),
+                    converged_in_ms: h.converged_in_ms,
+                }
             })
             .collect();
         Ok(ClusterStatus { apps, hosts, sync })
     }
 
-    /// `GET /v1/instances`: every instance from the hosts' newest reports.
+    /// `GET /v1/instances`: every instance from the newest reports of the hosts that are not
+    /// down (a down host's instances are unknown, and its apps were placed elsewhere).
     pub async fn instances(&self) -> Result<Vec<InstanceInfo>, CoreError> {
+        let now = self.now_ms();
         let mut out = Vec::new();
         for h in self.hosts().await? {
+            if self.host_state(&h, now) == HostState::Down {
+                continue;
+            }
             for i in h.last_report.iter().flat_map(|r| &r.instances) {
                 out.push(InstanceInfo {
                     id: i.id.clone(),
@@ -1404,6 +1715,45 @@ fn app_names(bytes: &[u8]) -> Vec<String> {
         .collect();
     names.dedup();
     names
+}
+
+/// What the instances of an assignment request.
+fn allocated(assignment: Option<&Assignment>) -> Capacity {
+    let mut out = Capacity::default();
+    for x in assignment.iter().flat_map(|a| &a.apps) {
+        let need = assign::need_of(&x.target.spec);
+        let n = u64::from(assign::share(x.scale));
+        out.cpu_millis = out
+            .cpu_millis
+            .saturating_add(need.cpu_millis.saturating_mul(n));
+        out.memory_bytes = out
+            .memory_bytes
+            .saturating_add(need.memory_bytes.saturating_mul(n));
+    }
+    out
+}
+
+/// Whether `report` shows every instance of `assignment` ready: the report is about the
+/// assignment's version and every assigned app reports its target with at least its share
+/// (autoscale: its min) ready. An empty assignment counts only on a `ready` host (a
+/// returning host gets its work later).
+fn converged_on(assignment: Option<&Assignment>, report: &HostReport, ready_host: bool) -> bool {
+    let Some(a) = assignment.filter(|a| !a.apps.is_empty()) else {
+        return ready_host;
+    };
+    report.assignment_version >= a.version
+        && a.apps.iter().all(|x| {
+            let want = match x.scale {
+                Scale::Fixed { replicas } => replicas,
+                Scale::Auto { min, .. } => min,
+            };
+            report.apps.iter().any(|r| {
+                r.app == x.target.app
+                    && r.target == x.target.number
+                    && r.ready >= want
+                    && r.ready >= r.desired
+            })
+        })
 }
 
 /// Marks resolution errors worth retrying at the next poll (stripped before display).

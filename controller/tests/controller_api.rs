@@ -120,7 +120,8 @@ async fn deploy_loop_through_the_api() {
     assert!(revs[0].digest.starts_with("sha256:"));
     assert!(revs[0].cause.ends_with(": add web"), "{}", revs[0].cause);
 
-    // two hosts register; 3 replicas are divided 2 + 1, by host name
+    // two hosts register; 3 replicas are divided 2 + 1: h2 came first and keeps its even
+    // share, h1 takes the excess
     let r = client.register(&host("h2")).await.unwrap();
     assert!(r.assignment_version >= 1);
     client.register(&host("h1")).await.unwrap();
@@ -129,11 +130,11 @@ async fn deploy_loop_through_the_api() {
     assert_eq!(a1.apps[0].target.number, 1);
     assert_eq!(
         a1.apps[0].scale,
-        berth_manifests::wire::Scale::Fixed { replicas: 2 }
+        berth_manifests::wire::Scale::Fixed { replicas: 1 }
     );
     assert_eq!(
         a2.apps[0].scale,
-        berth_manifests::wire::Scale::Fixed { replicas: 1 }
+        berth_manifests::wire::Scale::Fixed { replicas: 2 }
     );
     assert_eq!(a1.apps[0].fallback, None);
 
@@ -402,7 +403,7 @@ async fn state_survives_a_controller_restart_and_shutdown_ends_long_polls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_host_shows_not_ready_after_the_grace_period_and_keeps_its_apps() {
+async fn a_silent_host_is_marked_down_its_apps_move_and_it_gets_work_back_after_a_grace_period() {
     use std::sync::atomic::{AtomicU64, Ordering};
     let fx = Fixture::new();
     fx.push("web.yaml", &web("busybox:1"), "add web");
@@ -422,22 +423,168 @@ async fn a_silent_host_shows_not_ready_after_the_grace_period_and_keeps_its_apps
     let client = Client::new(&handle.url(), handle.token()).unwrap();
     client.sync().await.unwrap();
     client.register(&host("h1")).await.unwrap();
-    assert!(client.status().await.unwrap().hosts[0].ready);
-    now.fetch_add(31_000, Ordering::SeqCst);
-    let status = client.status().await.unwrap();
-    assert!(!status.hosts[0].ready);
-    let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
-    assert_eq!(
-        a.apps.len(),
-        1,
-        "a silent host keeps its apps (no rescheduling yet)"
-    );
-    // a report is a heartbeat
+    client.register(&host("h2")).await.unwrap();
+    let share = |a: &berth_manifests::wire::Assignment| {
+        a.apps
+            .iter()
+            .map(|x| berth_controller::assign::share(x.scale))
+            .sum::<u32>()
+    };
+    let h1 = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+    assert_eq!(share(&h1), 2, "{h1:?}");
+    // h2 keeps reporting, h1 falls silent past its grace period
+    now.fetch_add(20_000, Ordering::SeqCst);
     client
-        .report(&report("h1", a.version, 1, RolloutState::Progressing))
+        .report(&report("h2", 0, 1, RolloutState::Progressing))
         .await
         .unwrap();
-    assert!(client.status().await.unwrap().hosts[0].ready);
+    now.fetch_add(11_000, Ordering::SeqCst);
+    handle.core().check_hosts().await.unwrap();
+    let status = client.status().await.unwrap();
+    let state = |s: &berth_manifests::wire::ClusterStatus, h: &str| {
+        s.hosts.iter().find(|x| x.name == h).unwrap().state.clone()
+    };
+    assert_eq!(state(&status, "h1"), "down");
+    assert!(!status.hosts[0].ready);
+    assert_eq!(state(&status, "h2"), "ready");
+    let down = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+    assert!(
+        down.apps.is_empty(),
+        "a down host is assigned nothing: {down:?}"
+    );
+    let h2 = client.assignment("h2", None, Duration::ZERO).await.unwrap();
+    assert_eq!(share(&h2), 3, "h2 runs all of web now: {h2:?}");
+    let mut events = Vec::new();
+    client
+        .events(false, |e| {
+            events.push(e);
+            true
+        })
+        .await
+        .unwrap();
+    let marked = events.iter().find(|e| e.reason == "HostDown").unwrap();
+    assert!(
+        marked
+            .message
+            .contains("host h1 has not reported for 31.0s (grace 30.0s)"),
+        "{}",
+        marked.message
+    );
+
+    // h1 reports again: returning, no work for a grace period (no flapping), then its share
+    client
+        .report(&report("h1", down.version, 1, RolloutState::Progressing))
+        .await
+        .unwrap();
+    client
+        .report(&report("h2", h2.version, 1, RolloutState::Progressing))
+        .await
+        .unwrap();
+    handle.core().check_hosts().await.unwrap();
+    assert_eq!(state(&client.status().await.unwrap(), "h1"), "returning");
+    assert!(
+        client
+            .assignment("h1", None, Duration::ZERO)
+            .await
+            .unwrap()
+            .apps
+            .is_empty()
+    );
+    now.fetch_add(29_000, Ordering::SeqCst);
+    client
+        .report(&report("h1", down.version, 1, RolloutState::Progressing))
+        .await
+        .unwrap();
+    client
+        .report(&report("h2", h2.version, 1, RolloutState::Progressing))
+        .await
+        .unwrap();
+    handle.core().check_hosts().await.unwrap();
+    assert!(
+        client
+            .assignment("h1", None, Duration::ZERO)
+            .await
+            .unwrap()
+            .apps
+            .is_empty()
+    );
+    now.fetch_add(2_000, Ordering::SeqCst);
+    handle.core().check_hosts().await.unwrap();
+    assert_eq!(state(&client.status().await.unwrap(), "h1"), "ready");
+    let back = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        share(&back),
+        1,
+        "h1 takes back the excess over h2's even share: {back:?}"
+    );
+    let h2 = client.assignment("h2", None, Duration::ZERO).await.unwrap();
+    assert_eq!(share(&h2), 2);
+    handle.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apps_that_do_not_fit_are_reported_and_what_runs_stays() {
+    let fx = Fixture::new();
+    fx.push(
+        "web.yaml",
+        "app: web\nimage: busybox:1\nreplicas: 3\nresources: { cpu: 1, memory: 1Gi }\n",
+        "add web",
+    );
+    let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
+    client.sync().await.unwrap();
+    let mut small = host("h1");
+    small.capacity = berth_manifests::wire::Capacity {
+        cpu_millis: 2000,
+        memory_bytes: 8 << 30,
+    };
+    client.register(&small).await.unwrap();
+    let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        a.apps[0].scale,
+        berth_manifests::wire::Scale::Fixed { replicas: 2 }
+    );
+    let status = client.status().await.unwrap();
+    let unplaced = status.apps[0].unplaced.clone().unwrap();
+    assert_eq!(
+        unplaced,
+        "1 of 3 instance(s) not placed: each needs cpu 1, memory 1Gi; free on the matching hosts: h1 cpu 0, memory 6Gi"
+    );
+    assert_eq!(status.hosts[0].allocated.cpu_millis, 2000);
+    let view = client.placement().await.unwrap();
+    assert_eq!(view.unplaced[0].app, "web");
+    assert_eq!((view.unplaced[0].wanted, view.unplaced[0].placed), (3, 2));
+    assert_eq!(view.hosts[0].apps[0].instances, 2);
+    // a second host with room takes the third; h1 keeps its two
+    let mut big = host("h2");
+    big.capacity = berth_manifests::wire::Capacity {
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
+    };
+    client.register(&big).await.unwrap();
+    let a2 = client.assignment("h2", None, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        a2.apps[0].scale,
+        berth_manifests::wire::Scale::Fixed { replicas: 1 }
+    );
+    let a1 = client.assignment("h1", None, Duration::ZERO).await.unwrap();
+    assert_eq!(
+        a1.apps[0].scale,
+        berth_manifests::wire::Scale::Fixed { replicas: 2 }
+    );
+    assert!(client.status().await.unwrap().apps[0].unplaced.is_none());
+    let mut events = Vec::new();
+    client
+        .events(false, |e| {
+            events.push(e);
+            true
+        })
+        .await
+        .unwrap();
+    let reasons: Vec<&str> = events.iter().map(|e| e.reason.as_str()).collect();
+    assert!(
+        reasons.contains(&"AppUnplaced") && reasons.contains(&"AppPlaced"),
+        "{reasons:?}"
+    );
     handle.shutdown().await.unwrap();
 }
 

@@ -289,10 +289,7 @@ async fn every_family_is_updated_by_its_code_path() {
         value(&f, "berth_controller_sync_duration_seconds_sum"),
     );
     assert_eq!(value(&f, "berth_controller_hosts{state=\"ready\"}"), 1.0);
-    assert_eq!(
-        value(&f, "berth_controller_hosts{state=\"not_ready\"}"),
-        0.0
-    );
+    assert_eq!(value(&f, "berth_controller_hosts{state=\"down\"}"), 0.0);
     // route templates, never raw paths
     assert_eq!(
         value(

@@ -68,6 +68,36 @@ pub struct Resources {
 pub struct Expose {
     /// Host port.
     pub port: u16,
+    /// How the proxy forwards: HTTP (default) or plain TCP. Not serialized when HTTP, so
+    /// revisions of manifests written before the field existed keep their hash.
+    #[serde(default, skip_serializing_if = "Protocol::is_http")]
+    pub protocol: Protocol,
+}
+
+/// How the proxy forwards an exposed app's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1: per-request balancing, `X-Forwarded-For`, rps and concurrency counters.
+    #[default]
+    Http,
+    /// Plain TCP: per-connection balancing, bytes copied both ways.
+    Tcp,
+}
+
+impl Protocol {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Tcp => "tcp",
+        }
+    }
+
+    /// Whether this is the default, HTTP.
+    pub fn is_http(&self) -> bool {
+        *self == Self::Http
+    }
 }
 
 /// What the autoscaler measures.

@@ -64,6 +64,9 @@ pub const VOLUME_READ_ONLY: bool = false;
 /// `placement.spread`: replicas go to different hosts when there are enough.
 pub const PLACEMENT_SPREAD: bool = true;
 
+/// `expose.protocol`.
+pub const EXPOSE_PROTOCOL: crate::app::Protocol = crate::app::Protocol::Http;
+
 /// `network`.
 pub const NETWORK: crate::app::NetworkMode = crate::app::NetworkMode::Private;
 

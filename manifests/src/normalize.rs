@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 
 use crate::app::{
-    App, Autoscale, Expose, Health, Logs, Metric, NetworkMode, Placement, Probe, Resources,
-    Restart, Stop, Update, Volume,
+    App, Autoscale, Expose, Health, Logs, Metric, NetworkMode, Placement, Probe, Protocol,
+    Resources, Restart, Stop, Update, Volume,
 };
 use crate::defaults as d;
 use crate::error::{Diagnostics, Location, ManifestError, quoted};
@@ -275,7 +275,14 @@ pub(crate) fn normalize(raw: &RawApp, errors: &mut Diagnostics) -> Option<App> {
                         "needs `port`: the proxy forwards to the port the app listens on",
                     );
                 }
-                Some(Expose { port: p.value })
+                Some(Expose {
+                    port: p.value,
+                    protocol: e
+                        .value
+                        .protocol
+                        .as_ref()
+                        .map_or(d::EXPOSE_PROTOCOL, |x| x.value),
+                })
             }
             None => {
                 r.missing(
@@ -306,7 +313,10 @@ pub(crate) fn normalize(raw: &RawApp, errors: &mut Diagnostics) -> Option<App> {
             None,
         ),
         (None, None) => (Some(d::REPLICAS), None),
-        (None, Some(auto)) => (None, autoscale(&mut r, auto, expose.is_some())),
+        (None, Some(auto)) => (
+            None,
+            autoscale(&mut r, auto, expose.as_ref().map(|e| e.protocol)),
+        ),
     };
 
     let health = raw.health.as_ref().and_then(|h| health(&mut r, h, port));
@@ -442,7 +452,7 @@ pub(crate) fn normalize(raw: &RawApp, errors: &mut Diagnostics) -> Option<App> {
 fn autoscale(
     r: &mut Rules<'_>,
     auto: &At<crate::raw::RawAutoscale>,
-    exposed: bool,
+    exposed: Option<Protocol>,
 ) -> Option<Autoscale> {
     let a = &auto.value;
     let Some(max) = &a.max else {
@@ -466,6 +476,10 @@ fn autoscale(
         );
     }
     let metric = a.metric.as_ref().map_or(d::AUTOSCALE_METRIC, |m| m.value);
+    if metric == Metric::Rps && exposed == Some(Protocol::Tcp) {
+        let loc = a.metric.as_ref().map_or(&auto.location, |m| &m.location);
+        r.rule(loc, "autoscale.metric", "rps needs HTTP: with `expose.protocol: tcp` the proxy sees connections, not requests; use concurrency (open connections) or cpu");
+    }
     let target = match (&a.target, metric) {
         (Some(t), _) => r.range(Some(t), "autoscale.target", 1, d::MAX_AUTOSCALE_TARGET, 1),
         (None, Metric::Cpu) => d::AUTOSCALE_CPU_TARGET,
@@ -482,7 +496,7 @@ fn autoscale(
         let loc = a.min.as_ref().map_or(&auto.location, |m| &m.location);
         if metric == Metric::Cpu {
             r.rule(loc, "autoscale.min", "0 (scale to zero) needs metric rps or concurrency: an app with no instance uses no cpu to measure");
-        } else if !exposed {
+        } else if exposed.is_none() {
             r.rule(loc, "autoscale.min", "0 (scale to zero) needs `expose`: the proxy holds the first request while an instance starts");
         }
     }

@@ -4,7 +4,7 @@
 //! goes on, so one run lists all mistakes. Defaults and rules come later (`crate::normalize`,
 //! `crate::validate`). Pure.
 
-use crate::app::{Metric, NetworkMode, RestartPolicy};
+use crate::app::{Metric, NetworkMode, Protocol, RestartPolicy};
 use std::collections::BTreeSet;
 
 use crate::error::{Diagnostics, Location, ManifestError, quoted};
@@ -37,6 +37,7 @@ pub struct RawResources {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct RawExpose {
     pub port: Option<At<u16>>,
+    pub protocol: Option<At<Protocol>>,
 }
 
 /// `autoscale` as written.
@@ -608,9 +609,18 @@ impl Decoder<'_> {
     }
 
     fn expose(&mut self, n: &Node) -> Option<At<RawExpose>> {
-        let f = self.fields(n, "expose", &["port"], "a mapping like { port: 8000 }")?;
+        let f = self.fields(
+            n,
+            "expose",
+            &["port", "protocol"],
+            "a mapping like { port: 8000 }",
+        )?;
+        let protocols = [("http", Protocol::Http), ("tcp", Protocol::Tcp)];
         let r = RawExpose {
             port: f.get("port").and_then(|v| self.port(v, "expose.port")),
+            protocol: f
+                .get("protocol")
+                .and_then(|v| self.choice(v, "expose.protocol", &protocols)),
         };
         Some(self.at(n, r))
     }

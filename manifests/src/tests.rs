@@ -396,6 +396,10 @@ fn docs_mirror_the_defaults() {
         ("volumes[].read_only", d(&defaults::VOLUME_READ_ONLY)),
         ("placement.spread", d(&defaults::PLACEMENT_SPREAD)),
         ("network", defaults::NETWORK.as_str().to_owned()),
+        (
+            "expose.protocol",
+            defaults::EXPOSE_PROTOCOL.as_str().to_owned(),
+        ),
         ("logs.max_size", d(&defaults::LOGS_MAX_SIZE)),
         ("logs.max_files", d(&defaults::LOGS_MAX_FILES)),
     ];
@@ -487,5 +491,52 @@ fn the_revision_of_a_known_spec_is_stable_across_berth_versions() {
     assert_eq!(
         set.manifests[0].revision.as_str(),
         "sha256:58e78fca08843b11fdc52f7bb8ef9a613ff4282a3a51cfb3b7602c8b1546003f"
+    );
+}
+
+#[test]
+fn expose_protocol_defaults_to_http_and_keeps_old_revisions() {
+    let http = load_one("app: web\nimage: busybox\nport: 80\nexpose: { port: 8000 }\n").unwrap();
+    let explicit =
+        load_one("app: web\nimage: busybox\nport: 80\nexpose: { port: 8000, protocol: http }\n")
+            .unwrap();
+    let tcp =
+        load_one("app: web\nimage: busybox\nport: 80\nexpose: { port: 8000, protocol: tcp }\n")
+            .unwrap();
+    let e = http.manifests[0].app.expose.as_ref().unwrap();
+    assert_eq!(e.protocol, crate::app::Protocol::Http);
+    // The default is not serialized: manifests written before the field keep their hash.
+    let json = serde_json::to_string(&http.manifests[0].app).unwrap();
+    assert!(json.contains(r#""expose":{"port":8000}"#), "{json}");
+    assert_eq!(http.manifests[0].revision, explicit.manifests[0].revision);
+    assert_ne!(http.manifests[0].revision, tcp.manifests[0].revision);
+    let t = tcp.manifests[0].app.expose.as_ref().unwrap();
+    assert_eq!(t.protocol, crate::app::Protocol::Tcp);
+    let back: App =
+        serde_json::from_str(&serde_json::to_string(&tcp.manifests[0].app).unwrap()).unwrap();
+    assert_eq!(&back, &tcp.manifests[0].app);
+}
+
+#[test]
+fn a_bad_expose_protocol_and_rps_over_tcp_are_refused_where_written() {
+    assert_eq!(
+        errors("app: web\nimage: busybox\nport: 80\nexpose: { port: 8000, protocol: udp }\n"),
+        ["apps/web.yaml:4:35: expose.protocol: expected one of http, tcp, got `udp`"]
+    );
+    assert_eq!(
+        errors(
+            "app: web\nimage: busybox\nport: 80\nexpose: { port: 8000, protocol: tcp }\n\
+             autoscale: { max: 3, metric: rps, target: 10 }\n"
+        ),
+        [
+            "apps/web.yaml:5:30: autoscale.metric: rps needs HTTP: with `expose.protocol: tcp` the proxy sees connections, not requests; use concurrency (open connections) or cpu"
+        ]
+    );
+    assert!(
+        errors(
+            "app: web\nimage: busybox\nport: 80\nexpose: { port: 8000, protocol: tcp }\n\
+             autoscale: { min: 0, max: 3, metric: concurrency, target: 10 }\n"
+        )
+        .is_empty()
     );
 }

@@ -52,6 +52,34 @@ pub struct Registered {
     pub assignment_version: u64,
 }
 
+/// `POST /v1/agents/join` (with a join token) and `POST /v1/agents/{host}/certificate`
+/// (renewal, over mTLS): a certificate signing request for host `name`. The agent makes its
+/// key itself; the controller signs the CSR's public key for `name` alone (CN and DNS SAN),
+/// ignoring any other names the CSR asks for.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertRequest {
+    /// The host.
+    pub name: String,
+    /// The PKCS#10 request, PEM.
+    pub csr: String,
+}
+
+/// The controller's answer to a [`NodeCertRequest`]: the node certificate and the CA that
+/// issued it (the CA the agent trusts from then on).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeCertificate {
+    /// The host.
+    pub name: String,
+    /// The node certificate, PEM.
+    pub certificate: String,
+    /// The controller's CA certificate, PEM.
+    pub ca: String,
+    /// When the certificate stops being valid (Unix ms).
+    pub not_after_ms: u64,
+    /// Its lifetime as issued (ms); agents renew when a third of it is left.
+    pub lifetime_ms: u64,
+}
+
 /// Everything one host should run. Versions only grow; an agent caches the newest it saw
 /// and keeps running it while the controller is unreachable.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +218,54 @@ pub struct AppReport {
     pub requests_total: Option<u64>,
 }
 
+/// `GET /v1/placement`: which host runs how many instances of what, and what did not fit.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacementView {
+    /// Every host, sorted by name.
+    pub hosts: Vec<HostPlacement>,
+    /// The apps with instances on no host, sorted by name.
+    pub unplaced: Vec<UnplacedApp>,
+}
+
+/// One host's share of the placement.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostPlacement {
+    /// The host.
+    pub name: String,
+    /// `ready`, `returning` or `down`.
+    pub state: String,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+    /// What it offers (0: not limited).
+    pub capacity: Capacity,
+    /// What its instances request.
+    pub allocated: Capacity,
+    /// Instances per app, sorted by app.
+    pub apps: Vec<PlacedApp>,
+}
+
+/// Instances of one app on one host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedApp {
+    /// The app.
+    pub app: String,
+    /// Its instances there (the autoscale maximum for autoscaled apps).
+    pub instances: u32,
+}
+
+/// An app placement could not (entirely) place.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnplacedApp {
+    /// The app.
+    pub app: String,
+    /// Instances wanted.
+    pub wanted: u32,
+    /// Instances placed.
+    pub placed: u32,
+    /// Why: what one instance needs and what is free where.
+    pub reason: String,
+}
+
 /// A rollout's state on one host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "snake_case")]
@@ -260,6 +336,10 @@ pub struct AppStatus {
     /// reported); `None` when no host reports any (the app is not exposed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requests_total: Option<u64>,
+    /// Why some of its instances are on no host (no ready matching host with room): what
+    /// one instance needs and what is free where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unplaced: Option<String>,
 }
 
 /// One host in `berth status`.
@@ -274,6 +354,19 @@ pub struct HostStatus {
     pub labels: BTreeMap<String, String>,
     /// When it last reported (Unix ms).
     pub last_seen_ms: u64,
+    /// `ready`, `returning` (back from down, gets work once it reported for a grace
+    /// period) or `down` (silent past its grace period; its work went elsewhere).
+    #[serde(default)]
+    pub state: String,
+    /// What it offers (0 in a dimension: not declared, not limited).
+    #[serde(default)]
+    pub capacity: Capacity,
+    /// What its assigned instances request.
+    #[serde(default)]
+    pub allocated: Capacity,
+    /// How long its last convergence took: registration → every assigned instance ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub converged_in_ms: Option<u64>,
 }
 
 /// The git source's state.

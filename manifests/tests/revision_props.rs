@@ -12,8 +12,8 @@
 use std::collections::BTreeMap;
 
 use berth_manifests::app::{
-    App, Autoscale, Expose, Health, Logs, Metric, NetworkMode, Placement, Probe, Resources,
-    Restart, RestartPolicy, Stop, Update, Volume,
+    App, Autoscale, Expose, Health, Logs, Metric, NetworkMode, Placement, Probe, Protocol,
+    Resources, Restart, RestartPolicy, Stop, Update, Volume,
 };
 use berth_manifests::{ByteSize, Cpu, Duration, ImageRef, Signal, Source, defaults, load};
 use proptest::prelude::*;
@@ -251,10 +251,15 @@ fn to_yaml(a: &App, rng: &mut Rng) -> Y {
         m.push(("port".to_owned(), num(p)));
     }
     if let Some(e) = &a.expose {
-        m.push((
-            "expose".to_owned(),
-            Y::Map(vec![("port".to_owned(), num(e.port))]),
-        ));
+        let mut x = vec![("port".to_owned(), num(e.port))];
+        put(
+            &mut x,
+            "protocol",
+            Y::Plain(e.protocol.as_str().to_owned()),
+            e.protocol == defaults::EXPOSE_PROTOCOL,
+            rng,
+        );
+        m.push(("expose".to_owned(), Y::Map(x)));
     }
     if let Some(r) = a.replicas {
         put(&mut m, "replicas", num(r), r == defaults::REPLICAS, rng);
@@ -555,6 +560,7 @@ prop_compose! {
         resources in resources(),
         port in proptest::option::of(1u16..=65535),
         expose_port in proptest::option::of(1u16..=65535),
+        tcp in any::<bool>(),
         scaling in scaling(),
         health in proptest::option::of(health()),
         update in (0u32..=5, 0u32..=5, dur(1000, 86_400_000), any::<bool>()),
@@ -567,10 +573,15 @@ prop_compose! {
     ) -> App {
         let env: BTreeMap<String, String> = env.into_iter().filter(|(k, _)| k != "PORT").collect();
         let expose = match (port, expose_port) {
-            (Some(p), Some(e)) if !(network == NetworkMode::Host && p == e) => Some(Expose { port: e }),
+            (Some(p), Some(e)) if !(network == NetworkMode::Host && p == e) => Some(Expose { port: e, protocol: Protocol::Http }),
             _ => None,
         };
         let (mut replicas, mut autoscale) = scaling;
+        // `rps` needs HTTP: only apps that do not scale on it may be TCP.
+        let mut expose = expose;
+        if let Some(e) = &mut expose && tcp && !matches!(&autoscale, Some(a) if a.metric == Metric::Rps) {
+            e.protocol = Protocol::Tcp;
+        }
         if let Some(a) = &mut autoscale && a.min == 0 { a.min = 1; }
         if replicas.is_none() && autoscale.is_none() { replicas = Some(1); }
         let health = health.map(|(kind, path, tcp, cmd, interval, timeout, failures, start_period)| {
@@ -699,6 +710,19 @@ const MUTATIONS: &[Mutation] = &[
         }
         None => false,
     }),
+    ("expose.protocol", |a| {
+        let rps = matches!(&a.autoscale, Some(s) if s.metric == Metric::Rps);
+        match &mut a.expose {
+            Some(e) if !rps => {
+                e.protocol = match e.protocol {
+                    Protocol::Http => Protocol::Tcp,
+                    Protocol::Tcp => Protocol::Http,
+                };
+                true
+            }
+            _ => false,
+        }
+    }),
     ("replicas", |a| match &mut a.replicas {
         Some(r) => {
             *r = if *r == 0 { 1 } else { *r - 1 };
@@ -722,10 +746,15 @@ const MUTATIONS: &[Mutation] = &[
     }),
     ("autoscale.metric", |a| match &mut a.autoscale {
         Some(s) => {
-            s.metric = if s.metric == Metric::Rps {
-                Metric::Concurrency
-            } else {
-                Metric::Rps
+            let tcp = a
+                .expose
+                .as_ref()
+                .is_some_and(|e| e.protocol == Protocol::Tcp);
+            s.metric = match s.metric {
+                Metric::Rps => Metric::Concurrency,
+                Metric::Concurrency if tcp => Metric::Cpu,
+                _ if tcp => Metric::Concurrency,
+                _ => Metric::Rps,
             };
             true
         }

@@ -1,8 +1,10 @@
 //! `berth agent --name N [--labels k=v,…]`: the per-host daemon. Talks to the controller at
 //! the global `--controller` with the global `--token` (else the token file of a controller
-//! sharing the data dir), keeps its state under
-//! `<data-dir>/agent/`, its images under `<data-dir>/images/`. Runs until SIGINT/SIGTERM;
-//! containers keep running after it exits. (`--join` with mTLS is the multi-host issue.)
+//! sharing the data dir), or, with `--join URL --token T [--ca-fingerprint sha256:…]`,
+//! exchanges the join token for a node certificate once and speaks mTLS from then on
+//! (`berth_agent::host::node_cert`). Keeps its state under `<data-dir>/agent/`, its images
+//! under `<data-dir>/images/`. Runs until SIGINT/SIGTERM; containers keep running after it
+//! exits.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::process::ExitCode;
@@ -17,6 +19,7 @@ use berth_agent::host::deploy_images::StoreImages;
 use berth_agent::host::deploy_runtime::ContainerRuntime;
 use berth_agent::host::image_store::ImageStore;
 use berth_agent::host::net::{HostNetns, Network};
+use berth_agent::host::node_cert::{self, NodeCert};
 use berth_agent::host::probe::NetProber;
 use berth_agent::host::traffic::ProxyTraffic;
 use berth_agent::net::NetConfig;
@@ -39,13 +42,98 @@ pub struct Args {
     /// Serve `GET /metrics` (OpenMetrics) on this address, e.g. 127.0.0.1:9700
     #[arg(long, env = "BERTH_METRICS_LISTEN", value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// What this host offers to apps, cpu=CORES,memory=SIZE (either may be left out);
+    /// default: the online cpus and MemTotal minus a reserve (docs/multi-host.md)
+    #[arg(long, env = "BERTH_CAPACITY", value_name = "cpu=2,memory=4Gi")]
+    pub capacity: Option<String>,
+    /// Report to the controller at least this often (the heartbeat; keep it well under the
+    /// controller's --host-grace)
+    #[arg(long, default_value = "10s")]
+    pub report_interval: berth_manifests::Duration,
     /// The parent cgroup of the instances (one per agent on a host)
     #[arg(long, env = "BERTH_CGROUP_PARENT", default_value = DEFAULT_CGROUP_PARENT)]
     pub cgroup_parent: String,
+    /// Join the controller at this URL (https://…) with the join token --token, then use
+    /// mTLS with the node certificate kept under <data-dir>/agent/tls (later starts reuse it)
+    #[arg(long, value_name = "URL")]
+    pub join: Option<String>,
+    /// With --join: the controller CA's sha256 (`berth token create --role join` prints
+    /// it), checked before the join token is sent; or pass the CA itself with --ca FILE
+    #[arg(long, value_name = "sha256:HEX", requires = "join")]
+    pub ca_fingerprint: Option<String>,
     #[command(flatten)]
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub net: NetArgs,
+}
+
+/// How the agent reaches the controller.
+pub enum Link {
+    /// Bearer token (`None`: the token file of a controller sharing the data dir).
+    Token {
+        /// The controller's URL.
+        url: String,
+        /// The token.
+        token: Option<String>,
+    },
+    /// mTLS with a node certificate, renewed in the background.
+    Node {
+        /// The controller's URL.
+        url: String,
+        /// The certificate.
+        cert: NodeCert,
+    },
+}
+
+/// The node certificate for `--join`: the one under the data dir when it is this host's
+/// and still valid, else a new one for the join token.
+async fn joined(global: &super::Global, args: &Args, url: &str) -> anyhow::Result<NodeCert> {
+    let dir = node_cert::dir(&global.data_dir);
+    if let Some(cert) = node_cert::load(&dir).map_err(anyhow::Error::msg)? {
+        if cert.host != args.name {
+            return Err(UsageError(format!(
+                "{} holds host {}'s node certificate, not {}'s; use that name or another --data-dir",
+                dir.display(),
+                cert.host,
+                args.name
+            ))
+            .into());
+        }
+        cert.check_valid(node_cert::now_ms(), &dir)
+            .map_err(anyhow::Error::msg)?;
+        tracing::info!(host = %cert.host, not_after_ms = cert.not_after_ms, "using the stored node certificate");
+        return Ok(cert);
+    }
+    let Some(token) = global.token.as_deref() else {
+        return Err(
+            UsageError("--join needs the join token: --token T or BERTH_TOKEN".into()).into(),
+        );
+    };
+    let ca = match (&args.ca_fingerprint, &global.ca) {
+        (_, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the controller CA --ca {}", path.display()))?,
+        (Some(pin), None) => {
+            let pin = node_cert::parse_pin(pin).map_err(UsageError)?;
+            node_cert::discover_ca(url, &pin)
+                .await
+                .map_err(anyhow::Error::msg)?
+        }
+        (None, None) => {
+            return Err(UsageError(
+                "--join needs --ca-fingerprint sha256:… (berth token create --role join prints \
+                 it) or --ca FILE: the controller is authenticated before the join token is sent"
+                    .into(),
+            )
+            .into());
+        }
+    };
+    let cert = node_cert::join(url, token, &args.name, &ca)
+        .await
+        .map_err(anyhow::Error::msg)?;
+    node_cert::save(&dir, &cert)
+        .with_context(|| format!("storing the node certificate under {}", dir.display()))?;
+    tracing::info!(host = %cert.host, not_after_ms = cert.not_after_ms, "joined; node certificate stored");
+    Ok(cert)
 }
 
 /// How the agent wires `network: private` instances (docs/networking.md). Tests and
@@ -120,11 +208,35 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut config = AgentConfig::new(args.name.clone());
     config.labels = labels(&args.labels)?;
+    let detected = berth_agent::host::capacity::detect().unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot read this host's capacity; declaring none (not limited)");
+        berth_manifests::wire::Capacity::default()
+    });
+    config.capacity = match &args.capacity {
+        Some(spec) => {
+            berth_agent::host::capacity::parse_override(spec, detected).map_err(UsageError)?
+        }
+        None => detected,
+    };
+    if args.report_interval.as_millis() < 100 {
+        return Err(UsageError("--report-interval must be at least 100ms".into()).into());
+    }
+    config.report_interval = args.report_interval.as_std();
     let options = args.registry.pull_options(global)?;
     let net = args.net.config()?;
     let rt = super::pull::runtime()?;
     rt.block_on(async {
-        tracing::info!(controller = %global.controller, name = %args.name, "agent running");
+        let link = match &args.join {
+            Some(url) => Link::Node {
+                url: url.clone(),
+                cert: joined(global, &args, url).await?,
+            },
+            None => Link::Token {
+                url: global.controller.clone(),
+                token: global.token.clone(),
+            },
+        };
+        tracing::info!(name = %args.name, "agent running");
         if let Some(addr) = args.metrics_listen {
             let (bound, serving) = berth_agent::host::metrics_server::bind(addr)
                 .await
@@ -138,8 +250,7 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
             options,
             &args.cgroup_parent,
             net,
-            &global.controller,
-            global.token.clone(),
+            link,
             stop_signal(),
         )
         .await
@@ -148,9 +259,8 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// Assembles the agent on this host (state, image store, network, runtime, probes, proxy)
-/// against the controller at `controller_url` and runs it until `shutdown` resolves. Shared
-/// by `berth agent` and `berth up`. Without `token`, the token file of a controller sharing
-/// the data dir. `net` wires private instances (bridge, subnet, name prefixes). The proxy
+/// against the controller `link` names and runs it until `shutdown` resolves. Shared
+/// by `berth agent` and `berth up`. With a node certificate, it is renewed in the background. `net` wires private instances (bridge, subnet, name prefixes). The proxy
 /// (`berth proxy`, started from this binary when none runs for the data dir) outlives the
 /// agent; `berth_agent::host::traffic::teardown` stops it and removes the network.
 #[allow(
@@ -163,19 +273,31 @@ pub async fn serve(
     options: berth_agent::host::image_store::PullOptions,
     cgroup_parent: &str,
     net: NetConfig,
-    controller_url: &str,
-    token: Option<String>,
+    link: Link,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let state =
         FileState::open(global.data_dir.join("agent")).map_err(|e| anyhow::anyhow!(e.chain()))?;
     let images = ImageStore::open(&global.data_dir).context("opening the image store")?;
-    let controller = match token {
-        Some(t) => HttpController::new(controller_url, Some(t)),
-        None => HttpController::with_token_file(
-            controller_url,
+    let mut renewal = None;
+    let controller = match link {
+        Link::Token {
+            url,
+            token: Some(t),
+        } => HttpController::new(&url, Some(t)),
+        Link::Token { url, token: None } => HttpController::with_token_file(
+            &url,
             berth_controller::token::token_path(&global.data_dir),
         ),
+        Link::Node { url, cert } => {
+            HttpController::with_node_cert(&url, &cert.ca_pem, &cert.identity_pem()).inspect(|c| {
+                renewal = Some(tokio::spawn(node_cert::renew_loop(
+                    c.clone(),
+                    node_cert::dir(&global.data_dir),
+                    cert,
+                )));
+            })
+        }
     }
     .map_err(|e| anyhow::anyhow!(e.chain()))?;
     let data_dir = global.data_dir.clone();
@@ -237,6 +359,9 @@ pub async fn serve(
     )?;
     agent.run(shutdown).await;
     refresher.abort();
+    if let Some(r) = renewal {
+        r.abort();
+    }
     Ok(())
 }
 

@@ -25,8 +25,9 @@ pub struct Args {
     /// Time between polls of the repository (`POST /v1/sync` fetches at once)
     #[arg(long, default_value = "5s")]
     pub poll_interval: berth_manifests::Duration,
-    /// A host silent longer than this shows as not ready
-    #[arg(long, default_value = "30s")]
+    /// A host silent longer than this is marked down and its apps are placed on other
+    /// matching hosts; a host back from down gets work once it has reported this long
+    #[arg(long, alias = "node-grace", default_value = "30s")]
     pub host_grace: berth_manifests::Duration,
     /// Make `GET /metrics` require the API token too (scrapers then need a bearer token)
     #[arg(long)]
@@ -50,6 +51,21 @@ pub struct Args {
     /// many simulated agents on one address)
     #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS_PER_PEER)]
     pub max_connections_per_peer: usize,
+    /// Serve HTTPS with the controller's own CA and accept agents' node certificates (the
+    /// default when --listen is not a loopback address)
+    #[arg(long, conflicts_with = "insecure_http")]
+    pub tls: bool,
+    /// Serve plain HTTP even on a non-loopback --listen (tokens then cross the network in
+    /// the clear; agents cannot --join)
+    #[arg(long)]
+    pub insecure_http: bool,
+    /// Another name (DNS name or IP address) clients reach the controller by, for its
+    /// serving certificate; repeatable
+    #[arg(long = "tls-name", value_delimiter = ',')]
+    pub tls_names: Vec<String>,
+    /// Lifetime of agents' node certificates (they renew at two thirds of it)
+    #[arg(long, default_value = "24h")]
+    pub node_cert_lifetime: berth_manifests::Duration,
 }
 
 /// Runs `berth controller`.
@@ -93,11 +109,23 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         .max_connections
         .unwrap_or_else(|| auto_max_connections(nofile));
     config.max_connections_per_peer = args.max_connections_per_peer;
+    if args.node_cert_lifetime.as_millis() < 3000 {
+        return Err(UsageError("--node-cert-lifetime must be at least 3s".into()).into());
+    }
+    config.tls = args.tls || (!args.insecure_http && !args.listen.ip().is_loopback());
+    config.tls_names = args.tls_names;
+    config.node_cert_lifetime = args.node_cert_lifetime.as_std();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
         let handle = Controller::start(config).await?;
+        if let Some(fingerprint) = handle.ca_fingerprint() {
+            eprintln!(
+                "berth controller CA {fingerprint} (certificate in {})",
+                berth_controller::pki::ca_path(&global.data_dir).display()
+            );
+        }
         eprintln!(
             "berth controller listening on {} (token in {})",
             handle.url(),

@@ -85,6 +85,9 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     if traffic.proxy_stopped {
         println!("stopped the proxy");
     }
+    if let Some(rule) = &traffic.net.nat_rule {
+        println!("removed the egress NAT rule ({rule})");
+    }
     if let Ok(host) = berth_agent::host::container::HostCgroups::detect(std::path::Path::new(
         "/proc/self/mountinfo",
     )) && let Err(e) = host.remove_parent(&args.cgroup_parent)

@@ -5,8 +5,7 @@ use std::process::ExitCode;
 
 use berth_agent::host::container::Store;
 use berth_agent::host::container::exec::{self, ExecRequest};
-
-use super::UsageError;
+use berth_agent::host::container::pty;
 
 /// Arguments of `berth exec`.
 #[derive(Debug, clap::Args)]
@@ -14,7 +13,7 @@ pub struct Args {
     /// Keep stdin attached
     #[arg(short = 'i', long)]
     pub interactive: bool,
-    /// Allocate a terminal (not supported yet)
+    /// Allocate a terminal in the container (with -i: the caller's terminal in raw mode)
     #[arg(short = 't', long)]
     pub tty: bool,
     /// Environment variable KEY=VALUE; repeatable
@@ -35,16 +34,18 @@ pub struct Args {
 
 /// Runs `berth exec`.
 pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
-    if args.tty {
-        return Err(UsageError("berth exec -t is not supported yet: run without -t".into()).into());
-    }
     let req = ExecRequest {
         args: args.command,
         env: args.env,
         cwd: args.workdir,
         user: args.user,
         interactive: args.interactive,
+        tty: args.tty,
     };
+    // Restored when dropped, after the program ended (also on errors).
+    let _raw = (args.tty && args.interactive)
+        .then(|| pty::RawMode::enable(0))
+        .flatten();
     let cgroups = super::cgroups();
     let code = exec::exec(
         &Store::new(&global.data_dir),

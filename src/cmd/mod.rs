@@ -64,6 +64,10 @@ pub struct Global {
     /// API token for the controller
     #[arg(long, env = "BERTH_TOKEN", global = true, hide_env_values = true)]
     pub token: Option<String>,
+    /// The controller's CA certificate (PEM) for https:// controller URLs (default: the
+    /// data dir's `controller/ca.pem`, written by a controller on this host)
+    #[arg(long, env = "BERTH_CA", global = true, value_name = "FILE")]
+    pub ca: Option<PathBuf>,
     /// A registry (HOST:PORT) reached over plain HTTP; repeatable. Only these use plain HTTP
     #[arg(
         long = "insecure-registry",

@@ -20,7 +20,28 @@ pub fn client(global: &Global) -> anyhow::Result<Client> {
             })?
             .unwrap_or_default(),
     };
-    Ok(Client::new(&global.controller, &token)?)
+    let ca = controller_ca(global)?;
+    Ok(Client::with_ca(&global.controller, &token, ca.as_deref())?)
+}
+
+/// The controller CA the CLI trusts: `--ca`/`BERTH_CA`, else the data dir's
+/// `controller/ca.pem` when a controller on this host wrote one (`None`: the system roots).
+pub fn controller_ca(global: &Global) -> anyhow::Result<Option<String>> {
+    if let Some(path) = &global.ca {
+        let pem = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the controller CA --ca {}: {e}", path.display())
+        })?;
+        return Ok(Some(pem));
+    }
+    let path = berth_controller::pki::ca_path(&global.data_dir);
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => Ok(Some(pem)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!(
+            "cannot read the controller CA {}: {e}",
+            path.display()
+        )),
+    }
 }
 
 /// Whether the user named a controller (`--controller` or `BERTH_CONTROLLER`) rather than

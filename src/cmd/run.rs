@@ -33,6 +33,9 @@ pub struct Args {
     /// Keep stdin attached
     #[arg(short = 'i', long)]
     pub interactive: bool,
+    /// Run a minimal init as pid 1 that forwards signals to the program and reaps zombies
+    #[arg(long)]
+    pub init: bool,
     /// Environment variable KEY=VALUE (KEY alone copies it from here); repeatable
     #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     pub env: Vec<String>,
@@ -115,6 +118,7 @@ pub fn build_spec(
     };
     spec.name = args.name.clone();
     spec.readonly_rootfs = args.read_only;
+    spec.init = args.init;
     for e in &args.env {
         if e.contains('=') {
             spec.set_env(e);

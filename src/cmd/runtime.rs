@@ -192,8 +192,14 @@ fn start(store: &Store, id: &str) -> anyhow::Result<()> {
     if store.find(id)? != id {
         return Err(berth_agent::host::container::ContainerError::NotFound(id.to_string()).into());
     }
+    let created = state_of(store, id)?;
     host::start_oci(store, id)?;
-    let state = serde_json::to_vec(&state_of(store, id)?)?;
+    // The hooks see the container `start` produced: running, with its pid, even when a
+    // short program has already ended by now (runtime spec "poststart").
+    let mut state = state_of(store, id)?;
+    state.status = Status::Running.to_string();
+    state.pid = created.pid;
+    let state = serde_json::to_vec(&state)?;
     if let Err(e) = host::run_hooks(&saved_hooks(store, id).poststart, &state) {
         eprintln!("berth: poststart hook: {e}");
     }

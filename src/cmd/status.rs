@@ -1,4 +1,6 @@
-//! `berth status`: apps (revision, ready/desired, pin, last error), hosts and the git source,
+//! `berth status`: apps (revision, ready/desired, pin, last error or why instances are
+//! unplaced), hosts (state, cpu and memory allocated of capacity, last convergence time) and
+//! the git source,
 //! through the controller. `-o json` prints `ClusterStatus`.
 
 use std::process::ExitCode;
@@ -41,14 +43,27 @@ pub fn run(global: &Global, _args: Args) -> anyhow::Result<ExitCode> {
                     } else {
                         "-".into()
                     },
-                    a.last_error.clone().unwrap_or_else(|| "-".into()),
+                    match (&a.last_error, &a.unplaced) {
+                        (Some(e), Some(u)) => format!("{e}; unplaced: {u}"),
+                        (Some(e), None) => e.clone(),
+                        (None, Some(u)) => format!("unplaced: {u}"),
+                        (None, None) => "-".into(),
+                    },
                 ]
             })
             .collect(),
     )?;
     println!("\nHOSTS");
     output::table(
-        &["name", "ready", "labels", "last seen"],
+        &[
+            "name",
+            "state",
+            "cpu",
+            "memory",
+            "labels",
+            "last seen",
+            "converged in",
+        ],
         status
             .hosts
             .iter()
@@ -57,13 +72,21 @@ pub fn run(global: &Global, _args: Args) -> anyhow::Result<ExitCode> {
                     h.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 vec![
                     h.name.clone(),
-                    if h.ready { "yes".into() } else { "no".into() },
+                    if h.state.is_empty() {
+                        if h.ready { "ready" } else { "down" }.into()
+                    } else {
+                        h.state.clone()
+                    },
+                    super::plan::used_of(h.allocated.cpu_millis, h.capacity.cpu_millis, true),
+                    super::plan::used_of(h.allocated.memory_bytes, h.capacity.memory_bytes, false),
                     if labels.is_empty() {
                         "-".into()
                     } else {
                         labels.join(",")
                     },
                     age(h.last_seen_ms, now),
+                    h.converged_in_ms
+                        .map_or_else(|| "-".into(), |ms| format!("{:.1}s", ms as f64 / 1000.0)),
                 ]
             })
             .collect(),

@@ -60,6 +60,14 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
                     "token {} with role {role}{bound}; it is shown only now",
                     issued.id
                 );
+                if let (TokenRole::Join, Some(fingerprint)) = (role, &issued.ca_fingerprint) {
+                    eprintln!(
+                        "join a host with: berth agent --join {} --token <token> --name {} \
+                         --ca-fingerprint {fingerprint}",
+                        global.controller,
+                        issued.host.as_deref().unwrap_or("<host>")
+                    );
+                }
             }
         }
         Command::List => {

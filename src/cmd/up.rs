@@ -290,8 +290,10 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
                     options,
                     &cgroup_parent,
                     net,
-                    &url,
-                    Some(token),
+                    super::agent::Link::Token {
+                        url,
+                        token: Some(token),
+                    },
                     shutdown,
                 )
                 .await;

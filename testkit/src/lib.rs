@@ -7,14 +7,18 @@
 //!   with its data dir in a temp dir; dropped, it stops the process it started (by pid).
 //! - [`push_test_images`]: builds and pushes the `berth-test/*` images with
 //!   `scripts/test-images.sh` (one implementation shared with the shell fixtures).
+//! - [`HostileRegistry`]: a registry on loopback that lies in one chosen way ([`Misbehave`]):
+//!   wrong media types, huge or endless manifests, wrong sizes, slow bodies, bad redirects.
 //! - [`busybox_rootfs`]: a minimal root filesystem from Debian's busybox-static.
 //!
 //! It must not touch anything it did not create. Panics are allowed here: it is test code.
 #![allow(clippy::panic)]
 
+mod hostile;
 mod netns;
 mod prometheus;
 
+pub use hostile::{HOSTILE_REPO, HostileRegistry, Misbehave};
 pub use netns::Netns;
 pub use prometheus::Prometheus;
 

@@ -220,7 +220,17 @@ impl Cluster {
         let parent = self.cgroup.0.clone();
         let child = self
             .daemon(
-                &["agent", "--name", "h1", "--cgroup-parent", &parent],
+                &[
+                    "agent",
+                    "--name",
+                    "h1",
+                    "--cgroup-parent",
+                    &parent,
+                    // the tests ask for more instances of the default `cpu: 1` than CI's
+                    // two cores offer; capacity placement is tested in tests/multi_host.rs
+                    "--capacity",
+                    "cpu=64,memory=64Gi",
+                ],
                 &self.alog.clone(),
             )
             .spawn()

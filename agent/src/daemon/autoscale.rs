@@ -1,14 +1,15 @@
-//! The agent's autoscaler loop: every second (and at once when the proxy holds a request
-//! for an app with no instance), one sample per autoscaled app — cgroup CPU usage of its
-//! instances, request rate and in-flight requests at the proxy — goes through the pure
+//! The agent's autoscaler loop: every [`INTERVAL`] (and at once when the proxy holds a
+//! request for an app with no instance), one sample per autoscaled app — cgroup CPU usage of
+//! its instances and request rate at the proxy over the last [`RATE_WINDOW`], requests in
+//! flight now — goes through the pure
 //! [`crate::autoscale::Autoscaler`]; a changed count is handed to the app's worker as a
 //! fixed scale (the planner starts or stops instances) and reported as an event with its
 //! reason.
 //!
 //! ```text
-//!  every 1 s ─┐                      ┌─► scales[app] = n ─► supervisor ─► worker: plan(Fixed n)
-//!  held req ──┴─► sample ─► evaluate ┤
-//!                                    └─► event ScaledUp/ScaledDown (reason, value, target)
+//!  every 250 ms ─┐                      ┌─► scales[app] = n ─► supervisor ─► worker: plan(Fixed n)
+//!  held req ─────┴─► sample ─► evaluate ┤
+//!                                       └─► event ScaledUp/ScaledDown (reason, value, target)
 //! ```
 //!
 //! The count starts from the instances running (an agent restart keeps the scale) or the
@@ -26,8 +27,15 @@ use crate::autoscale::{Autoscaler, Policy, Sample};
 use crate::reconcile::exec::Effects;
 use crate::reconcile::traits::{Images, Load, Prober, RunState, Runtime, Traffic};
 
-/// How often each autoscaled app is evaluated.
-pub const INTERVAL: Duration = Duration::from_secs(1);
+/// How often each autoscaled app is evaluated. A load step is seen within this (plus the
+/// time the rate needs to cross the target's tolerance), not within a second: the step to a
+/// serving extra replica has a 2 s budget (issue 6).
+pub const INTERVAL: Duration = Duration::from_millis(250);
+
+/// Rates (rps, cpu) are averaged over about this long: samples taken every [`INTERVAL`]
+/// keep the noise of a one-second average. Right after an app appears the window is shorter
+/// (the samples there are).
+pub const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// `desired` with the autoscaler's count as a fixed scale (unchanged for fixed apps).
 pub(super) fn scaled(mut desired: AssignedApp, scales: &BTreeMap<String, u32>) -> AssignedApp {
@@ -62,7 +70,8 @@ struct Previous {
 
 struct AppScaler {
     scaler: Autoscaler,
-    previous: Option<Previous>,
+    /// Samples of the last [`RATE_WINDOW`], oldest first.
+    previous: std::collections::VecDeque<Previous>,
 }
 
 /// Per-instance value of `metric` between `prev` and now; `None` when it cannot be known.
@@ -167,7 +176,7 @@ pub(super) async fn run<R: Runtime, I: Images, P: Prober, T: Traffic>(
                 lock(&shared.scales).entry(name.clone()).or_insert(n);
                 AppScaler {
                     scaler: Autoscaler::new(policy.clone(), now),
-                    previous: None,
+                    previous: std::collections::VecDeque::new(),
                 }
             });
             if *app.scaler.policy() != policy {
@@ -190,18 +199,28 @@ pub(super) async fn run<R: Runtime, I: Images, P: Prober, T: Traffic>(
                     }
                 }
             }
+            // Rates against the oldest sample of the window (about a second ago; half an
+            // interval of slack for a late tick; the newest stays however old it is).
+            while app.previous.len() > 1
+                && app
+                    .previous
+                    .front()
+                    .is_some_and(|p| now.saturating_sub(p.at) > RATE_WINDOW + INTERVAL / 2)
+            {
+                app.previous.pop_front();
+            }
             let value = metric_value(
                 &spec,
                 cpu_limit,
                 current,
-                app.previous.as_ref(),
+                app.previous.front(),
                 &sample_now,
                 counters.in_flight,
             );
             let active = counters.in_flight > 0
                 || app
                     .previous
-                    .as_ref()
+                    .back()
                     .is_some_and(|p| counters.requests_total > p.requests);
             let waiting = counters
                 .waiting
@@ -215,7 +234,7 @@ pub(super) async fn run<R: Runtime, I: Images, P: Prober, T: Traffic>(
                     waiting: u32::try_from(waiting).unwrap_or(u32::MAX),
                 },
             );
-            app.previous = Some(sample_now);
+            app.previous.push_back(sample_now);
             let direction = match decision.desired.cmp(&current) {
                 std::cmp::Ordering::Greater => "up",
                 std::cmp::Ordering::Less => "down",

@@ -1,5 +1,7 @@
-//! The controller's agent API over HTTP (`manifests::wire`'s table), with the shared token in
-//! `Authorization: Bearer`. Plain HTTP until the multi-host issue brings mTLS. Errors are
+//! The controller's agent API over HTTP (`manifests::wire`'s table): with a token in
+//! `Authorization: Bearer`, or over mTLS with the host's node certificate
+//! ([`HttpController::with_node_cert`]; [`node_cert`](super::node_cert) joins and renews,
+//! swapping the identity in place with [`HttpController::set_identity`]). Errors are
 //! classed for the agent loop's retry policy: connection failures, timeouts and 5xx are
 //! `unavailable`; 401/403 `invalid input` (a wrong token does not fix itself); other 4xx
 //! `invalid input`.
@@ -28,12 +30,30 @@ enum TokenSource {
     File(std::path::PathBuf),
 }
 
-/// A client of one controller.
+/// A client of one controller. Clones share the connection pool and the identity.
 #[derive(Debug, Clone)]
 pub struct HttpController {
     base: String,
     token: TokenSource,
-    client: reqwest::Client,
+    client: std::sync::Arc<std::sync::RwLock<reqwest::Client>>,
+    /// With mTLS: the CA (PEM) the controller must prove itself by.
+    ca_pem: Option<String>,
+}
+
+fn builder() -> reqwest::ClientBuilder {
+    reqwest::Client::builder()
+        .no_proxy()
+        .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")))
+        // below the controller's idle limit (10 s), so a pooled connection is never
+        // reused just as the controller closes it (reports every 10 s raced it)
+        .pool_idle_timeout(std::time::Duration::from_secs(5))
+}
+
+/// A client builder trusting only the CA `ca_pem`.
+pub fn tls_builder(ca_pem: &str) -> Result<reqwest::ClientBuilder, String> {
+    let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes())
+        .map_err(|e| format!("the controller CA certificate is unusable: {e}"))?;
+    Ok(builder().tls_certs_only([ca]))
 }
 
 /// The controller answered with an error status.
@@ -49,18 +69,14 @@ pub struct StatusError {
 impl HttpController {
     /// A client of the controller at `base` (`http://127.0.0.1:7070`).
     pub fn new(base: &str, token: Option<String>) -> Result<Self, EffectError> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")))
-            // below the controller's idle limit (10 s), so a pooled connection is never
-            // reused just as the controller closes it (reports every 10 s raced it)
-            .pool_idle_timeout(std::time::Duration::from_secs(5))
+        let client = builder()
             .build()
             .map_err(|e| EffectError::new("build http client", base, ErrorKind::Internal, e))?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token: token.map_or(TokenSource::None, TokenSource::Fixed),
-            client,
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            ca_pem: None,
         })
     }
 
@@ -73,18 +89,84 @@ impl HttpController {
         token: Option<String>,
         local: std::net::IpAddr,
     ) -> Result<Self, EffectError> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .user_agent(concat!("berth-agent/", env!("CARGO_PKG_VERSION")))
-            .pool_idle_timeout(std::time::Duration::from_secs(5))
+        let client = builder()
             .local_address(local)
             .build()
             .map_err(|e| EffectError::new("build http client", base, ErrorKind::Internal, e))?;
         Ok(Self {
             base: base.trim_end_matches('/').to_string(),
             token: token.map_or(TokenSource::None, TokenSource::Fixed),
-            client,
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            ca_pem: None,
         })
+    }
+
+    /// A client of the controller at `base` (`https://…`) over mTLS: it trusts only the CA
+    /// `ca_pem` and proves its host with `identity_pem` (the node key and certificate, PEM).
+    pub fn with_node_cert(
+        base: &str,
+        ca_pem: &str,
+        identity_pem: &str,
+    ) -> Result<Self, EffectError> {
+        let client = Self::tls_client(base, ca_pem, identity_pem)?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: TokenSource::None,
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            ca_pem: Some(ca_pem.to_string()),
+        })
+    }
+
+    fn tls_client(
+        base: &str,
+        ca_pem: &str,
+        identity_pem: &str,
+    ) -> Result<reqwest::Client, EffectError> {
+        let fail =
+            |e: String| EffectError::new("build mTLS client", base, ErrorKind::InvalidInput, e);
+        let identity = reqwest::Identity::from_pem(identity_pem.as_bytes())
+            .map_err(|e| fail(format!("the node certificate or key is unusable: {e}")))?;
+        tls_builder(ca_pem)
+            .map_err(fail)?
+            .identity(identity)
+            .build()
+            .map_err(|e| fail(e.to_string()))
+    }
+
+    /// Uses `identity_pem` (a renewed node key and certificate) from the next request on;
+    /// every clone of this client switches.
+    pub fn set_identity(&self, identity_pem: &str) -> Result<(), EffectError> {
+        let Some(ca) = &self.ca_pem else {
+            return Err(EffectError::new(
+                "set node certificate",
+                &self.base,
+                ErrorKind::InvalidInput,
+                "this client uses a token, not a node certificate",
+            ));
+        };
+        let client = Self::tls_client(&self.base, ca, identity_pem)?;
+        *self
+            .client
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = client;
+        Ok(())
+    }
+
+    /// `POST /v1/agents/{host}/certificate`: a node certificate for a new key (renewal).
+    pub async fn renew(
+        &self,
+        request: &berth_manifests::wire::NodeCertRequest,
+    ) -> Result<berth_manifests::wire::NodeCertificate, EffectError> {
+        let path = format!("/v1/agents/{}/certificate", request.name);
+        self.call(
+            "renew node certificate",
+            reqwest::Method::POST,
+            &path,
+            Some(request),
+            CALL_TIMEOUT,
+        )
+        .await?
+        .ok_or_else(|| Self::missing("renew node certificate", format!("{}{path}", self.base)))
     }
 
     /// A client whose token is the content of `path`, read at every call (a missing file
@@ -118,7 +200,12 @@ impl HttpController {
         timeout: Duration,
     ) -> Result<Option<T>, EffectError> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.client.request(method, &url).timeout(timeout);
+        let client = self
+            .client
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut request = client.request(method, &url).timeout(timeout);
         if let Some(token) = self.token() {
             request = request.bearer_auth(token);
         }
@@ -128,7 +215,7 @@ impl HttpController {
         let response = request
             .send()
             .await
-            .map_err(|e| EffectError::new(op, url.clone(), ErrorKind::Unavailable, e))?;
+            .map_err(|e| EffectError::new(op, url.clone(), ErrorKind::Unavailable, chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
@@ -172,6 +259,18 @@ impl HttpController {
             "the controller sent no body",
         )
     }
+}
+
+/// An error's message with its causes (a TLS failure is in the innermost one).
+pub fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 impl ControllerClient for HttpController {

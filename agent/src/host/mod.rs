@@ -4,6 +4,7 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod agentstate;
+pub mod capacity;
 pub mod caps;
 pub mod cgroup;
 pub mod container;
@@ -14,6 +15,7 @@ pub mod deploy_runtime;
 pub mod image_store;
 pub mod metrics_server;
 pub mod net;
+pub mod node_cert;
 pub mod pidlock;
 pub mod probe;
 pub mod proxy_process;

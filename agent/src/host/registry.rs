@@ -132,6 +132,69 @@ pub struct RegistryConfig {
     pub mirrors: BTreeMap<String, String>,
     /// Retries of transient failures.
     pub retry: RetryPolicy,
+    /// The slowest body berth waits for.
+    pub min_speed: MinSpeed,
+}
+
+/// The slowest transfer berth waits for (like curl's `--speed-limit`/`--speed-time`): until a
+/// body ends, at least `bytes` must arrive in every `window`. A body that trickles slower (a
+/// hostile or broken registry sending 1 byte a second) is cut and counts as a transient
+/// failure: retried, and for blobs resumed, within the retry policy. Without it, a read
+/// timeout never fires as long as some byte comes, and one pull could take days.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MinSpeed {
+    /// Bytes that must arrive in each window.
+    pub bytes: u64,
+    /// The window.
+    pub window: Duration,
+}
+
+impl Default for MinSpeed {
+    /// 32 KiB in 30 s (about 1 KiB/s): any working link passes, a trickle is cut in 30 s.
+    fn default() -> Self {
+        Self {
+            bytes: 32 << 10,
+            window: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Measures one body against [`MinSpeed`]: the deadline by which the current window's bytes
+/// must have arrived.
+struct SpeedMeter {
+    min: MinSpeed,
+    start: tokio::time::Instant,
+    got: u64,
+}
+
+impl SpeedMeter {
+    fn new(min: MinSpeed) -> Self {
+        Self {
+            min,
+            start: tokio::time::Instant::now(),
+            got: 0,
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        self.start + self.min.window
+    }
+
+    fn add(&mut self, n: usize) {
+        self.got += n as u64;
+        if self.got >= self.min.bytes {
+            self.start = tokio::time::Instant::now();
+            self.got = 0;
+        }
+    }
+
+    fn too_slow(&self, url: &str) -> FetchError {
+        FetchError::TooSlow {
+            url: url.to_owned(),
+            bytes: self.got,
+            min: self.min,
+        }
+    }
 }
 
 impl RegistryConfig {
@@ -202,6 +265,16 @@ pub enum FetchError {
         /// Why.
         reason: &'static str,
     },
+    /// The body arrives slower than [`MinSpeed`].
+    #[error("{url} sent only {bytes} bytes in {window:?}, under the minimum of {need} bytes; the registry or the network is too slow", window = .min.window, need = .min.bytes)]
+    TooSlow {
+        /// The URL asked for.
+        url: String,
+        /// Bytes received in the last window.
+        bytes: u64,
+        /// The speed asked for.
+        min: MinSpeed,
+    },
     /// The body is over the cap (manifests and configs).
     #[error("{url} is over {limit} bytes (at least {size})")]
     TooLarge {
@@ -241,7 +314,7 @@ impl FetchError {
             Self::Status { status, .. } => {
                 matches!(status, 408 | 429) || (*status >= 500 && !matches!(status, 501 | 505))
             }
-            Self::Truncated { .. } => true,
+            Self::Truncated { .. } | Self::TooSlow { .. } => true,
             Self::Range { .. }
             | Self::Token { .. }
             | Self::Realm { .. }
@@ -676,7 +749,7 @@ impl RegistryClient {
             let attempt = async {
                 let auth = inner.authorization(&oci_ref).await?;
                 let resp = inner.get(&url, &auth, Some(&accept), 0).await?;
-                read_capped(resp, &url, MAX_MANIFEST_BYTES).await
+                read_capped(resp, &url, MAX_MANIFEST_BYTES, inner.config.min_speed).await
             };
             let e = match attempt.await {
                 Ok(b) => break b,
@@ -763,6 +836,7 @@ impl RegistryClient {
         size: u64,
     ) -> Result<impl Stream<Item = io::Result<Bytes>> + Send + 'static + use<>, RegistryError> {
         let inner = self.inner.clone();
+        let inner_min_speed = inner.config.min_speed;
         let oci_ref = oci_reference(&inner.config, reference);
         let url = format!("{}/blobs/{digest}", inner.repo_url(&oci_ref));
         let ctx = inner.ctx(reference, format!("blob {digest}"))?;
@@ -776,9 +850,11 @@ impl RegistryClient {
             offset: 0,
             since_failure: 0,
             body: None,
+            meter: SpeedMeter::new(inner_min_speed),
             done: false,
         };
         reader.body = Some(reader.open().await?);
+        reader.meter = SpeedMeter::new(inner_min_speed);
         Ok(futures_util::stream::unfold(reader, |mut r| async move {
             r.next().await.map(|item| (item, r))
         }))
@@ -928,7 +1004,13 @@ impl Inner {
             }
         }
         let resp = self.get(url.as_str(), credentials, None, 0).await?;
-        let body = read_capped(resp, url.as_str(), MAX_MANIFEST_BYTES).await?;
+        let body = read_capped(
+            resp,
+            url.as_str(),
+            MAX_MANIFEST_BYTES,
+            self.config.min_speed,
+        )
+        .await?;
         #[derive(serde::Deserialize)]
         struct Token {
             token: Option<String>,
@@ -985,10 +1067,21 @@ impl Inner {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
+        // A redirect that reached here was not followed (a scheme other than http(s)): say
+        // where it pointed rather than showing an empty body.
+        let location = status
+            .is_redirection()
+            .then(|| resp.headers().get(reqwest::header::LOCATION))
+            .flatten()
+            .map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned());
+        let body = match location {
+            Some(l) => format!("a redirect to {l:?}, not followed (only http and https are)"),
+            None => error_body(resp).await,
+        };
         Err(FetchError::Status {
             url: url.to_owned(),
             status: status.as_u16(),
-            body: error_body(resp).await,
+            body,
             retry_after,
         })
     }
@@ -997,9 +1090,11 @@ impl Inner {
 /// The first KiB of an error answer, as text on one line.
 async fn error_body(mut resp: reqwest::Response) -> String {
     let mut buf = Vec::new();
+    // Only a glance at the error envelope: what arrives within 5 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while buf.len() < 1024 {
-        match resp.chunk().await {
-            Ok(Some(c)) => buf.extend_from_slice(&c),
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => buf.extend_from_slice(&c),
             _ => break,
         }
     }
@@ -1016,6 +1111,7 @@ async fn read_capped(
     mut resp: reqwest::Response,
     url: &str,
     limit: usize,
+    min_speed: MinSpeed,
 ) -> Result<Bytes, FetchError> {
     let too_large = |size: u64| FetchError::TooLarge {
         url: url.to_owned(),
@@ -1028,12 +1124,17 @@ async fn read_capped(
         return Err(too_large(len));
     }
     let mut out = Vec::with_capacity(resp.content_length().map_or(0, |l| l as usize));
+    let mut meter = SpeedMeter::new(min_speed);
     loop {
-        match resp.chunk().await {
+        let Ok(chunk) = tokio::time::timeout_at(meter.deadline(), resp.chunk()).await else {
+            return Err(meter.too_slow(url));
+        };
+        match chunk {
             Ok(Some(c)) => {
                 if out.len() + c.len() > limit {
                     return Err(too_large((out.len() + c.len()) as u64));
                 }
+                meter.add(c.len());
                 out.extend_from_slice(&c);
             }
             Ok(None) => return Ok(out.into()),
@@ -1060,6 +1161,8 @@ struct BlobReader {
     since_failure: u64,
     backoff: Backoff,
     body: Option<(Body, u64)>,
+    /// The speed of the current body.
+    meter: SpeedMeter,
     done: bool,
 }
 
@@ -1134,7 +1237,10 @@ impl BlobReader {
             }
             if self.body.is_none() {
                 match self.open().await {
-                    Ok(b) => self.body = Some(b),
+                    Ok(b) => {
+                        self.body = Some(b);
+                        self.meter = SpeedMeter::new(self.inner.config.min_speed);
+                    }
                     Err(RegistryError::Unavailable { source, .. })
                         if source.status() == Some(416) =>
                     {
@@ -1152,8 +1258,17 @@ impl BlobReader {
             let Some((body, skip)) = self.body.as_mut() else {
                 continue;
             };
-            let failure = match body.next().await {
+            let Ok(next) = tokio::time::timeout_at(self.meter.deadline(), body.next()).await else {
+                let e = self.meter.too_slow(&self.url);
+                if let Err(e) = self.body_failed(e).await {
+                    self.done = true;
+                    return Some(Err(io::Error::other(e)));
+                }
+                continue;
+            };
+            let failure = match next {
                 Some(Ok(mut chunk)) => {
+                    self.meter.add(chunk.len());
                     if *skip > 0 {
                         let n = (*skip).min(chunk.len() as u64);
                         *skip -= n;

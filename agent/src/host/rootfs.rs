@@ -9,7 +9,7 @@
 //! Must not be used outside a fresh mount namespace: it changes the calling process's mounts.
 
 use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use crate::host::sys;
@@ -329,6 +329,9 @@ fn setup_listed_mounts(
         )?;
         setup_dev(root)?;
     }
+    for d in &spec.devices {
+        make_device(root, d)?;
+    }
     mask_paths(root, &spec.masked_paths)?;
     for p in &spec.readonly_paths {
         readonly_path(root, p)?;
@@ -384,6 +387,71 @@ fn setup_dev(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
     ] {
         sys::symlinkat(target, dev.as_fd(), name)
             .map_err(sys_err("symlink", format!("/dev/{name}")))?;
+    }
+    Ok(())
+}
+
+/// Creates one OCI device node (an existing file of that name is replaced, as runc does),
+/// with its mode and owner. The parent is created inside the root; nothing is followed out
+/// of it.
+fn make_device(root: BorrowedFd<'_>, d: &crate::runtime::spec::Device) -> Result<(), RootfsError> {
+    let p = Path::new(&d.path);
+    let (parent, name) = match (p.parent(), p.file_name().and_then(|n| n.to_str())) {
+        (Some(parent), Some(name)) => (parent.to_string_lossy().into_owned(), name),
+        _ => {
+            return Err(sys_err("create device", d.path.clone())(
+                io::ErrorKind::InvalidInput.into(),
+            ));
+        }
+    };
+    let dir = mkdir_all_in_root(root, &parent).map_err(sys_err("create", parent.clone()))?;
+    let dir = sys::openat2(
+        dir.as_fd(),
+        ".",
+        libc::O_RDONLY | libc::O_DIRECTORY,
+        0,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(sys_err("open", parent))?;
+    let kind = match d.kind {
+        'b' => libc::S_IFBLK,
+        'p' => libc::S_IFIFO,
+        _ => libc::S_IFCHR,
+    };
+    let mode = d.mode.unwrap_or(0o666) & 0o7777;
+    let c = std::ffi::CString::new(name)
+        .map_err(|e| sys_err("create device", d.path.clone())(io::Error::other(e)))?;
+    // SAFETY: unlinkat on a directory fd we own and a valid C string; a missing file is fine.
+    unsafe { libc::unlinkat(dir.as_raw_fd(), c.as_ptr(), 0) };
+    sys::mknodat(dir.as_fd(), name, kind | mode, d.major, d.minor)
+        .map_err(sys_err("mknod", d.path.clone()))?;
+    let node = sys::openat2(
+        dir.as_fd(),
+        name,
+        libc::O_PATH | libc::O_NOFOLLOW,
+        0,
+        libc::RESOLVE_NO_SYMLINKS,
+    )
+    .map_err(sys_err("open", d.path.clone()))?;
+    // mknod applied the umask: set the exact mode, then the owner.
+    std::fs::set_permissions(
+        sys::fd_path(node.as_fd()),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )
+    .map_err(sys_err("chmod", d.path.clone()))?;
+    // SAFETY: fchownat on an O_PATH fd we own with an empty path (AT_EMPTY_PATH): the node
+    // itself, nothing is looked up.
+    let r = unsafe {
+        libc::fchownat(
+            node.as_raw_fd(),
+            c"".as_ptr(),
+            d.uid.unwrap_or(0),
+            d.gid.unwrap_or(0),
+            libc::AT_EMPTY_PATH,
+        )
+    };
+    if r != 0 {
+        return Err(sys_err("chown", d.path.clone())(io::Error::last_os_error()));
     }
     Ok(())
 }
@@ -461,14 +529,15 @@ fn mount_cgroupfs(root: BorrowedFd<'_>) -> Result<(), RootfsError> {
 fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
     if !m.is_bind() {
         let (flags, data) = parse_options(&m.options);
-        return mount_fs(
+        mount_fs(
             root,
             &m.destination,
             &m.kind,
             &m.source,
             flags,
             data.as_deref(),
-        );
+        )?;
+        return apply_propagation(root, m);
     }
     let src = sys::open(Path::new(&m.source), libc::O_PATH)
         .map_err(sys_err("open volume source", m.source.clone()))?;
@@ -512,7 +581,38 @@ fn mount_one(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
         )
         .map_err(sys_err("remount", m.destination.clone()))?;
     }
-    Ok(())
+    apply_propagation(root, m)
+}
+
+/// The propagation type a mount's options ask for (`shared`, `rslave`, ...), if any: the
+/// last one wins, as with mount(8).
+pub fn propagation(options: &[String]) -> Option<libc::c_ulong> {
+    options.iter().rev().find_map(|o| {
+        let (rec, kind) = match o.strip_prefix('r') {
+            Some(k @ ("shared" | "slave" | "private" | "unbindable")) => (libc::MS_REC, k),
+            _ => (0, o.as_str()),
+        };
+        let flag = match kind {
+            "shared" => libc::MS_SHARED,
+            "slave" => libc::MS_SLAVE,
+            "private" => libc::MS_PRIVATE,
+            "unbindable" => libc::MS_UNBINDABLE,
+            _ => return None,
+        };
+        Some(flag | rec)
+    })
+}
+
+/// Sets the propagation type of a just-made mount (a separate mount(2) call: the kernel
+/// ignores it among the flags of a new mount). The container's mount namespace is private,
+/// so a shared mount here forms a peer group inside the container only.
+fn apply_propagation(root: BorrowedFd<'_>, m: &Mount) -> Result<(), RootfsError> {
+    let Some(flag) = propagation(&m.options) else {
+        return Ok(());
+    };
+    let fd = open_in_root(root, &m.destination).map_err(sys_err("open", m.destination.clone()))?;
+    sys::mount(None, &sys::fd_path(fd.as_fd()), None, flag, None)
+        .map_err(sys_err("set propagation of", m.destination.clone()))
 }
 
 /// Splits mount(8)-style options into flags and filesystem data.
@@ -522,7 +622,9 @@ pub fn parse_options(options: &[String]) -> (libc::c_ulong, Option<String>) {
     for o in options {
         match o.as_str() {
             "ro" => flags |= MS_RO,
-            "rw" | "bind" | "rbind" | "private" | "rprivate" | "defaults" => {}
+            "rw" | "bind" | "rbind" | "defaults" => {}
+            "shared" | "rshared" | "slave" | "rslave" | "private" | "rprivate" | "unbindable"
+            | "runbindable" => {} // see `propagation`
             "nosuid" => flags |= libc::MS_NOSUID,
             "nodev" => flags |= libc::MS_NODEV,
             "noexec" => flags |= libc::MS_NOEXEC,
@@ -638,4 +740,37 @@ pub fn pivot(root: BorrowedFd<'_>, readonly: bool) -> Result<(), RootfsError> {
         .map_err(sys_err("remount read-only", "/"))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(o: &[&str]) -> Vec<String> {
+        o.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn propagation_options_are_flags_not_filesystem_data() {
+        assert_eq!(propagation(&opts(&["nosuid", "size=1m"])), None);
+        assert_eq!(propagation(&opts(&["shared"])), Some(libc::MS_SHARED));
+        assert_eq!(
+            propagation(&opts(&["rbind", "rslave"])),
+            Some(libc::MS_SLAVE | libc::MS_REC)
+        );
+        // The last one wins, as with mount(8).
+        assert_eq!(
+            propagation(&opts(&["shared", "private"])),
+            Some(libc::MS_PRIVATE)
+        );
+        assert_eq!(
+            propagation(&opts(&["runbindable"])),
+            Some(libc::MS_UNBINDABLE | libc::MS_REC)
+        );
+        // tmpfs with "shared" used to get "shared" as mount data (EINVAL).
+        assert_eq!(
+            parse_options(&opts(&["shared", "mode=755"])),
+            (0, Some("mode=755".to_string()))
+        );
+    }
 }

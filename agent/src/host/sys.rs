@@ -690,3 +690,61 @@ pub fn setsid() -> io::Result<()> {
     check_int(unsafe { libc::setsid() })?;
     Ok(())
 }
+
+/// A signal mask (`sigset_t`).
+#[derive(Clone, Copy)]
+pub struct SigSet(libc::sigset_t);
+
+impl SigSet {
+    /// Every signal.
+    pub fn full() -> SigSet {
+        // SAFETY: sigset_t is plain data; all zeroes is a valid (empty) value.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t.
+        unsafe { libc::sigfillset(&mut set) };
+        SigSet(set)
+    }
+
+    /// Just these signals.
+    pub fn of(signals: &[i32]) -> SigSet {
+        // SAFETY: sigset_t is plain data; all zeroes is a valid (empty) value.
+        let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+        // SAFETY: `set` is a valid sigset_t.
+        unsafe { libc::sigemptyset(&mut set) };
+        for &s in signals {
+            // SAFETY: as above; an invalid signal number only returns EINVAL.
+            unsafe { libc::sigaddset(&mut set, s) };
+        }
+        SigSet(set)
+    }
+
+    /// The raw set.
+    pub fn as_raw(&self) -> &libc::sigset_t {
+        &self.0
+    }
+}
+
+/// `sigprocmask(how, set)`; returns the previous mask.
+pub fn sigprocmask(how: i32, set: &SigSet) -> io::Result<SigSet> {
+    // SAFETY: sigset_t is plain data; all zeroes is a valid value.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: both sets are valid; `old` is an out parameter.
+    check_int(unsafe { libc::sigprocmask(how, &set.0, &mut old) })?;
+    Ok(SigSet(old))
+}
+
+/// Waits for one of the (blocked) signals in `set` and returns its number, retrying on
+/// `EINTR`.
+pub fn sigwait(set: &SigSet) -> io::Result<i32> {
+    loop {
+        // SAFETY: `set` is valid; a null siginfo pointer is allowed.
+        let ret = unsafe { libc::sigwaitinfo(&set.0, std::ptr::null_mut()) };
+        if ret >= 0 {
+            return Ok(ret);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

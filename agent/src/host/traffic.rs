@@ -50,6 +50,7 @@ fn effect(op: &'static str, object: &str, e: ProxyError) -> EffectError {
 fn config_of(app: &str, route: &Route) -> AppConfig {
     AppConfig {
         hold: route.hold,
+        mode: route.mode,
         ..AppConfig::http(app, route.listen)
     }
 }
@@ -119,6 +120,7 @@ impl ProxyTraffic {
                     let known = Known {
                         route: Some(Route {
                             listen: app.config.listen,
+                            mode: app.config.mode,
                             hold: app.config.hold,
                         }),
                         backends: app

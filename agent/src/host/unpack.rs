@@ -298,8 +298,17 @@ fn stream_error(err: io::Error, limits: &Limits, expected: &Expected) -> UnpackE
         .get_ref()
         .and_then(|e| e.downcast_ref::<TransportError>())
     {
+        // The message keeps the whole cause chain (why the registry failed: too slow, cut,
+        // an error status), which a fresh io::Error would otherwise drop.
+        let mut message = src.0.to_string();
+        let mut cause = src.0.get_ref().and_then(std::error::Error::source);
+        while let Some(c) = cause {
+            message.push_str(": ");
+            message.push_str(&c.to_string());
+            cause = c.source();
+        }
         return UnpackError::Read {
-            source: io::Error::new(src.0.kind(), src.0.to_string()),
+            source: io::Error::new(src.0.kind(), message),
         };
     }
     UnpackError::Malformed { source: err }

@@ -19,25 +19,23 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::balance::InFlight;
+use super::connect::Connector;
 use super::server::{App, Timeouts};
 
 /// Bodies in both directions.
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
 /// The pooled client to backends.
-pub(crate) type Client = hyper_util::client::legacy::Client<HttpConnector, Body>;
+pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Body>;
 
 pub(crate) fn client(t: &Timeouts) -> Client {
-    let mut conn = HttpConnector::new();
-    conn.set_connect_timeout(Some(t.connect));
-    conn.set_nodelay(true);
+    let conn = Connector { timeout: t.connect };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)

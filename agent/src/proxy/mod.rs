@@ -18,6 +18,7 @@
 //! agent's probes do, and call `add_backend`/`remove_backend`).
 
 pub mod balance;
+mod connect;
 pub mod control;
 mod l7;
 pub mod metrics;

@@ -50,10 +50,8 @@ async fn serve_conn(app: Arc<App>, mut client: TcpStream) {
             app.metrics.no_backend();
             break;
         };
-        let connect = TcpStream::connect(picked.backend().addr());
-        match tokio::time::timeout(app.cfg.timeouts.connect, connect).await {
-            Ok(Ok(mut upstream)) => {
-                let _ = upstream.set_nodelay(true);
+        match super::connect::connect(picked.backend().addr(), app.cfg.timeouts.connect).await {
+            Ok(mut upstream) => {
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 break;
             }

@@ -319,6 +319,10 @@ pub fn route_of(revision: &RevisionSpec) -> Option<Route> {
     let from_zero = matches!(&revision.spec.autoscale, Some(a) if a.min == 0);
     Some(Route {
         listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), expose.port),
+        mode: match expose.protocol {
+            berth_manifests::app::Protocol::Http => crate::proxy::Mode::Http,
+            berth_manifests::app::Protocol::Tcp => crate::proxy::Mode::Tcp,
+        },
         hold: if from_zero { HOLD_FROM_ZERO } else { HOLD },
     })
 }

@@ -217,6 +217,8 @@ pub trait Prober: Send + Sync + 'static {
 pub struct Route {
     /// The listening address (`0.0.0.0:<expose.port>`).
     pub listen: SocketAddr,
+    /// HTTP or plain TCP (`expose.protocol`).
+    pub mode: crate::proxy::Mode,
     /// With no instance in rotation, how long a request is held waiting for one (scale from
     /// zero, restarts) before the 503.
     pub hold: Duration,

@@ -77,12 +77,31 @@ fn hooks(v: &Value) -> Vec<Hook> {
         .unwrap_or_default()
 }
 
+/// Whether `v` is a runtime-spec version of major 1 (`1.0.2`, `1.1.0-rc.1`, `1.2.0+dev`): the
+/// spec requires an error for values a runtime cannot process.
+fn supported_version(v: &str) -> bool {
+    let core = v.split(['-', '+']).next().unwrap_or_default();
+    let parts: Vec<&str> = core.split('.').collect();
+    parts.len() == 3
+        && parts[0] == "1"
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Converts a bundle's config (as JSON) into a spec for container `id`.
 pub fn to_spec(
     id: &str,
     bundle: &Path,
     config: &Value,
 ) -> Result<(ContainerSpec, Hooks), RuntimeError> {
+    let version = config["ociVersion"].as_str().unwrap_or_default();
+    if !supported_version(version) {
+        return Err(invalid(
+            "ociVersion",
+            format!("{version:?} is not a 1.x.y runtime-spec version berth can read"),
+        ));
+    }
     let root = config["root"]["path"].as_str().ok_or_else(|| {
         invalid(
             "root.path",
@@ -200,9 +219,55 @@ pub fn to_spec(
     if !ns.net && !ns.join.iter().any(|(t, _)| t == "network") {
         spec.network = crate::runtime::spec::Network::Host;
     }
+    for d in linux["devices"].as_array().into_iter().flatten() {
+        let num = |k: &str| d[k].as_u64().and_then(|v| u32::try_from(v).ok());
+        let path = d["path"].as_str().unwrap_or_default().to_string();
+        let kind = match d["type"].as_str() {
+            Some(t @ ("c" | "u" | "b" | "p")) => t.chars().next().unwrap_or('c'),
+            other => {
+                return Err(invalid(
+                    "linux.devices",
+                    format!("device {path:?} has type {other:?}: must be c, u, b or p"),
+                ));
+            }
+        };
+        spec.devices.push(crate::runtime::spec::Device {
+            path,
+            kind,
+            major: num("major").unwrap_or(0),
+            minor: num("minor").unwrap_or(0),
+            mode: num("fileMode"),
+            uid: num("uid"),
+            gid: num("gid"),
+        });
+    }
     spec.masked_paths = strings(&linux["maskedPaths"]);
     spec.readonly_paths = strings(&linux["readonlyPaths"]);
     let res = &linux["resources"];
+    // The spec: unsupported values MUST be an error (a limit silently not applied would be
+    // worse). An empty section is fine.
+    for (key, what) in [
+        ("blockIO", "block I/O limits (blkio)"),
+        (
+            "network",
+            "network class and priorities (net_cls, net_prio)",
+        ),
+        ("hugepageLimits", "huge page limits (hugetlb)"),
+        ("rdma", "RDMA limits"),
+    ] {
+        let set = match &res[key] {
+            Value::Null => false,
+            Value::Object(m) => m.values().any(|v| !v.is_null()),
+            Value::Array(a) => !a.is_empty(),
+            _ => true,
+        };
+        if set {
+            return Err(invalid(
+                "linux.resources",
+                format!("{key}: {what} are not supported by berth; remove the section"),
+            ));
+        }
+    }
     spec.resources.memory = res["memory"]["limit"]
         .as_i64()
         .and_then(|v| u64::try_from(v).ok())
@@ -214,6 +279,20 @@ pub fn to_spec(
     spec.resources.cpu_period = res["cpu"]["period"].as_u64().filter(|v| *v > 0);
     spec.resources.cpu_shares = res["cpu"]["shares"].as_u64().filter(|v| *v > 0);
     spec.resources.pids = res["pids"]["limit"].as_i64().filter(|v| *v > 0);
+    spec.resources.memory_reservation = res["memory"]["reservation"]
+        .as_i64()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v > 0);
+    spec.resources.memory_swappiness = res["memory"]["swappiness"].as_u64();
+    spec.resources.memory_kernel_tcp = res["memory"]["kernelTCP"]
+        .as_i64()
+        .and_then(|v| u64::try_from(v).ok())
+        .filter(|v| *v > 0);
+    spec.resources.disable_oom_killer =
+        res["memory"]["disableOOMKiller"].as_bool().unwrap_or(false);
+    let cpuset = |v: &serde_json::Value| v.as_str().filter(|s| !s.is_empty()).map(String::from);
+    spec.resources.cpuset_cpus = cpuset(&res["cpu"]["cpus"]);
+    spec.resources.cpuset_mems = cpuset(&res["cpu"]["mems"]);
     spec.cgroup_parent = "berth-runtime".into();
     if let Some(path) = linux["cgroupsPath"].as_str().filter(|p| !p.is_empty()) {
         // Absolute: relative to each hierarchy's mount point; relative paths are taken the
@@ -326,5 +405,92 @@ mod tests {
         c["mounts"] =
             serde_json::json!([{"destination": "../etc", "type": "tmpfs", "source": "tmpfs"}]);
         assert!(to_spec("c1", Path::new("/b"), &c).is_err());
+    }
+
+    #[test]
+    fn memory_extras_cpuset_and_devices_are_read() {
+        let mut c = config();
+        c["linux"]["resources"] = serde_json::json!({
+            "memory": {"limit": 1048576, "reservation": 524288, "swappiness": 10,
+                       "kernelTCP": 65536, "disableOOMKiller": true},
+            "cpu": {"cpus": "0-1", "mems": "0"}
+        });
+        c["linux"]["devices"] = serde_json::json!([
+            {"path": "/dev/test1", "type": "c", "major": 10, "minor": 666,
+             "fileMode": 432, "uid": 1, "gid": 2},
+            {"path": "/dev/fifo", "type": "p"}
+        ]);
+        let (spec, _) = to_spec("c1", Path::new("/b"), &c).unwrap();
+        let r = &spec.resources;
+        assert_eq!(r.memory_reservation, Some(524_288));
+        assert_eq!(r.memory_swappiness, Some(10));
+        assert_eq!(r.memory_kernel_tcp, Some(65_536));
+        assert!(r.disable_oom_killer);
+        assert_eq!(r.cpuset_cpus.as_deref(), Some("0-1"));
+        assert_eq!(r.cpuset_mems.as_deref(), Some("0"));
+        assert_eq!(spec.devices.len(), 2);
+        assert_eq!(
+            spec.devices[0],
+            crate::runtime::spec::Device {
+                path: "/dev/test1".into(),
+                kind: 'c',
+                major: 10,
+                minor: 666,
+                mode: Some(0o660),
+                uid: Some(1),
+                gid: Some(2),
+            }
+        );
+        assert_eq!(spec.devices[1].kind, 'p');
+    }
+
+    #[test]
+    fn only_runtime_spec_1_versions_are_read() {
+        for ok in ["1.0.2", "1.1.0", "1.0.0-rc5", "1.2.0+dev", "1.0.2-dev"] {
+            assert!(supported_version(ok), "{ok}");
+        }
+        for bad in ["invalid", "", "2.0.0", "1.0", "1..0", "v1.0.2", "1.0.x"] {
+            assert!(!supported_version(bad), "{bad}");
+        }
+        let mut c = config();
+        c["ociVersion"] = serde_json::json!("invalid");
+        assert!(to_spec("c1", Path::new("/b"), &c).is_err());
+    }
+
+    #[test]
+    fn unsupported_resource_sections_are_errors() {
+        for (key, value) in [
+            ("blockIO", serde_json::json!({"weight": 10})),
+            ("network", serde_json::json!({"classID": 1})),
+            (
+                "hugepageLimits",
+                serde_json::json!([{"pageSize": "2MB", "limit": 1}]),
+            ),
+        ] {
+            let mut c = config();
+            c["linux"]["resources"][key] = value;
+            let err = to_spec("c1", Path::new("/b"), &c).unwrap_err().to_string();
+            assert!(err.contains(key), "{key}: {err}");
+        }
+        // Empty sections are fine.
+        let mut c = config();
+        c["linux"]["resources"]["blockIO"] = serde_json::json!({});
+        c["linux"]["resources"]["hugepageLimits"] = serde_json::json!([]);
+        assert!(to_spec("c1", Path::new("/b"), &c).is_ok());
+    }
+
+    #[test]
+    fn bad_devices_are_errors() {
+        for dev in [
+            serde_json::json!({"path": "/dev/x", "type": "q"}),
+            serde_json::json!({"path": "dev/x", "type": "c"}),
+            serde_json::json!({"path": "/dev/../../x", "type": "c"}),
+            serde_json::json!({"path": "/proc/x", "type": "c"}),
+        ] {
+            let mut c = config();
+            c["linux"]["devices"] = serde_json::json!([dev.clone()]);
+            let r = to_spec("c1", Path::new("/b"), &c).and_then(|(s, _)| s.validate());
+            assert!(r.is_err(), "{dev} accepted");
+        }
     }
 }

@@ -84,6 +84,26 @@ impl Rootfs {
     }
 }
 
+/// A device node created in the container (OCI `linux.devices`) and allowed by its device
+/// cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Device {
+    /// Absolute path inside the container.
+    pub path: String,
+    /// `c` (or `u`), `b` or `p`.
+    pub kind: char,
+    /// Major number.
+    pub major: u32,
+    /// Minor number.
+    pub minor: u32,
+    /// Permission bits (default 0666).
+    pub mode: Option<u32>,
+    /// Owner (default 0).
+    pub uid: Option<u32>,
+    /// Group (default 0).
+    pub gid: Option<u32>,
+}
+
 /// A bind mount from the host (a volume) or a filesystem mount (OCI `mounts`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
@@ -152,7 +172,7 @@ pub enum Network {
 }
 
 /// cgroup limits, handed to the cgroup backend.
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Resources {
     /// Memory limit in bytes (no swap beyond it).
     pub memory: Option<u64>,
@@ -164,6 +184,24 @@ pub struct Resources {
     pub cpu_shares: Option<u64>,
     /// Maximum number of tasks.
     pub pids: Option<i64>,
+    /// Soft memory limit in bytes (OCI `memory.reservation`).
+    #[serde(default)]
+    pub memory_reservation: Option<u64>,
+    /// v1 memory swappiness 0..=100 (OCI `memory.swappiness`).
+    #[serde(default)]
+    pub memory_swappiness: Option<u64>,
+    /// Kernel TCP buffer limit in bytes, v1 only (OCI `memory.kernelTCP`).
+    #[serde(default)]
+    pub memory_kernel_tcp: Option<u64>,
+    /// No OOM killer for the cgroup (OCI `memory.disableOOMKiller`).
+    #[serde(default)]
+    pub disable_oom_killer: bool,
+    /// CPUs the container may run on, e.g. `0-3` (OCI `cpu.cpus`).
+    #[serde(default)]
+    pub cpuset_cpus: Option<String>,
+    /// Memory nodes, e.g. `0` (OCI `cpu.mems`).
+    #[serde(default)]
+    pub cpuset_mems: Option<String>,
 }
 
 impl Resources {
@@ -173,6 +211,12 @@ impl Resources {
             || self.cpu_quota.is_some()
             || self.cpu_shares.is_some()
             || self.pids.is_some()
+            || self.memory_reservation.is_some()
+            || self.memory_swappiness.is_some()
+            || self.memory_kernel_tcp.is_some()
+            || self.disable_oom_killer
+            || self.cpuset_cpus.is_some()
+            || self.cpuset_mems.is_some()
     }
 }
 
@@ -283,6 +327,13 @@ pub struct ContainerSpec {
     pub permitted: Option<CapSet>,
     /// The app revision (empty for `berth run`).
     pub revision: String,
+    /// Device nodes to create besides the default ones (OCI `linux.devices`).
+    #[serde(default)]
+    pub devices: Vec<Device>,
+    /// Run a minimal init as pid 1 that forwards signals to the program and reaps zombies
+    /// (`berth run --init`, like docker's).
+    #[serde(default)]
+    pub init: bool,
 }
 
 impl ContainerSpec {
@@ -325,6 +376,8 @@ impl ContainerSpec {
             oom_score_adj: None,
             effective: None,
             permitted: None,
+            init: false,
+            devices: Vec::new(),
         }
     }
 
@@ -431,6 +484,24 @@ impl ContainerSpec {
                 return Err(invalid(
                     "volume",
                     format!("host path {:?} must be absolute", m.source),
+                ));
+            }
+        }
+        for d in &self.devices {
+            container_path("device path", &d.path)?;
+            if !matches!(d.kind, 'c' | 'u' | 'b' | 'p') {
+                return Err(invalid(
+                    "device type",
+                    format!("{:?} of {}: must be c, u, b or p", d.kind, d.path),
+                ));
+            }
+            if under(&d.path, "/proc") || under(&d.path, "/sys") {
+                return Err(invalid(
+                    "device path",
+                    format!(
+                        "{:?}: devices cannot be created under /proc or /sys",
+                        d.path
+                    ),
                 ));
             }
         }

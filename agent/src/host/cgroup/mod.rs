@@ -139,6 +139,20 @@ pub struct Resources {
     pub memory_bytes: Option<u64>,
     /// Maximum number of tasks (processes and threads).
     pub pids_max: Option<u64>,
+    /// Soft memory limit in bytes: v1 `memory.soft_limit_in_bytes`, v2 `memory.low`.
+    pub memory_reservation_bytes: Option<u64>,
+    /// v1 `memory.swappiness` (0..=100; v2 has no per-cgroup swappiness: ignored there).
+    pub memory_swappiness: Option<u64>,
+    /// v1 `memory.kmem.tcp.limit_in_bytes` (v2: ignored, TCP memory is part of
+    /// `memory.max` there).
+    pub memory_kernel_tcp_bytes: Option<u64>,
+    /// v1 `memory.oom_control` = 1: tasks wait instead of being OOM-killed (v2: ignored).
+    pub disable_oom_killer: bool,
+    /// `cpuset.cpus` (e.g. `0-3`); the cgroup is then also created in the v1 cpuset
+    /// hierarchy (only then: it costs a few writes per container).
+    pub cpuset_cpus: Option<String>,
+    /// `cpuset.mems` (memory nodes, e.g. `0`).
+    pub cpuset_mems: Option<String>,
 }
 
 impl Resources {
@@ -163,6 +177,23 @@ impl Resources {
         }
         if self.pids_max == Some(0) {
             return invalid("pids limit of 0".to_owned());
+        }
+        if let Some(s) = self.memory_swappiness
+            && s > 100
+        {
+            return invalid(format!("memory swappiness {s} is outside 0..=100"));
+        }
+        for (name, list) in [("cpus", &self.cpuset_cpus), ("mems", &self.cpuset_mems)] {
+            if let Some(list) = list
+                && (list.is_empty()
+                    || !list
+                        .chars()
+                        .all(|c| c.is_ascii_digit() || c == ',' || c == '-'))
+            {
+                return invalid(format!(
+                    "cpuset {name} {list:?} is not a list of numbers and ranges like 0-3,5"
+                ));
+            }
         }
         Ok(())
     }

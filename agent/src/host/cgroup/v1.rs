@@ -3,7 +3,10 @@
 //!
 //! Files used: `cpu.cfs_period_us`, `cpu.cfs_quota_us`, `cpu.shares`;
 //! `memory.limit_in_bytes` and `memory.memsw.limit_in_bytes` (equal, so no swap);
-//! `pids.max`; `devices.deny`/`devices.allow`; `freezer.state`; `cgroup.procs`; and for stats
+//! `memory.soft_limit_in_bytes`, `memory.swappiness`, `memory.kmem.tcp.limit_in_bytes`,
+//! `memory.oom_control` (OCI extras);
+//! `cpuset.cpus`/`cpuset.mems` (only a cgroup that sets them is made in the cpuset
+//! hierarchy); `pids.max`; `devices.deny`/`devices.allow`; `freezer.state`; `cgroup.procs`; and for stats
 //! `cpuacct.usage`, `memory.usage_in_bytes`, `memory.max_usage_in_bytes`,
 //! `memory.oom_control` (`oom_kill`, Linux ≥ 4.13), `pids.current`.
 
@@ -56,6 +59,8 @@ impl V1Cgroup {
             .iter()
             .filter_map(|c| self.controller_dir(c))
             .collect();
+        // Only cgroups with cpuset limits have a directory there (`apply_cpuset`).
+        dirs.extend(self.controller_dir("cpuset").filter(|d| d.is_dir()));
         dirs.sort();
         dirs.dedup();
         dirs
@@ -100,6 +105,36 @@ impl V1Cgroup {
         }
     }
 
+    /// Creates the cgroup in the cpuset hierarchy and writes its lists. A new v1 cpuset
+    /// starts with empty `cpus`/`mems` (no task may join it then), so every ancestor this
+    /// creates first gets its parent's lists.
+    fn apply_cpuset(&self, cpus: Option<&str>, mems: Option<&str>) -> Result<(), CgroupError> {
+        let mount = self
+            .mounts
+            .mount_point("cpuset")
+            .ok_or(CgroupError::ControllerMissing {
+                controller: "cpuset",
+            })?;
+        let mut dir = mount.to_path_buf();
+        for component in self.path.as_path().components() {
+            let parent = dir.clone();
+            dir.push(component);
+            fsio::create_dir(&dir)?;
+            for file in ["cpuset.cpus", "cpuset.mems"] {
+                if fsio::read(&dir.join(file))?.trim().is_empty() {
+                    fsio::write(&dir.join(file), fsio::read(&parent.join(file))?.trim())?;
+                }
+            }
+        }
+        if let Some(cpus) = cpus {
+            fsio::write(&dir.join("cpuset.cpus"), cpus)?;
+        }
+        if let Some(mems) = mems {
+            fsio::write(&dir.join("cpuset.mems"), mems)?;
+        }
+        Ok(())
+    }
+
     fn freezer_state(&self, state: &'static str) -> Result<(), CgroupError> {
         let file = self.require("freezer")?.join("freezer.state");
         fsio::write(&file, state)?;
@@ -140,6 +175,31 @@ impl CgroupManager for V1Cgroup {
         if let Some(max) = resources.pids_max {
             let dir = self.require("pids")?;
             fsio::write(&dir.join("pids.max"), &max.to_string())?;
+        }
+        if let Some(soft) = resources.memory_reservation_bytes {
+            let dir = self.require("memory")?;
+            fsio::write(&dir.join("memory.soft_limit_in_bytes"), &soft.to_string())?;
+        }
+        if let Some(swappiness) = resources.memory_swappiness {
+            let dir = self.require("memory")?;
+            fsio::write(&dir.join("memory.swappiness"), &swappiness.to_string())?;
+        }
+        if let Some(tcp) = resources.memory_kernel_tcp_bytes {
+            let dir = self.require("memory")?;
+            fsio::write(
+                &dir.join("memory.kmem.tcp.limit_in_bytes"),
+                &tcp.to_string(),
+            )?;
+        }
+        if resources.disable_oom_killer {
+            let dir = self.require("memory")?;
+            fsio::write(&dir.join("memory.oom_control"), "1")?;
+        }
+        if resources.cpuset_cpus.is_some() || resources.cpuset_mems.is_some() {
+            self.apply_cpuset(
+                resources.cpuset_cpus.as_deref(),
+                resources.cpuset_mems.as_deref(),
+            )?;
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! The cgroup v2 backend: one directory `<root>/<cgroup path>` in the unified hierarchy.
 //!
 //! Files used: `cgroup.subtree_control` of each ancestor (to enable cpu, memory, pids);
-//! `cpu.max`, `cpu.weight`; `memory.max`, `memory.swap.max` (0: no swap); `pids.max`;
+//! `cpu.max`, `cpu.weight`; `memory.max`, `memory.swap.max` (0: no swap), `memory.low`
+//! (reservation); `pids.max`; `cpuset.cpus`/`cpuset.mems` (cpuset enabled only for a cgroup
+//! that sets them);
 //! `cgroup.procs`; `cgroup.freeze` and `cgroup.events` (`frozen`); `cgroup.kill`
 //! (Linux ≥ 5.14); and for stats `cpu.stat` (`usage_usec`), `memory.current`, `memory.peak`
 //! (Linux ≥ 5.19), `memory.events` (`oom_kill`), `pids.current`.
@@ -54,6 +56,11 @@ impl V2Cgroup {
     /// Enables the needed controllers in `cgroup.subtree_control` of the root and of every
     /// ancestor of the leaf, as far as each one offers them in `cgroup.controllers`.
     fn enable_controllers(&self) -> Result<(), CgroupError> {
+        self.enable(CONTROLLERS)
+    }
+
+    /// [`Self::enable_controllers`] for the given controllers.
+    fn enable(&self, controllers: &[&str]) -> Result<(), CgroupError> {
         let mut dir = self.root.clone();
         let mut ancestors = vec![dir.clone()];
         let components: Vec<_> = self.path.as_path().components().collect();
@@ -67,7 +74,7 @@ impl V2Cgroup {
                 continue;
             }
             let available = fsio::read(&available_file)?;
-            let wanted: Vec<String> = CONTROLLERS
+            let wanted: Vec<String> = controllers
                 .iter()
                 .filter(|c| available.split_whitespace().any(|a| a == **c))
                 .map(|c| format!("+{c}"))
@@ -130,6 +137,26 @@ impl CgroupManager for V2Cgroup {
         }
         if let Some(max) = resources.pids_max {
             fsio::write(&self.dir.join("pids.max"), &max.to_string())?;
+        }
+        if let Some(soft) = resources.memory_reservation_bytes {
+            fsio::write(&self.dir.join("memory.low"), &soft.to_string())?;
+        }
+        if resources.cpuset_cpus.is_some() || resources.cpuset_mems.is_some() {
+            // Only containers that ask for it get the cpuset controller.
+            self.enable(&["cpuset"])?;
+        }
+        for (file, list) in [
+            ("cpuset.cpus", &resources.cpuset_cpus),
+            ("cpuset.mems", &resources.cpuset_mems),
+        ] {
+            if let Some(list) = list {
+                if !self.dir.join(file).exists() {
+                    return Err(CgroupError::ControllerMissing {
+                        controller: "cpuset",
+                    });
+                }
+                fsio::write(&self.dir.join(file), list)?;
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::init::STATUS_FD;
-use super::{Cgroups, ContainerError, Store, spawn};
+use super::{Cgroups, ContainerError, Store, pty, spawn};
 use crate::host::{caps, sys};
 use crate::runtime::spec::ContainerSpec;
 use crate::runtime::state::{self, ProcessId, Status};
@@ -29,6 +29,9 @@ pub struct ExecConfig {
     pub init: ProcessId,
     /// `/proc` of the host (a parameter for tests).
     pub proc_root: PathBuf,
+    /// Give the program a terminal of the container's devpts and relay it ([`super::pty`]).
+    #[serde(default)]
+    pub tty: bool,
 }
 
 /// What to run: args, extra env, and optional cwd and user overrides.
@@ -44,6 +47,8 @@ pub struct ExecRequest {
     pub user: Option<String>,
     /// Keep stdin attached.
     pub interactive: bool,
+    /// Allocate a terminal in the container for the program and relay the caller's.
+    pub tty: bool,
 }
 
 /// Runs `req` in the container `key`, waits for it, and returns its exit code.
@@ -78,6 +83,7 @@ pub fn exec(
         spec: spec.clone(),
         init,
         proc_root: PathBuf::from("/proc"),
+        tty: req.tty,
     };
     let config = serde_json::to_vec(&cfg).map_err(|e| ContainerError::Setup {
         id: id.clone(),
@@ -168,9 +174,20 @@ fn run(status: &OwnedFd) -> Result<u8, String> {
     drop(fds);
     // The program is forked from here: it must start in the container's cgroup.
     spawn::wait_cgroup_joined(cgroup_pipe)?;
+    // Our root is the container's now: its devpts instance is at /dev/pts.
+    let tty = match cfg.tty {
+        true => Some((pty::open_in_root()?, pty::prepare_signals()?)),
+        false => None,
+    };
     match sys::clone_process(0).map_err(|e| format!("fork: {e}"))? {
         sys::Forked::Child => {
-            let err = match exec_in_container(&cfg.spec) {
+            let attached = match &tty {
+                Some((p, mask)) => sys::sigprocmask(libc::SIG_SETMASK, mask)
+                    .map_err(|e| format!("restore signal mask: {e}"))
+                    .and_then(|_| pty::attach(p.peer.as_fd())),
+                None => Ok(()),
+            };
+            let err = match attached.and_then(|()| exec_in_container(&cfg.spec)) {
                 Ok(never) => match never {},
                 Err(e) => e,
             };
@@ -179,7 +196,13 @@ fn run(status: &OwnedFd) -> Result<u8, String> {
         }
         sys::Forked::Parent(child) => {
             super::forward_signals_to(child);
-            let (_, st) = sys::waitpid(child, 0).map_err(|e| format!("wait: {e}"))?;
+            let st = match tty {
+                Some((p, mask)) => {
+                    drop(p.peer);
+                    pty::relay(p.master, child, &mask)?
+                }
+                None => sys::waitpid(child, 0).map_err(|e| format!("wait: {e}"))?.1,
+            };
             let code = super::exit_from_status(st, false).code;
             Ok(u8::try_from(code).unwrap_or(255))
         }

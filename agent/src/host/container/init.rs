@@ -128,8 +128,82 @@ fn run(status: &OwnedFd) -> Result<Never, String> {
     }
 
     apply_seccomp(spec)?;
+    if spec.init {
+        return run_as_init(&program, &spec.args, &env, status);
+    }
     let err = sys::execve(&program, &spec.args, &env);
     Err(format!("exec {}: {err}", spec.args[0]))
+}
+
+/// `--init`: stays pid 1 as a minimal init (like tini, docker's `--init`) and runs the
+/// program as its child. With the process profile (user, capabilities, no_new_privs,
+/// seccomp) already applied, it blocks every signal, forks the program (which gets the old
+/// mask back before exec), then waits for signals: SIGCHLD reaps every exited child (orphans
+/// are reparented to pid 1), any other signal is forwarded to the program. When the program
+/// ends, the init exits with its code (128 + signal when it was killed) and the kernel ends
+/// the rest of the pid namespace. Blocking the signals (instead of leaving them at their
+/// default action, which pid 1 ignores) is what lets SIGTERM from outside the namespace, as
+/// `berth stop` sends it, reach the init and so the program.
+fn run_as_init(
+    program: &str,
+    args: &[String],
+    env: &[String],
+    status: &OwnedFd,
+) -> Result<Never, String> {
+    let all = sys::SigSet::full();
+    let old =
+        sys::sigprocmask(libc::SIG_SETMASK, &all).map_err(|e| format!("block signals: {e}"))?;
+    match sys::clone_process(0).map_err(|e| format!("fork the program: {e}"))? {
+        sys::Forked::Child => {
+            let err = match sys::sigprocmask(libc::SIG_SETMASK, &old) {
+                Ok(_) => sys::execve(program, args, env),
+                Err(e) => e,
+            };
+            // The report pipe is close-on-exec: the spawner sees EOF once the program runs.
+            let _ = sys::write_all_fd(
+                status.as_fd(),
+                format!("Eexec {}: {err}", args[0]).as_bytes(),
+            );
+            sys::exit_now(127)
+        }
+        sys::Forked::Parent(child) => {
+            // Only the program's copy of the report pipe may keep it open.
+            // SAFETY: fd 4 is the report pipe, owned by `main`'s OwnedFd, which this
+            // function never returns to: nothing uses or closes it again.
+            unsafe { libc::close(status.as_raw_fd()) };
+            let code = reap_until_exit(child, &all);
+            sys::exit_now(code)
+        }
+    }
+}
+
+/// The init's loop: reaps every child, forwards other signals to `child`, and returns the
+/// exit code once `child` has ended.
+fn reap_until_exit(child: i32, waited: &sys::SigSet) -> i32 {
+    loop {
+        let sig = match sys::sigwait(waited) {
+            Ok(sig) => sig,
+            // Cannot happen with a valid set; reap what there is and carry on.
+            Err(_) => libc::SIGCHLD,
+        };
+        if sig != libc::SIGCHLD {
+            let _ = sys::kill(child, sig);
+            continue;
+        }
+        // SIGCHLDs coalesce: collect every child that has exited.
+        while let Ok((pid, st)) = sys::waitpid(-1, libc::WNOHANG) {
+            if pid <= 0 {
+                break;
+            }
+            if pid == child {
+                return if libc::WIFSIGNALED(st) {
+                    128 + libc::WTERMSIG(st)
+                } else {
+                    libc::WEXITSTATUS(st)
+                };
+            }
+        }
+    }
 }
 
 /// The process half of the profile, shared by the init and `berth exec`: rlimits, user
@@ -148,8 +222,14 @@ pub fn prepare_process(
     }
     let passwd = std::fs::read_to_string("/etc/passwd").ok();
     let group = std::fs::read_to_string("/etc/group").ok();
-    let ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
+    let mut ids = crate::runtime::user::resolve(&spec.user, passwd.as_deref(), group.as_deref())
         .map_err(|e| e.to_string())?;
+    // OCI `additionalGids` on top of the groups from the container's /etc/group.
+    for g in &spec.additional_gids {
+        if !ids.groups.contains(g) {
+            ids.groups.push(*g);
+        }
+    }
     let mut env = spec.env.clone();
     if !env.iter().any(|e| e.starts_with("HOME=")) {
         env.push(format!("HOME={}", ids.home));

@@ -136,6 +136,29 @@ fn cg_err(path: &str, e: impl std::fmt::Display) -> ContainerError {
     }
 }
 
+/// The default device allow-list plus `rwm` on each of the spec's own device nodes.
+fn device_rules(spec: &ContainerSpec) -> Vec<crate::host::cgroup::DeviceRule> {
+    use crate::host::cgroup::{DeviceAccess, DeviceKind, DeviceRule};
+    let mut rules = crate::host::cgroup::default_device_rules();
+    rules.extend(
+        spec.devices
+            .iter()
+            .filter(|d| d.kind != 'p')
+            .map(|d| DeviceRule {
+                allow: true,
+                kind: if d.kind == 'b' {
+                    DeviceKind::Block
+                } else {
+                    DeviceKind::Char
+                },
+                major: Some(d.major),
+                minor: Some(d.minor),
+                access: DeviceAccess::ALL,
+            }),
+    );
+    rules
+}
+
 /// The cgroup limits for a spec's resources.
 pub fn cgroup_resources(r: &crate::runtime::spec::Resources) -> crate::host::cgroup::Resources {
     crate::host::cgroup::Resources {
@@ -148,6 +171,12 @@ pub fn cgroup_resources(r: &crate::runtime::spec::Resources) -> crate::host::cgr
         cpu_shares: r.cpu_shares,
         memory_bytes: r.memory,
         pids_max: r.pids.and_then(|p| u64::try_from(p).ok()),
+        memory_reservation_bytes: r.memory_reservation,
+        memory_swappiness: r.memory_swappiness,
+        memory_kernel_tcp_bytes: r.memory_kernel_tcp,
+        disable_oom_killer: r.disable_oom_killer,
+        cpuset_cpus: r.cpuset_cpus.clone(),
+        cpuset_mems: r.cpuset_mems.clone(),
     }
 }
 
@@ -176,7 +205,7 @@ impl Cgroups for HostCgroups {
         cg.create().map_err(|e| cg_err(&path, e))?;
         let applied = cg
             .apply(&cgroup_resources(&spec.resources))
-            .and_then(|()| cg.apply_devices(&crate::host::cgroup::default_device_rules()));
+            .and_then(|()| cg.apply_devices(&device_rules(spec)));
         if let Err(e) = applied {
             let _ = cg.delete();
             return Err(cg_err(&path, e));

@@ -11,6 +11,7 @@
 pub mod exec;
 pub mod init;
 pub mod limits;
+pub mod pty;
 pub mod shim;
 pub mod spawn;
 

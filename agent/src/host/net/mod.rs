@@ -45,6 +45,15 @@ const BRIDGE_FILE: &str = "bridge.json";
 /// The configuration the agent last opened the network with (teardown uses it).
 const CONFIG_FILE: &str = "config.json";
 
+/// Present while this data dir's egress NAT rule may exist: the rule exactly as added
+/// (`iptables -t nat -A <rule>`), so it can be deleted exactly (`-D <rule>`).
+const NAT_FILE: &str = "nat.json";
+
+#[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct NatRecord {
+    rule: Vec<String>,
+}
+
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct BridgeRecord {
     /// The bridge this data dir created.
@@ -79,6 +88,8 @@ pub struct CleanupReport {
     pub ports: Vec<String>,
     /// The bridge, when [`Network::teardown`] deleted it.
     pub bridge: Option<String>,
+    /// This data dir's egress NAT rule was deleted (`iptables -t nat -S` form).
+    pub nat_rule: Option<String>,
 }
 
 /// `berth down`'s network half: opens `data_dir`'s networking state with the configuration
@@ -135,6 +146,13 @@ impl Network {
         let net = Self::open_state(cfg, host, data_dir)?;
         let lock = net.state.lock()?;
         net.state.write(&lock, CONFIG_FILE, &net.cfg)?;
+        // A rule left by an earlier run whose NAT was turned off or changed (subnet, bridge):
+        // an orphan now.
+        if let Some(rec) = net.state.read::<NatRecord>(&lock, NAT_FILE)?
+            && (!net.cfg.egress_nat || rec.rule != net.nat_rule())
+        {
+            net.delete_nat(&lock, &rec)?;
+        }
         drop(lock);
         Ok(net)
     }
@@ -219,25 +237,68 @@ impl Network {
             op: "enable forwarding",
             source,
         })?;
-        let subnet = self.cfg.subnet.to_string();
-        let rule = [
-            "POSTROUTING",
-            "-s",
-            subnet.as_str(),
-            "!",
-            "-o",
-            self.cfg.bridge.as_str(),
-            "-j",
-            "MASQUERADE",
-        ];
-        let mut check = vec!["-t", "nat", "-C"];
-        check.extend_from_slice(&rule);
-        if ip::iptables(&self.host, &check).is_err() {
-            let mut add = vec!["-t", "nat", "-A"];
-            add.extend_from_slice(&rule);
-            ip::iptables(&self.host, &add)?;
+        let rule = self.nat_rule();
+        let lock = self.state.lock()?;
+        if let Some(old) = self.state.read::<NatRecord>(&lock, NAT_FILE)?
+            && old.rule != rule
+        {
+            self.delete_nat(&lock, &old)?;
+        }
+        // Recorded before it exists, so a crash in between cannot leak an unrecorded rule.
+        self.state
+            .write(&lock, NAT_FILE, &NatRecord { rule: rule.clone() })?;
+        if self.iptables_nat("-C", &rule).is_err() {
+            self.iptables_nat("-A", &rule)?;
         }
         Ok(())
+    }
+
+    /// This data dir's MASQUERADE rule. The comment names the data dir (a hash of its
+    /// path), so agents sharing a subnet and namespace each own a rule of their own and
+    /// teardown deletes exactly ours, never a rule someone else added.
+    fn nat_rule(&self) -> Vec<String> {
+        use sha2::Digest;
+        let dir = self.state.path().to_string_lossy().into_owned();
+        let tag = hex::encode(sha2::Sha256::digest(dir.as_bytes()));
+        let comment = format!("berth egress-nat {}", tag.get(..16).unwrap_or(&tag));
+        [
+            "POSTROUTING",
+            "-s",
+            &self.cfg.subnet.to_string(),
+            "!",
+            "-o",
+            &self.cfg.bridge,
+            "-m",
+            "comment",
+            "--comment",
+            &comment,
+            "-j",
+            "MASQUERADE",
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    fn iptables_nat(&self, op: &str, rule: &[String]) -> Result<String, NetError> {
+        let mut args = vec!["-t", "nat", op];
+        args.extend(rule.iter().map(String::as_str));
+        ip::iptables(&self.host, &args)
+    }
+
+    /// Deletes the recorded rule (every copy of it), then the record. Whether a rule was
+    /// there.
+    fn delete_nat(&self, lock: &state::StateLock, rec: &NatRecord) -> Result<bool, NetError> {
+        let mut deleted = false;
+        // Bounded: a rule that `-C` finds but `-D` cannot delete fails the `-D`.
+        for _ in 0..16 {
+            if self.iptables_nat("-C", &rec.rule).is_err() {
+                break;
+            }
+            self.iptables_nat("-D", &rec.rule)?;
+            deleted = true;
+        }
+        self.state.remove(lock, NAT_FILE)?;
+        Ok(deleted)
     }
 
     /// The namespace file of an instance.
@@ -438,6 +499,11 @@ impl Network {
                 report.bridge = Some(rec.created);
             }
             self.state.remove(&lock, BRIDGE_FILE)?;
+        }
+        if let Some(rec) = self.state.read::<NatRecord>(&lock, NAT_FILE)?
+            && self.delete_nat(&lock, &rec)?
+        {
+            report.nat_rule = Some(rec.rule.join(" "));
         }
         Ok(report)
     }

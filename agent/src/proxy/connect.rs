@@ -1,0 +1,168 @@
+//! Connecting to a backend, for both modes.
+//!
+//! Backends are on this host (an instance's address on the bridge, or a loopback port), so
+//! a connect completes within a millisecond — unless its SYN was dropped because the app's
+//! accept queue was full (busybox httpd listens with a backlog of 9; any app that is slow
+//! to accept under a burst of new connections). The kernel retransmits a dropped SYN only
+//! after TCP's initial RTO, 1 s (then 3 s): every such request would wait a second. That
+//! was the proxied latency tail (p99 ≈ 1 s) of `scripts/bench-proxy`; a client connecting
+//! straight to the app waits the same second, but in its own connect, which wrk does not
+//! count as latency.
+//!
+//! So an attempt still pending after [`RESYN_AFTER`] is raced by a fresh one (a new SYN at
+//! once), and again every [`RESYN_AFTER`], up to [`MAX_ATTEMPTS`] in all (then the pending
+//! ones' own retransmits go on until the connect timeout); the first attempt to connect wins
+//! and the others are dropped (closed; the app may see a connection that closes without a
+//! request). A constant interval, not a doubling one: under a full queue, the slot that
+//! frees goes to whichever SYN arrives next, so a request that has waited longest keeps the
+//! same chance as a new one instead of falling behind (the tail is what this is about). An attempt that fails (refused, unreachable) ends the connect with its
+//! error at once, so the caller can try another backend.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::Uri;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+/// A connect attempt still pending after this is raced by another, and so on.
+pub(crate) const RESYN_AFTER: Duration = Duration::from_millis(100);
+
+/// Most connect attempts (sockets) one connect makes: bounds the SYN_SENT sockets a backend
+/// that never answers costs while its connect timeout runs.
+pub(crate) const MAX_ATTEMPTS: u32 = 8;
+
+/// Connects to `addr` within `timeout`, racing a fresh attempt against the pending ones
+/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY` is set on the result.
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    let start = Instant::now();
+    let deadline = start + timeout;
+    let mut attempts: JoinSet<io::Result<TcpStream>> = JoinSet::new();
+    attempts.spawn(TcpStream::connect(addr));
+    let mut started = 1;
+    let mut next = start + RESYN_AFTER;
+    loop {
+        tokio::select! {
+            done = attempts.join_next() => match done {
+                Some(Ok(Ok(stream))) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(stream);
+                }
+                Some(Ok(Err(e))) => return Err(e),
+                Some(Err(e)) => return Err(io::Error::other(e)),
+                // Not reached: the set is never empty here.
+                None => return Err(io::Error::other("no connect attempt")),
+            },
+            () = tokio::time::sleep_until(next), if next < deadline && started < MAX_ATTEMPTS => {
+                tracing::debug!(%addr, after_ms = (next - start).as_millis(), "connect pending: racing a fresh attempt");
+                attempts.spawn(TcpStream::connect(addr));
+                started += 1;
+                next += RESYN_AFTER;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("connecting to {addr} timed out after {timeout:?}"),
+                ));
+            }
+        }
+    }
+}
+
+/// hyper's connector over [`connect`]: the request URI's authority is the backend's
+/// `ip:port`.
+#[derive(Debug, Clone)]
+pub(crate) struct Connector {
+    pub(crate) timeout: Duration,
+}
+
+impl tower_service::Service<Uri> for Connector {
+    type Response = TokioIo<TcpStream>;
+    type Error = io::Error;
+    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let timeout = self.timeout;
+        Box::pin(async move {
+            let addr: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| {
+                    io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("backend address in {uri} is not ip:port"),
+                    )
+                })?;
+            Ok(TokioIo::new(connect(addr, timeout).await?))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connect_fails_at_once() {
+        // A port nobody listens on: bind, note the port, close.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let t = Instant::now();
+        let e = connect(addr, Duration::from_secs(2)).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_accept_queue_costs_far_less_than_the_syn_retransmit() {
+        // A listener with a backlog of 1 that accepts nothing: further SYNs are dropped
+        // once its queue is full, as with a busy busybox httpd.
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = sock.listen(1).unwrap();
+        let addr = listener.local_addr().unwrap();
+        // Fill the queue (its connects complete in the kernel without an accept).
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(Duration::from_millis(50), TcpStream::connect(addr)).await
+            {
+                held.push(s);
+            }
+        }
+        // Accept after 150 ms, making room: a plain connect would wait for the retransmitted
+        // SYN at ~1 s; the racing one gets in with the next fresh attempt (at 200 ms).
+        let accepter = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let mut kept = Vec::new();
+            while let Ok(Ok((s, _))) =
+                tokio::time::timeout(Duration::from_millis(300), listener.accept()).await
+            {
+                kept.push(s);
+            }
+            kept
+        });
+        let t = Instant::now();
+        let s = connect(addr, Duration::from_secs(2)).await;
+        let took = t.elapsed();
+        assert!(s.is_ok(), "{s:?}");
+        assert!(took < Duration::from_millis(800), "took {took:?}");
+        drop(held);
+        let _ = accepter.await;
+    }
+}
