@@ -163,6 +163,9 @@ pub struct Core<S: Store> {
     placed_states: std::sync::Mutex<BTreeMap<String, HostState>>,
 }
 
+/// Above this many reports, a batch reads every host record in one range read.
+const REPORT_BATCH_LIST: usize = 32;
+
 /// A report waiting for its batch, and where its outcome goes.
 struct PendingReport {
     report: HostReport,
@@ -1226,6 +1229,28 @@ impl<S: Store> Core<S> {
         let mut returned = false;
         let mut converged = Vec::new();
         let mut accepted = Vec::new();
+        if batch.len() > REPORT_BATCH_LIST {
+            // one range read for a large batch instead of a store read per host (each a
+            // trip to the blocking pool): only the batch's hosts are decoded
+            let wanted: std::collections::BTreeSet<&str> =
+                batch.iter().map(|p| p.report.host.as_str()).collect();
+            match self.store.list("hosts/").await {
+                Ok(all) => {
+                    for (key, entry) in all {
+                        let Some(name) = key.strip_prefix("hosts/") else {
+                            continue;
+                        };
+                        if !wanted.contains(name) {
+                            continue;
+                        }
+                        if let Ok(record) = decode::<HostRecord>(&key, &entry.value) {
+                            hosts.insert(name.to_string(), (record, entry.version));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the hosts of a report batch"),
+            }
+        }
         for PendingReport { mut report, reply } in batch {
             let host = report.host.clone();
             let assigned = match self
