@@ -299,28 +299,6 @@ impl<S: Store> Core<S> {
         }
     }
 
-    /// Reads every stored assignment into the cache at once (one range read instead of a
-    /// read per host).
-    async fn load_assignments(&self) -> Result<(), CoreError> {
-        let generation = self.cache().generation;
-        for (key, entry) in self.store.list("assignments/").await? {
-            let Some(host) = key.strip_prefix("assignments/") else {
-                continue;
-            };
-            if self.cache().hosts.contains_key(host) {
-                continue;
-            }
-            let assignment: Assignment = decode(&key, &entry.value)?;
-            let found = Arc::new(CachedAssignment {
-                assignment,
-                json: bytes::Bytes::from(entry.value),
-                store_version: entry.version,
-            });
-            self.cache_read(generation, host, found);
-        }
-        Ok(())
-    }
-
     /// The store's revision (followers watch it to notice the leader's writes).
     pub async fn store_revision(&self) -> Result<u64, CoreError> {
         Ok(self.store.revision().await?)
