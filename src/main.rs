@@ -88,6 +88,9 @@ enum Command {
     ExecHelper,
     /// Run the per-host agent: long-poll the controller, run the assignment, report
     Agent(cmd::agent::Args),
+    /// Many simulated agents against a controller (the scale harness; not for people)
+    #[command(name = "__sim-agents", hide = true)]
+    SimAgents(cmd::sim_agents::Args),
     /// Run the long-lived per-host proxy the agent configures over a unix socket
     Proxy(cmd::proxy::Args),
 }
@@ -165,6 +168,7 @@ fn main() -> ExitCode {
         Command::ExecHelper => Ok(cmd::runtime_init::exec()),
         Command::Agent(args) => cmd::agent::run(&cli.global, args),
         Command::Proxy(args) => cmd::proxy::run(&cli.global, args),
+        Command::SimAgents(args) => cmd::sim_agents::run(&cli.global, args),
     };
     cmd::exit_code(result)
 }

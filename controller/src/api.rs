@@ -782,39 +782,47 @@ async fn assignment<S: Store>(
     State(state): State<ApiState<S>>,
     Path(host): Path<String>,
     Query(q): Query<AssignmentQuery>,
-) -> ApiResult<Json<wire::Assignment>> {
+) -> ApiResult<Response> {
     let wait = Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
     let mut changes = state.core.assignment_changes();
     let mut shutdown = state.shutdown.clone();
     let deadline = tokio::time::Instant::now() + wait;
     loop {
         changes.borrow_and_update();
-        let current = state.core.assignment(&host).await?;
+        // from the cache: a change wakes every long-poll, and most find their version as it
+        // was (no store read, no decoding, no encoding)
+        let current = state.core.assignment_json(&host).await?;
         let Some(current) = current else {
             return Err(CoreError::NoSuchHost { host }.into());
         };
-        if q.after != Some(current.version) || *shutdown.borrow() {
-            return Ok(answered(&state, &host, current));
+        if q.after != Some(current.assignment.version) || *shutdown.borrow() {
+            return Ok(answered(&state, &host, &current));
         }
         tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(answered(&state, &host, current)),
-            r = changes.changed() => if r.is_err() { return Ok(answered(&state, &host, current)) },
-            _ = shutdown.changed() => return Ok(answered(&state, &host, current)),
+            _ = tokio::time::sleep_until(deadline) => return Ok(answered(&state, &host, &current)),
+            r = changes.changed() => if r.is_err() { return Ok(answered(&state, &host, &current)) },
+            _ = shutdown.changed() => return Ok(answered(&state, &host, &current)),
         }
     }
 }
 
 /// An assignment answer leaves for `host`: it delivers its version (assignment latency).
+/// The body is the stored JSON, encoded once when the assignment was written.
 fn answered<S: Store>(
     state: &ApiState<S>,
     host: &str,
-    current: wire::Assignment,
-) -> Json<wire::Assignment> {
-    state
-        .core
-        .metrics()
-        .assignment_answered(host, current.version, tokio::time::Instant::now());
-    Json(current)
+    current: &crate::state::CachedAssignment,
+) -> Response {
+    state.core.metrics().assignment_answered(
+        host,
+        current.assignment.version,
+        tokio::time::Instant::now(),
+    );
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        current.json.clone(),
+    )
+        .into_response()
 }
 
 async fn report<S: Store>(

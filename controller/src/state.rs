@@ -8,8 +8,9 @@
 //! version conditions still guard against a second writer on the same store (a conflict is
 //! reported, never a lost write). It owns no sockets: [`api`](crate::api) serves it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_manifests::wire::{
     AppReport, AppStatus, Assignment, Capacity, ClusterStatus, Event, HostPlacement, HostReport,
@@ -78,6 +79,29 @@ pub enum CoreError {
 }
 
 impl CoreError {
+    /// The same failure again, for each of several callers it concerns (a batch's).
+    fn again(&self) -> CoreError {
+        match self {
+            CoreError::Conflict { what } => CoreError::Conflict { what: what.clone() },
+            CoreError::NoSuchHost { host } => CoreError::NoSuchHost { host: host.clone() },
+            CoreError::NoSuchApp { app } => CoreError::NoSuchApp { app: app.clone() },
+            CoreError::Invalid(m) => CoreError::Invalid(m.clone()),
+            CoreError::Corrupt { key, reason } => CoreError::Corrupt {
+                key: key.clone(),
+                reason: reason.clone(),
+            },
+            CoreError::Store(StoreError::NotLeader { reason }) => {
+                CoreError::Store(StoreError::NotLeader {
+                    reason: reason.clone(),
+                })
+            }
+            other => CoreError::Store(StoreError::Backend {
+                backend: "controller",
+                reason: other.to_string(),
+            }),
+        }
+    }
+
     /// The error's class.
     pub fn kind(&self) -> crate::ErrorKind {
         use crate::ErrorKind as K;
@@ -122,6 +146,14 @@ pub struct Core<S: Store> {
     /// The last head processed and the error lines it gave (empty: applied).
     sync_lock: Mutex<Option<(String, Vec<String>)>>,
     assignments: watch::Sender<u64>,
+    /// Every host's assignment as last read or written, decoded and as JSON.
+    cache: std::sync::Mutex<AssignmentCache>,
+    /// Reassignments asked for by registrations ([`Core::reassign_coalesced`]).
+    reassign_asked: AtomicU64,
+    /// The newest ask a finished reassignment covers; its lock serializes them.
+    reassign_done: Mutex<u64>,
+    /// Reports waiting for the next group commit ([`Core::report`]).
+    reports: std::sync::Mutex<Vec<PendingReport>>,
     metrics: Arc<Metrics>,
     /// Hosts are not found silent before this (Unix ms): when this controller started or
     /// became the leader (hosts look silent while no controller listens).
@@ -129,6 +161,35 @@ pub struct Core<S: Store> {
     /// The host states the last placement used; the liveness check places again when
     /// they changed.
     placed_states: std::sync::Mutex<BTreeMap<String, HostState>>,
+}
+
+/// Above this many reports, a batch reads every host record in one range read.
+const REPORT_BATCH_LIST: usize = 32;
+
+/// A report waiting for its batch, and where its outcome goes.
+struct PendingReport {
+    report: HostReport,
+    reply: tokio::sync::oneshot::Sender<Result<(), CoreError>>,
+}
+
+/// A host's stored assignment, decoded and as the JSON bytes stored (what a long-poll
+/// answers with: encoded once per change, not once per answer).
+#[derive(Debug)]
+pub struct CachedAssignment {
+    /// The assignment.
+    pub assignment: Assignment,
+    /// Its JSON.
+    pub json: bytes::Bytes,
+    /// The store version of its key (the condition of the next write).
+    store_version: u64,
+}
+
+/// The assignments read or written, and a generation that every clear bumps (a read that
+/// started before a clear must not refill the cache with what it read).
+#[derive(Debug, Default)]
+struct AssignmentCache {
+    generation: u64,
+    hosts: HashMap<String, Arc<CachedAssignment>>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
@@ -176,6 +237,10 @@ impl<S: Store> Core<S> {
             write: Mutex::new(()),
             sync_lock: Mutex::new(None),
             assignments,
+            cache: std::sync::Mutex::default(),
+            reassign_asked: AtomicU64::new(0),
+            reassign_done: Mutex::new(0),
+            reports: std::sync::Mutex::default(),
             metrics: Arc::new(Metrics::new()),
             live_floor_ms: std::sync::atomic::AtomicU64::new(now),
             placed_states: std::sync::Mutex::new(BTreeMap::new()),
@@ -200,7 +265,38 @@ impl<S: Store> Core<S> {
     /// Wakes long-polls to re-read their assignment: a follower controller calls it when
     /// the shared store changed under it (the leader wrote).
     pub fn wake_assignments(&self) {
+        self.clear_assignment_cache();
         self.assignments.send_modify(|g| *g += 1);
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, AssignmentCache> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Drops the cached assignments: the store changed under this controller (another
+    /// controller wrote, or a write of ours conflicted).
+    fn clear_assignment_cache(&self) {
+        let mut cache = self.cache();
+        cache.generation += 1;
+        cache.hosts.clear();
+    }
+
+    /// Caches what a read found, unless the cache was cleared since the read began
+    /// (`generation`) or holds a newer write.
+    fn cache_read(&self, generation: u64, host: &str, found: Arc<CachedAssignment>) {
+        let mut cache = self.cache();
+        if cache.generation != generation {
+            return;
+        }
+        let newer = cache
+            .hosts
+            .get(host)
+            .is_some_and(|c| c.store_version >= found.store_version);
+        if !newer {
+            cache.hosts.insert(host.to_string(), found);
+        }
     }
 
     /// The store's revision (followers watch it to notice the leader's writes).
@@ -214,6 +310,7 @@ impl<S: Store> Core<S> {
     /// have reported to no one while no controller led).
     pub async fn forget_seen_head(&self) {
         *self.sync_lock.lock().await = None;
+        self.clear_assignment_cache();
         self.live_floor_ms
             .store(self.now_ms(), std::sync::atomic::Ordering::SeqCst);
     }
@@ -395,11 +492,53 @@ impl<S: Store> Core<S> {
 
     /// The stored assignment of `host`.
     pub async fn assignment(&self, host: &str) -> Result<Option<Assignment>, CoreError> {
+        Ok(self
+            .assignment_json(host)
+            .await?
+            .map(|c| c.assignment.clone()))
+    }
+
+    /// The stored assignment of `host` with its JSON, from the cache when it holds it.
+    pub async fn assignment_json(
+        &self,
+        host: &str,
+    ) -> Result<Option<Arc<CachedAssignment>>, CoreError> {
+        let generation = {
+            let cache = self.cache();
+            if let Some(c) = cache.hosts.get(host) {
+                return Ok(Some(c.clone()));
+            }
+            cache.generation
+        };
         let key = assignment_key(host);
-        match self.store.get(&key).await? {
-            Some(e) => Ok(Some(decode(&key, &e.value)?)),
-            None => Ok(None),
+        let Some(entry) = self.store.get(&key).await? else {
+            return Ok(None);
+        };
+        let assignment: Assignment = decode(&key, &entry.value)?;
+        let found = Arc::new(CachedAssignment {
+            assignment,
+            json: bytes::Bytes::from(entry.value),
+            store_version: entry.version,
+        });
+        self.cache_read(generation, host, found.clone());
+        Ok(Some(found))
+    }
+
+    /// [`Core::reassign`] for a registration: registrations that arrive together share one
+    /// reassignment (each computes every host's placement), so a thousand agents starting at
+    /// once cost a few dozen placements, not a thousand. Call without the write lock.
+    async fn reassign_coalesced(&self) -> Result<(), CoreError> {
+        let ticket = self.reassign_asked.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut done = self.reassign_done.lock().await;
+        if *done >= ticket {
+            return Ok(());
         }
+        // every ask up to here wrote its host before asking: this run sees them all
+        let covering = self.reassign_asked.load(Ordering::SeqCst);
+        let _write = self.write.lock().await;
+        self.reassign().await?;
+        *done = covering;
+        Ok(())
     }
 
     /// Recomputes every host's assignment from the apps' targets and the hosts' states;
@@ -410,19 +549,25 @@ impl<S: Store> Core<S> {
         let histories = self.histories().await?;
         let hosts = self.hosts().await?;
         let stored = self.assignments().await?;
+        let started = tokio::time::Instant::now();
         let (placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
+        let place_s = started.elapsed().as_secs_f64();
+        let placements: usize = placed.hosts.values().map(Vec::len).sum();
+        let app_count = histories.values().filter(|(h, _)| h.record.in_git).count();
         let mut txn = Txn::new();
         let mut written = Vec::new();
         for (host, apps) in placed.hosts {
             let key = assignment_key(&host);
             let previous = stored.get(&host);
             if let Some(next) = assign::next_assignment(&host, previous.map(|(a, _)| a), apps) {
-                written.push((host.clone(), next.version));
+                let json = encode(&next);
                 txn = txn
                     .when_version(key.clone(), previous.map(|(_, v)| *v))
-                    .put(key, encode(&next));
+                    .put(key, json.clone());
+                written.push((host, next, bytes::Bytes::from(json)));
             }
         }
+        let changed = written.len();
         let old_unplaced = self.unplaced().await?;
         let mut events = Vec::new();
         if old_unplaced != placed.unplaced {
@@ -468,8 +613,21 @@ impl<S: Store> Core<S> {
                 })
                 .collect::<Vec<_>>(),
         );
+        let mut revision = 0;
         if !txn.ops.is_empty() {
-            self.commit(txn, "assignments").await?;
+            revision = match self.store.commit(txn).await {
+                Ok(Outcome::Applied { revision }) => revision,
+                Ok(Outcome::Conflict) => {
+                    self.clear_assignment_cache();
+                    return Err(CoreError::Conflict {
+                        what: "assignments".into(),
+                    });
+                }
+                Err(e) => {
+                    self.clear_assignment_cache();
+                    return Err(e.into());
+                }
+            };
         }
         *self
             .placed_states
@@ -480,11 +638,37 @@ impl<S: Store> Core<S> {
         }
         if !written.is_empty() {
             let at = tokio::time::Instant::now();
-            for (host, version) in written {
-                self.metrics.assignment_written(&host, version, at);
+            let mut cache = self.cache();
+            for (host, assignment, json) in written {
+                self.metrics
+                    .assignment_written(&host, assignment.version, at);
+                cache.hosts.insert(
+                    host,
+                    Arc::new(CachedAssignment {
+                        assignment,
+                        json,
+                        store_version: revision,
+                    }),
+                );
             }
+            drop(cache);
             self.assignments.send_modify(|g| *g += 1);
         }
+        let total_s = started.elapsed().as_secs_f64();
+        tracing::info!(
+            apps = app_count,
+            hosts = hosts.len(),
+            placements,
+            changed,
+            place_ms = place_s * 1e3,
+            total_ms = total_s * 1e3,
+            placements_per_s = if place_s > 0.0 {
+                placements as f64 / place_s
+            } else {
+                0.0
+            },
+            "placed apps on hosts"
+        );
         Ok(())
     }
 
@@ -904,7 +1088,7 @@ impl<S: Store> Core<S> {
                 reg.name
             )));
         }
-        let _write = self.write.lock().await;
+        let write = self.write.lock().await;
         let now = self.now_ms();
         let key = host_key(&reg.name);
         let entry = self.store.get(&key).await?;
@@ -964,8 +1148,8 @@ impl<S: Store> Core<S> {
                 ),
             )])
             .await?;
-        self.reassign().await?;
-        self.refresh_host_metrics().await?;
+        drop(write);
+        self.reassign_coalesced().await?;
         let version = self.assignment(&reg.name).await?.map_or(0, |a| a.version);
         Ok(Registered {
             name: reg.name,
@@ -973,8 +1157,11 @@ impl<S: Store> Core<S> {
         })
     }
 
-    /// Takes a host's report: heartbeat, instances, rollout outcomes, events.
-    pub async fn report(&self, host: &str, mut report: HostReport) -> Result<(), CoreError> {
+    /// Takes a host's report: heartbeat, instances, rollout outcomes, events. Reports that
+    /// arrive while another write runs are applied together, in one store transaction and
+    /// one event append (a group commit: ten thousand hosts reporting every ten seconds
+    /// would otherwise be a thousand synced commits a second).
+    pub async fn report(&self, host: &str, report: HostReport) -> Result<(), CoreError> {
         if report.host != host {
             return Err(CoreError::Invalid(format!(
                 "report names host {:?} but was sent for {host:?}",
@@ -986,138 +1173,247 @@ impl<S: Store> Core<S> {
                 "a report carries at most {MAX_REPORT_EVENTS} events; send the rest in the next one"
             )));
         }
-        let _write = self.write.lock().await;
-        let now = self.now_ms();
-        let key = host_key(host);
-        let entry = self
-            .store
-            .get(&key)
-            .await?
-            .ok_or_else(|| CoreError::NoSuchHost {
-                host: host.to_string(),
-            })?;
-        let mut record: HostRecord = decode(&key, &entry.value)?;
-        let mut events = std::mem::take(&mut report.events);
-        // a host speaks only for the apps assigned to it
-        let assigned = self.assignment(host).await?;
-        let mut stored = Histories::new();
-        for app in &report.apps {
-            let mine = assigned
-                .as_ref()
-                .is_some_and(|a| a.apps.iter().any(|x| x.target.app == app.app));
-            if mine && !stored.contains_key(&app.app) {
-                stored.extend(self.histories_under(&format!("apps/{}/", app.app)).await?);
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pending_reports().push(PendingReport { report, reply });
+        {
+            let _write = self.write.lock().await;
+            let batch = std::mem::take(&mut *self.pending_reports());
+            if !batch.is_empty() {
+                self.apply_reports(batch).await;
             }
         }
-        let mut txn = Txn::new();
-        let mut retarget = false;
+        answer.await.unwrap_or_else(|_| {
+            Err(CoreError::Conflict {
+                what: format!("the report of host {host} (its batch was interrupted)"),
+            })
+        })
+    }
+
+    fn pending_reports(&self) -> std::sync::MutexGuard<'_, Vec<PendingReport>> {
+        self.reports
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Applies a batch of reports (with the write lock held) and answers each.
+    async fn apply_reports(&self, batch: Vec<PendingReport>) {
+        let now = self.now_ms();
+        let mut hosts: BTreeMap<String, (HostRecord, u64)> = BTreeMap::new();
+        let mut original = Histories::new();
+        let mut current: BTreeMap<String, AppHistory> = BTreeMap::new();
+        let mut events = Vec::new();
         let mut outcomes = Vec::new();
-        for app in &report.apps {
-            let Some(old) = stored.get(&app.app) else {
-                continue;
-            };
-            let (new, outcome) = revisions::apply_report(old.0.clone(), app, now);
-            match outcome {
-                ReportOutcome::Nothing => continue,
-                ReportOutcome::Completed { revision } => {
-                    outcomes.push((app.app.clone(), RolloutResult::Complete, false));
-                    events.push(event(
-                        now,
-                        format!("app/{}", app.app),
-                        "RolloutComplete",
-                        format!("revision {revision} is ready on host {host}"),
-                    ));
-                }
-                ReportOutcome::Failed {
-                    revision,
-                    to,
-                    reason,
-                } => {
-                    retarget = true;
-                    let result = match app.rollout {
-                        berth_manifests::wire::RolloutState::RolledBack { .. } => {
-                            RolloutResult::RolledBack
+        let mut retarget = false;
+        let mut returned = false;
+        let mut converged = Vec::new();
+        let mut accepted = Vec::new();
+        if batch.len() > REPORT_BATCH_LIST {
+            // one range read for a large batch instead of a store read per host (each a
+            // trip to the blocking pool): only the batch's hosts are decoded
+            let wanted: std::collections::BTreeSet<&str> =
+                batch.iter().map(|p| p.report.host.as_str()).collect();
+            match self.store.list("hosts/").await {
+                Ok(all) => {
+                    for (key, entry) in all {
+                        let Some(name) = key.strip_prefix("hosts/") else {
+                            continue;
+                        };
+                        if !wanted.contains(name) {
+                            continue;
                         }
-                        _ => RolloutResult::Failed,
-                    };
-                    outcomes.push((app.app.clone(), result, to.is_some()));
-                    let back = match to {
-                        Some(to) => format!("; back to revision {to}"),
-                        None => "; there is no earlier good revision".into(),
-                    };
+                        if let Ok(record) = decode::<HostRecord>(&key, &entry.value) {
+                            hosts.insert(name.to_string(), (record, entry.version));
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "reading the hosts of a report batch"),
+            }
+        }
+        for PendingReport { mut report, reply } in batch {
+            let host = report.host.clone();
+            let assigned = match self
+                .load_for_report(&report, &mut hosts, &mut original)
+                .await
+            {
+                Ok(Some(assigned)) => assigned,
+                Ok(None) => {
+                    let _ = reply.send(Err(CoreError::NoSuchHost { host }));
+                    continue;
+                }
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    continue;
+                }
+            };
+            let assigned = assigned.map(|c| c.assignment.clone());
+            events.append(&mut report.events);
+            for app in &report.apps {
+                let Some(old) = current
+                    .get(&app.app)
+                    .cloned()
+                    .or_else(|| original.get(&app.app).map(|(h, _)| h.clone()))
+                else {
+                    continue;
+                };
+                let (new, outcome) = revisions::apply_report(old, app, now);
+                match outcome {
+                    ReportOutcome::Nothing => continue,
+                    ReportOutcome::Completed { revision } => {
+                        outcomes.push((app.app.clone(), RolloutResult::Complete, false));
+                        events.push(event(
+                            now,
+                            format!("app/{}", app.app),
+                            "RolloutComplete",
+                            format!("revision {revision} is ready on host {host}"),
+                        ));
+                    }
+                    ReportOutcome::Failed {
+                        revision,
+                        to,
+                        reason,
+                    } => {
+                        retarget = true;
+                        let result = match app.rollout {
+                            berth_manifests::wire::RolloutState::RolledBack { .. } => {
+                                RolloutResult::RolledBack
+                            }
+                            _ => RolloutResult::Failed,
+                        };
+                        outcomes.push((app.app.clone(), result, to.is_some()));
+                        let back = match to {
+                            Some(to) => format!("; back to revision {to}"),
+                            None => "; there is no earlier good revision".into(),
+                        };
+                        events.push(event(
+                            now,
+                            format!("app/{}", app.app),
+                            "RevisionFailed",
+                            format!(
+                                "revision {revision} failed on host {host}: {reason}{back}; it is not retried until the manifest changes"
+                            ),
+                        ));
+                    }
+                }
+                current.insert(app.app.clone(), new);
+            }
+            if let Some((record, _)) = hosts.get_mut(&host) {
+                if self.host_state(record, now) == HostState::Down {
+                    record.down_since_ms = None;
+                    record.returned_ms = Some(now);
+                    returned = true;
                     events.push(event(
                         now,
-                        format!("app/{}", app.app),
-                        "RevisionFailed",
+                        format!("host/{host}"),
+                        "HostReturned",
                         format!(
-                            "revision {revision} failed on host {host}: {reason}{back}; it is not retried until the manifest changes"
+                            "host {host} reports again after being down; it gets work once it has reported for {:.1}s",
+                            self.host_grace_ms as f64 / 1000.0
                         ),
                     ));
                 }
+                record.last_seen_ms = now;
+                if let Some(since) = record.converging_since_ms
+                    && converged_on(
+                        assigned.as_ref(),
+                        &report,
+                        self.host_state(record, now) == HostState::Ready,
+                    )
+                {
+                    let took = now.saturating_sub(since);
+                    record.converging_since_ms = None;
+                    record.converged_in_ms = Some(took);
+                    converged.push(took);
+                    let instances: u32 = assigned
+                        .iter()
+                        .flat_map(|a| &a.apps)
+                        .map(|x| assign::share(x.scale))
+                        .sum();
+                    events.push(event(
+                        now,
+                        format!("host/{host}"),
+                        "HostConverged",
+                        format!(
+                            "host {host} converged {:.1}s after registering: {instances} assigned instance(s) ready",
+                            took as f64 / 1000.0
+                        ),
+                    ));
+                }
+                record.last_report = Some(report);
             }
-            txn = Self::save(txn, Some(old), &new);
+            accepted.push(reply);
         }
-        if self.host_state(&record, now) == HostState::Down {
-            record.down_since_ms = None;
-            record.returned_ms = Some(now);
-            events.push(event(
-                now,
-                format!("host/{host}"),
-                "HostReturned",
-                format!(
-                    "host {host} reports again after being down; it gets work once it has reported for {:.1}s",
-                    self.host_grace_ms as f64 / 1000.0
-                ),
-            ));
+        if accepted.is_empty() {
+            return;
         }
-        record.last_seen_ms = now;
-        let mut converged = None;
-        if let Some(since) = record.converging_since_ms
-            && converged_on(
-                assigned.as_ref(),
-                &report,
-                self.host_state(&record, now) == HostState::Ready,
-            )
-        {
-            let took = now.saturating_sub(since);
-            record.converging_since_ms = None;
-            record.converged_in_ms = Some(took);
-            converged = Some(took);
-            let instances: u32 = assigned
-                .iter()
-                .flat_map(|a| &a.apps)
-                .map(|x| assign::share(x.scale))
-                .sum();
-            events.push(event(
-                now,
-                format!("host/{host}"),
-                "HostConverged",
-                format!(
-                    "host {host} converged {:.1}s after registering: {instances} assigned instance(s) ready",
-                    took as f64 / 1000.0
-                ),
-            ));
+        let mut txn = Txn::new();
+        for (host, (record, version)) in &hosts {
+            let key = host_key(host);
+            txn = txn
+                .when_version(key.clone(), Some(*version))
+                .put(key, encode(record));
         }
-        record.last_report = Some(report);
-        txn = txn
-            .when_version(key.clone(), Some(entry.version))
-            .put(key, encode(&record));
-        self.commit(txn, "report").await?;
-        if let Some(ms) = converged {
-            self.metrics.host_converged(ms as f64 / 1000.0);
+        for (app, new) in &current {
+            txn = Self::save(txn, original.get(app), new);
         }
-        for (app, result, moved) in outcomes {
-            self.metrics.rollout(&app, result);
-            if moved {
-                self.metrics.target_changed(&app, TargetCause::Failure);
+        let result = async {
+            self.commit(txn, "report").await?;
+            for ms in converged {
+                self.metrics.host_converged(ms as f64 / 1000.0);
+            }
+            for (app, result, moved) in outcomes {
+                self.metrics.rollout(&app, result);
+                if moved {
+                    self.metrics.target_changed(&app, TargetCause::Failure);
+                }
+            }
+            self.events.append(events).await?;
+            if retarget {
+                self.reassign().await?;
+            }
+            // the host gauges are recomputed at every scrape; here only when a host
+            // came back (cheap otherwise: a batch may hold thousands of heartbeats)
+            if returned {
+                self.refresh_host_metrics().await?;
+            }
+            Ok::<(), CoreError>(())
+        }
+        .await;
+        for reply in accepted {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.again()),
+            });
+        }
+    }
+
+    /// Loads what `report` needs into the batch's maps: its host record (`None`: the host is
+    /// not registered) and the histories of the apps it reports that are assigned to it (a
+    /// host speaks only for those); returns the host's assignment.
+    async fn load_for_report(
+        &self,
+        report: &HostReport,
+        hosts: &mut BTreeMap<String, (HostRecord, u64)>,
+        histories: &mut Histories,
+    ) -> Result<Option<Option<Arc<CachedAssignment>>>, CoreError> {
+        let host = &report.host;
+        if !hosts.contains_key(host) {
+            let key = host_key(host);
+            let Some(entry) = self.store.get(&key).await? else {
+                return Ok(None);
+            };
+            let record: HostRecord = decode(&key, &entry.value)?;
+            hosts.insert(host.clone(), (record, entry.version));
+        }
+        let assigned = self.assignment_json(host).await?;
+        for app in &report.apps {
+            let mine = assigned
+                .as_ref()
+                .is_some_and(|a| a.assignment.apps.iter().any(|x| x.target.app == app.app));
+            if mine && !histories.contains_key(&app.app) {
+                histories.extend(self.histories_under(&format!("apps/{}/", app.app)).await?);
             }
         }
-        self.events.append(events).await?;
-        if retarget {
-            self.reassign().await?;
-        }
-        self.refresh_host_metrics().await?;
-        Ok(())
+        Ok(Some(assigned))
     }
 
     /// Sets the `berth_controller_hosts` gauges from the stored hosts and the clock.

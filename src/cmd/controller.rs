@@ -42,9 +42,11 @@ pub struct Args {
     /// With etcd: the URL the other controllers forward writes to (default: http://<--listen>)
     #[arg(long)]
     pub advertise: Option<String>,
-    /// Most API connections open at once; past it new ones are closed at once
-    #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS)]
-    pub max_connections: usize,
+    /// Most API connections open at once; past it new ones are closed at once (default:
+    /// the open-file limit, raised to its maximum at start, less 256, and at least 1024;
+    /// each agent holds one or two)
+    #[arg(long)]
+    pub max_connections: Option<usize>,
     /// Most API connections open at once from one IP address (raise it for load tests of
     /// many simulated agents on one address)
     #[arg(long, default_value_t = berth_controller::server::MAX_CONNECTIONS_PER_PEER)]
@@ -94,7 +96,18 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
     config.store = store;
     config.lease_ttl = args.lease_ttl.as_std();
     config.advertise = args.advertise;
-    config.max_connections = args.max_connections;
+    // a controller of many agents holds a connection per long-poll: use every file
+    // descriptor the system allows, and size the connection cap to them
+    let nofile = match berth_agent::host::sys::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not raise the open-file limit");
+            1024
+        }
+    };
+    config.max_connections = args
+        .max_connections
+        .unwrap_or_else(|| auto_max_connections(nofile));
     config.max_connections_per_peer = args.max_connections_per_peer;
     if args.node_cert_lifetime.as_millis() < 3000 {
         return Err(UsageError("--node-cert-lifetime must be at least 3s".into()).into());
@@ -132,6 +145,14 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<ExitCode> {
         handle.shutdown().await?;
         Ok(ExitCode::SUCCESS)
     })
+}
+
+/// The default `--max-connections` for an open-file limit of `nofile`: all of it but 256
+/// descriptors (store, git, logs), at least [`berth_controller::server::MAX_CONNECTIONS`].
+fn auto_max_connections(nofile: u64) -> usize {
+    usize::try_from(nofile.saturating_sub(256))
+        .unwrap_or(usize::MAX)
+        .max(berth_controller::server::MAX_CONNECTIONS)
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.

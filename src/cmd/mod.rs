@@ -21,6 +21,7 @@ pub mod rmi;
 pub mod run;
 pub mod runtime;
 pub mod runtime_init;
+pub mod sim_agents;
 pub mod stop;
 pub mod up;
 pub mod validate;

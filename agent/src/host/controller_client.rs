@@ -80,6 +80,27 @@ impl HttpController {
         })
     }
 
+    /// A client of the controller at `base` whose connections leave from the local address
+    /// `local` (the scale harness spreads simulated agents over 127.0.0.2, 127.0.0.3, … so
+    /// that neither ephemeral ports nor the controller's per-address cap run out). Clones
+    /// share one connection pool.
+    pub fn bound(
+        base: &str,
+        token: Option<String>,
+        local: std::net::IpAddr,
+    ) -> Result<Self, EffectError> {
+        let client = builder()
+            .local_address(local)
+            .build()
+            .map_err(|e| EffectError::new("build http client", base, ErrorKind::Internal, e))?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.map_or(TokenSource::None, TokenSource::Fixed),
+            client: std::sync::Arc::new(std::sync::RwLock::new(client)),
+            ca_pem: None,
+        })
+    }
+
     /// A client of the controller at `base` (`https://…`) over mTLS: it trusts only the CA
     /// `ca_pem` and proves its host with `identity_pem` (the node key and certificate, PEM).
     pub fn with_node_cert(

@@ -635,6 +635,40 @@ pub fn setrlimit(resource: u32, soft: u64, hard: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Raises this process's open-file limit (`RLIMIT_NOFILE`) as far as allowed: the hard limit
+/// up to the kernel's `fs.nr_open` when privileged (root), then the soft limit to the hard
+/// one. Servers of many connections (the controller, the scale harness's simulated agents)
+/// call it at start. Returns the soft limit now in force.
+pub fn raise_nofile_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid rlimit pointer for the kernel to fill.
+    check_int(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) })?;
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(lim.rlim_max);
+    if nr_open > lim.rlim_max {
+        let wider = libc::rlimit {
+            rlim_cur: nr_open,
+            rlim_max: nr_open,
+        };
+        // SAFETY: valid rlimit pointer. Refused (EPERM) without CAP_SYS_RESOURCE: then the
+        // soft limit is raised to the existing hard one below.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &wider) } == 0 {
+            return Ok(nr_open);
+        }
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        lim.rlim_cur = lim.rlim_max;
+        // SAFETY: valid rlimit pointer.
+        check_int(unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) })?;
+    }
+    Ok(lim.rlim_cur)
+}
+
 /// `setgroups`, `setgid`, `setuid` in that order (the kernel clears the permitted and
 /// effective capabilities when a root process becomes non-root).
 pub fn set_ids(uid: u32, gid: u32, groups: &[u32]) -> io::Result<()> {
