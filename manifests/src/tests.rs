@@ -521,7 +521,7 @@ fn expose_protocol_defaults_to_http_and_keeps_old_revisions() {
 fn a_bad_expose_protocol_and_rps_over_tcp_are_refused_where_written() {
     assert_eq!(
         errors("app: web\nimage: busybox\nport: 80\nexpose: { port: 8000, protocol: udp }\n"),
-        ["apps/web.yaml:4:35: expose.protocol: expected one of http, tcp, got `udp`"]
+        ["apps/web.yaml:4:33: expose.protocol: expected one of http, tcp, got \"udp\""]
     );
     assert_eq!(
         errors(
