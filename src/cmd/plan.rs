@@ -279,7 +279,13 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         };
         let client = super::remote::client(global)?;
-        let now = super::remote::block_on(client.placement())??;
+        let now = super::remote::block_on(client.placement())?.map_err(|e| {
+            anyhow::anyhow!(
+                "{e:#}\n(berth plan {} compares with the controller's placement; to compare \
+                 two directories without a controller, pass --against DIR2)",
+                dir.display()
+            )
+        })?;
         let apps: Vec<App> = sets[0].manifests.iter().map(|m| m.app.clone()).collect();
         let view = what_if(&apps, &now);
         match global.output {
