@@ -249,7 +249,10 @@ async fn every_family_is_updated_by_its_code_path() {
         value(&f, "berth_controller_unplaced_instances{app=\"web\"}"),
         0.0
     );
-    assert_eq!(value(&f, "berth_controller_host_converge_seconds_count"), 1.0);
+    assert_eq!(
+        value(&f, "berth_controller_host_converge_seconds_count"),
+        1.0
+    );
     // every registered family (families with labels show no series until first used)
     let unused: Vec<&String> = handle
         .core()
