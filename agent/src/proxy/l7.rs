@@ -9,6 +9,7 @@
 //!   vanished backend aborted by the socket's dead-peer timeout (`connect.rs`) — is retried
 //!   once on another backend;
 //! - otherwise 502; no response head within `Timeouts::response_head`: 504.
+//!
 //! Each backend has its own connection pool (`Backend::http_client`), dropped when it leaves
 //! the rotation.
 
