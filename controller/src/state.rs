@@ -190,6 +190,9 @@ pub struct CachedAssignment {
 struct AssignmentCache {
     generation: u64,
     hosts: HashMap<String, Arc<CachedAssignment>>,
+    /// Every stored assignment is in `hosts` (a full read filled it, and only this
+    /// controller's writes changed the store since): a reassignment reads nothing.
+    complete: bool,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
@@ -281,6 +284,7 @@ impl<S: Store> Core<S> {
         let mut cache = self.cache();
         cache.generation += 1;
         cache.hosts.clear();
+        cache.complete = false;
     }
 
     /// Caches what a read found, unless the cache was cleared since the read began
@@ -408,12 +412,44 @@ impl<S: Store> Core<S> {
             .collect()
     }
 
-    /// Every stored assignment by host, with its store version.
-    async fn assignments(&self) -> Result<BTreeMap<String, (Assignment, u64)>, CoreError> {
+    /// Every stored assignment by host: from the cache when it holds all of them (the
+    /// leader's view after its first full read), else one range read that fills it.
+    async fn assignments(&self) -> Result<BTreeMap<String, Arc<CachedAssignment>>, CoreError> {
+        let generation = {
+            let cache = self.cache();
+            if cache.complete {
+                return Ok(cache
+                    .hosts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect());
+            }
+            cache.generation
+        };
         let mut out = BTreeMap::new();
         for (key, e) in self.store.list("assignments/").await? {
-            let a: Assignment = decode(&key, &e.value)?;
-            out.insert(a.host.clone(), (a, e.version));
+            let assignment: Assignment = decode(&key, &e.value)?;
+            out.insert(
+                assignment.host.clone(),
+                Arc::new(CachedAssignment {
+                    assignment,
+                    json: bytes::Bytes::from(e.value),
+                    store_version: e.version,
+                }),
+            );
+        }
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            for (host, found) in &out {
+                let newer = cache
+                    .hosts
+                    .get(host)
+                    .is_some_and(|c| c.store_version >= found.store_version);
+                if !newer {
+                    cache.hosts.insert(host.clone(), found.clone());
+                }
+            }
+            cache.complete = true;
         }
         Ok(out)
     }
@@ -443,7 +479,7 @@ impl<S: Store> Core<S> {
         &self,
         histories: &Histories,
         hosts: &[HostRecord],
-        stored: &BTreeMap<String, (Assignment, u64)>,
+        stored: &BTreeMap<String, Arc<CachedAssignment>>,
         now: u64,
     ) -> (assign::Placed, BTreeMap<String, HostState>) {
         let apps: Vec<Placeable> = histories
@@ -476,8 +512,8 @@ impl<S: Store> Core<S> {
         let previous = assign::previous_of(
             stored
                 .values()
-                .filter(|(a, _)| states.contains_key(&a.host))
-                .map(|(a, _)| a),
+                .map(|c| &c.assignment)
+                .filter(|a| states.contains_key(&a.host)),
         );
         (assign::place(&apps, &infos, &previous), states)
     }
@@ -536,22 +572,26 @@ impl<S: Store> Core<S> {
         // every ask up to here wrote its host before asking: this run sees them all
         let covering = self.reassign_asked.load(Ordering::SeqCst);
         let _write = self.write.lock().await;
-        self.reassign().await?;
+        self.reassign("registration").await?;
         *done = covering;
         Ok(())
     }
 
     /// Recomputes every host's assignment from the apps' targets and the hosts' states;
-    /// writes the changed ones with version + 1 and wakes long-polls; emits `AppUnplaced`
-    /// and `AppPlaced` when what does not fit changes. Call with the write lock held.
-    async fn reassign(&self) -> Result<(), CoreError> {
+    /// writes the changed ones with version + 1 in one transaction and wakes long-polls as
+    /// soon as it committed; then emits `AppUnplaced` and `AppPlaced` when what does not fit
+    /// changed. `cause` names the caller in the log line (with each phase's time). Call with
+    /// the write lock held.
+    async fn reassign(&self, cause: &'static str) -> Result<(), CoreError> {
         let now = self.now_ms();
+        let started = tokio::time::Instant::now();
         let histories = self.histories().await?;
         let hosts = self.hosts().await?;
         let stored = self.assignments().await?;
-        let started = tokio::time::Instant::now();
+        let loaded = tokio::time::Instant::now();
         let (placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
-        let place_s = started.elapsed().as_secs_f64();
+        let place_done = tokio::time::Instant::now();
+        let place_s = place_done.duration_since(loaded).as_secs_f64();
         let placements: usize = placed.hosts.values().map(Vec::len).sum();
         let app_count = histories.values().filter(|(h, _)| h.record.in_git).count();
         let mut txn = Txn::new();
@@ -559,14 +599,17 @@ impl<S: Store> Core<S> {
         for (host, apps) in placed.hosts {
             let key = assignment_key(&host);
             let previous = stored.get(&host);
-            if let Some(next) = assign::next_assignment(&host, previous.map(|(a, _)| a), apps) {
-                let json = encode(&next);
+            if let Some(next) =
+                assign::next_assignment(&host, previous.map(|c| &c.assignment), apps)
+            {
+                let json = bytes::Bytes::from(encode(&next));
                 txn = txn
-                    .when_version(key.clone(), previous.map(|(_, v)| *v))
-                    .put(key, json.clone());
-                written.push((host, next, bytes::Bytes::from(json)));
+                    .when_version(key.clone(), previous.map(|c| c.store_version))
+                    .put(key, json.to_vec());
+                written.push((host, next, json));
             }
         }
+        drop(stored);
         let changed = written.len();
         let old_unplaced = self.unplaced().await?;
         let mut events = Vec::new();
@@ -598,21 +641,7 @@ impl<S: Store> Core<S> {
             }
             txn = txn.put(UNPLACED_KEY, encode(&placed.unplaced));
         }
-        // every app's series, 0 when it fits
-        self.metrics.set_unplaced(
-            &histories
-                .values()
-                .filter(|(h, _)| h.record.in_git)
-                .map(|(h, _)| {
-                    let missing = placed
-                        .unplaced
-                        .iter()
-                        .find(|u| u.app == h.record.name)
-                        .map_or(0, |u| u.wanted - u.placed);
-                    (h.record.name.clone(), missing)
-                })
-                .collect::<Vec<_>>(),
-        );
+        let encoded = tokio::time::Instant::now();
         let mut revision = 0;
         if !txn.ops.is_empty() {
             revision = match self.store.commit(txn).await {
@@ -629,24 +658,16 @@ impl<S: Store> Core<S> {
                 }
             };
         }
-        *self
-            .placed_states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
-        if !events.is_empty() {
-            self.events.append(events).await?;
-        }
+        let committed = tokio::time::Instant::now();
+        // the long-polls first: everything below is bookkeeping
         if !written.is_empty() {
-            let at = tokio::time::Instant::now();
             let mut cache = self.cache();
-            for (host, assignment, json) in written {
-                self.metrics
-                    .assignment_written(&host, assignment.version, at);
+            for (host, assignment, json) in &written {
                 cache.hosts.insert(
-                    host,
+                    host.clone(),
                     Arc::new(CachedAssignment {
-                        assignment,
-                        json,
+                        assignment: assignment.clone(),
+                        json: json.clone(),
                         store_version: revision,
                     }),
                 );
@@ -654,13 +675,55 @@ impl<S: Store> Core<S> {
             drop(cache);
             self.assignments.send_modify(|g| *g += 1);
         }
-        let total_s = started.elapsed().as_secs_f64();
+        let woken = tokio::time::Instant::now();
+        for (host, assignment, _) in &written {
+            self.metrics
+                .assignment_written(host, assignment.version, committed);
+        }
+        drop(written);
+        // every app's series, 0 when it fits
+        let unplaced_instances = placed
+            .unplaced
+            .iter()
+            .map(|u| u64::from(u.wanted.saturating_sub(u.placed)))
+            .sum::<u64>();
+        self.metrics.set_unplaced(
+            &histories
+                .values()
+                .filter(|(h, _)| h.record.in_git)
+                .map(|(h, _)| {
+                    let missing = placed
+                        .unplaced
+                        .iter()
+                        .find(|u| u.app == h.record.name)
+                        .map_or(0, |u| u.wanted - u.placed);
+                    (h.record.name.clone(), missing)
+                })
+                .collect::<Vec<_>>(),
+        );
+        *self
+            .placed_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
+        if !events.is_empty() {
+            self.events.append(events).await?;
+        }
+        let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        };
+        let total_s = woken.duration_since(loaded).as_secs_f64();
         tracing::info!(
+            cause,
             apps = app_count,
             hosts = hosts.len(),
             placements,
+            unplaced = unplaced_instances,
             changed,
+            load_ms = ms(started, loaded),
             place_ms = place_s * 1e3,
+            diff_encode_ms = ms(place_done, encoded),
+            commit_ms = ms(encoded, committed),
+            wake_ms = ms(committed, woken),
             total_ms = total_s * 1e3,
             placements_per_s = if place_s > 0.0 {
                 placements as f64 / place_s
@@ -716,7 +779,7 @@ impl<S: Store> Core<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             != states;
         if changed {
-            self.reassign().await?;
+            self.reassign("liveness").await?;
         }
         self.set_host_gauges(&states);
         Ok(())
@@ -745,7 +808,7 @@ impl<S: Store> Core<S> {
         };
         for h in &hosts {
             let name = &h.registration.name;
-            let assigned = stored.get(name).map(|(a, _)| a);
+            let assigned = stored.get(name).map(|c| &c.assignment);
             view.hosts.push(HostPlacement {
                 name: name.clone(),
                 state: self.host_state(h, now).as_str().to_string(),
@@ -803,6 +866,7 @@ impl<S: Store> Core<S> {
         last_seen: &mut Option<(String, Vec<String>)>,
     ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
+        let t_start = tokio::time::Instant::now();
         tracing::debug!("sync: fetching");
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
@@ -835,6 +899,7 @@ impl<S: Store> Core<S> {
                 return Ok((status, SyncResult::Error));
             }
         };
+        let t_fetched = tokio::time::Instant::now();
         tracing::debug!(head = %head.short(), "sync: fetched");
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
@@ -863,6 +928,7 @@ impl<S: Store> Core<S> {
         let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
             .await
             .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
+        let t_read = tokio::time::Instant::now();
         tracing::debug!("sync: read the commit's manifests");
         let outcome = match &snapshot {
             Ok(snapshot) => self.apply_snapshot(snapshot).await?,
@@ -870,7 +936,17 @@ impl<S: Store> Core<S> {
         };
         let result = match outcome {
             Ok(()) => {
-                tracing::info!(commit = %head.short(), "applied the branch head");
+                let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+                    b.saturating_duration_since(a).as_secs_f64() * 1e3
+                };
+                let t_applied = tokio::time::Instant::now();
+                tracing::info!(
+                    commit = %head.short(),
+                    fetch_ms = ms(t_start, t_fetched),
+                    read_ms = ms(t_fetched, t_read),
+                    apply_ms = ms(t_read, t_applied),
+                    "applied the branch head"
+                );
                 status.commit = Some(head.to_string());
                 status.errors.clear();
                 status.app_errors.clear();
@@ -952,13 +1028,16 @@ impl<S: Store> Core<S> {
     ) -> Result<Result<(), Vec<String>>, CoreError> {
         // resolve new revisions' digests before taking the write lock (registries can be
         // slow); a failure refuses the whole commit
+        let t_start = tokio::time::Instant::now();
         let mut digests = BTreeMap::new();
         let (early, _) = plan_of(&self.histories().await?, apps);
         let errors = self.resolve_new(&early, &mut digests).await;
         if !errors.is_empty() {
             return Ok(Err(errors));
         }
+        let t_resolved = tokio::time::Instant::now();
         let _write = self.write.lock().await;
+        let t_locked = tokio::time::Instant::now();
         let now = self.now_ms();
         let stored = self.histories().await?;
         let (actions, removed) = plan_of(&stored, apps);
@@ -1034,7 +1113,7 @@ impl<S: Store> Core<S> {
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
         }
-        tracing::debug!(apps = new_targets.len(), "sync: revisions stored");
+        let t_stored = tokio::time::Instant::now();
         for app in &new_targets {
             self.metrics.target_changed(app, TargetCause::Commit);
         }
@@ -1045,8 +1124,19 @@ impl<S: Store> Core<S> {
             format!("applied {cause}"),
         ));
         self.events.append(events).await?;
-        self.reassign().await?;
-        tracing::debug!("sync: assignments stored");
+        self.reassign("sync").await?;
+        let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        };
+        tracing::info!(
+            apps = apps.len(),
+            new_revisions = new_targets.len(),
+            resolve_ms = ms(t_start, t_resolved),
+            write_lock_wait_ms = ms(t_resolved, t_locked),
+            revisions_store_ms = ms(t_locked, t_stored),
+            events_and_reassign_ms = ms(t_stored, tokio::time::Instant::now()),
+            "sync: stored revisions and assignments"
+        );
         Ok(Ok(()))
     }
 
@@ -1368,7 +1458,7 @@ impl<S: Store> Core<S> {
             }
             self.events.append(events).await?;
             if retarget {
-                self.reassign().await?;
+                self.reassign("report").await?;
             }
             // the host gauges are recomputed at every scrape; here only when a host
             // came back (cheap otherwise: a batch may hold thousands of heartbeats)
@@ -1452,7 +1542,7 @@ impl<S: Store> Core<S> {
                 ),
             )])
             .await?;
-        self.reassign().await?;
+        self.reassign("rollback").await?;
         let info = new
             .target()
             .map(|r| r.to_info(true))
