@@ -20,7 +20,7 @@ use berth_manifests::wire::{
 use berth_manifests::{App, Source};
 use tokio::sync::{Mutex, watch};
 
-use crate::assign::{self, HostInfo, HostState, Placeable, Unplaced};
+use crate::assign::{self, HostAssignment, HostInfo, HostState, Placeable, Unplaced};
 use crate::events::EventLog;
 use crate::git::{CommitInfo, GitError, GitSource, Snapshot, SourceFile};
 use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
@@ -176,8 +176,8 @@ struct PendingReport {
 /// answers with: encoded once per change, not once per answer).
 #[derive(Debug)]
 pub struct CachedAssignment {
-    /// The assignment.
-    pub assignment: Assignment,
+    /// The assignment (its apps shared with other hosts').
+    pub assignment: HostAssignment,
     /// Its JSON.
     pub json: bytes::Bytes,
     /// The store version of its key (the condition of the next write).
@@ -428,7 +428,7 @@ impl<S: Store> Core<S> {
         };
         let mut out = BTreeMap::new();
         for (key, e) in self.store.list("assignments/").await? {
-            let assignment: Assignment = decode(&key, &e.value)?;
+            let assignment: HostAssignment = decode::<Assignment>(&key, &e.value)?.into();
             out.insert(
                 assignment.host.clone(),
                 Arc::new(CachedAssignment {
@@ -531,7 +531,7 @@ impl<S: Store> Core<S> {
         Ok(self
             .assignment_json(host)
             .await?
-            .map(|c| c.assignment.clone()))
+            .map(|c| c.assignment.to_wire()))
     }
 
     /// The stored assignment of `host` with its JSON, from the cache when it holds it.
@@ -550,7 +550,7 @@ impl<S: Store> Core<S> {
         let Some(entry) = self.store.get(&key).await? else {
             return Ok(None);
         };
-        let assignment: Assignment = decode(&key, &entry.value)?;
+        let assignment: HostAssignment = decode::<Assignment>(&key, &entry.value)?.into();
         let found = Arc::new(CachedAssignment {
             assignment,
             json: bytes::Bytes::from(entry.value),
@@ -589,27 +589,31 @@ impl<S: Store> Core<S> {
         let hosts = self.hosts().await?;
         let stored = self.assignments().await?;
         let loaded = tokio::time::Instant::now();
-        let (placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
+        let (mut placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
+        assign::share_previous(&mut placed.hosts, stored.values().map(|c| &c.assignment));
         let place_done = tokio::time::Instant::now();
         let place_s = place_done.duration_since(loaded).as_secs_f64();
         let placements: usize = placed.hosts.values().map(Vec::len).sum();
         let app_count = histories.values().filter(|(h, _)| h.record.in_git).count();
         let mut txn = Txn::new();
         let mut written = Vec::new();
+        let mut encoder = assign::AssignmentEncoder::default();
+        let mut json_bytes = 0usize;
         for (host, apps) in placed.hosts {
             let key = assignment_key(&host);
             let previous = stored.get(&host);
             if let Some(next) =
                 assign::next_assignment(&host, previous.map(|c| &c.assignment), apps)
             {
-                let json = bytes::Bytes::from(encode(&next));
+                let json = bytes::Bytes::from(encoder.encode(&next));
+                json_bytes += json.len();
                 txn = txn
                     .when_version(key.clone(), previous.map(|c| c.store_version))
-                    .put(key, json.to_vec());
+                    .put(key, json.clone());
                 written.push((host, next, json));
             }
         }
-        drop(stored);
+        drop((stored, encoder));
         let changed = written.len();
         let old_unplaced = self.unplaced().await?;
         let mut events = Vec::new();
@@ -660,14 +664,16 @@ impl<S: Store> Core<S> {
         }
         let committed = tokio::time::Instant::now();
         // the long-polls first: everything below is bookkeeping
+        let mut versions = Vec::with_capacity(written.len());
         if !written.is_empty() {
             let mut cache = self.cache();
-            for (host, assignment, json) in &written {
+            for (host, assignment, json) in written {
+                versions.push((host.clone(), assignment.version));
                 cache.hosts.insert(
-                    host.clone(),
+                    host,
                     Arc::new(CachedAssignment {
-                        assignment: assignment.clone(),
-                        json: json.clone(),
+                        assignment,
+                        json,
                         store_version: revision,
                     }),
                 );
@@ -676,11 +682,9 @@ impl<S: Store> Core<S> {
             self.assignments.send_modify(|g| *g += 1);
         }
         let woken = tokio::time::Instant::now();
-        for (host, assignment, _) in &written {
-            self.metrics
-                .assignment_written(host, assignment.version, committed);
+        for (host, version) in &versions {
+            self.metrics.assignment_written(host, *version, committed);
         }
-        drop(written);
         // every app's series, 0 when it fits
         let unplaced_instances = placed
             .unplaced
@@ -719,6 +723,7 @@ impl<S: Store> Core<S> {
             placements,
             unplaced = unplaced_instances,
             changed,
+            json_bytes,
             load_ms = ms(started, loaded),
             place_ms = place_s * 1e3,
             diff_encode_ms = ms(place_done, encoded),
@@ -1240,7 +1245,10 @@ impl<S: Store> Core<S> {
             .await?;
         drop(write);
         self.reassign_coalesced().await?;
-        let version = self.assignment(&reg.name).await?.map_or(0, |a| a.version);
+        let version = self
+            .assignment_json(&reg.name)
+            .await?
+            .map_or(0, |c| c.assignment.version);
         Ok(Registered {
             name: reg.name,
             assignment_version: version,
@@ -1335,7 +1343,7 @@ impl<S: Store> Core<S> {
                     continue;
                 }
             };
-            let assigned = assigned.map(|c| c.assignment.clone());
+            let assigned: Option<HostAssignment> = assigned.map(|c| c.assignment.clone());
             events.append(&mut report.events);
             for app in &report.apps {
                 let Some(old) = current
@@ -1568,8 +1576,8 @@ impl<S: Store> Core<S> {
         let hosts = self.hosts().await?;
         let mut assignments = BTreeMap::new();
         for h in &hosts {
-            if let Some(a) = self.assignment(&h.registration.name).await? {
-                assignments.insert(h.registration.name.clone(), a);
+            if let Some(a) = self.assignment_json(&h.registration.name).await? {
+                assignments.insert(h.registration.name.clone(), a.assignment.clone());
             }
         }
         let sync = self.sync_status().await?;
@@ -1687,7 +1695,11 @@ impl<S: Store> Core<S> {
         let mut per_host = Vec::new();
         for host in &hosts {
             let name = &host.registration.name;
-            let Some(a) = self.assignment(name).await? else {
+            let Some(a) = self
+                .assignment_json(name)
+                .await?
+                .map(|c| c.assignment.clone())
+            else {
                 continue;
             };
             if a.apps.iter().any(|x| x.target.app == app) {
@@ -1811,7 +1823,7 @@ fn app_names(bytes: &[u8]) -> Vec<String> {
 }
 
 /// What the instances of an assignment request.
-fn allocated(assignment: Option<&Assignment>) -> Capacity {
+fn allocated(assignment: Option<&HostAssignment>) -> Capacity {
     let mut out = Capacity::default();
     for x in assignment.iter().flat_map(|a| &a.apps) {
         let need = assign::need_of(&x.target.spec);
@@ -1830,7 +1842,11 @@ fn allocated(assignment: Option<&Assignment>) -> Capacity {
 /// assignment's version and every assigned app reports its target with at least its share
 /// (autoscale: its min) ready. An empty assignment counts only on a `ready` host (a
 /// returning host gets its work later).
-fn converged_on(assignment: Option<&Assignment>, report: &HostReport, ready_host: bool) -> bool {
+fn converged_on(
+    assignment: Option<&HostAssignment>,
+    report: &HostReport,
+    ready_host: bool,
+) -> bool {
     let Some(a) = assignment.filter(|a| !a.apps.is_empty()) else {
         return ready_host;
     };
@@ -1858,7 +1874,7 @@ fn app_counts(
     h: &AppHistory,
     number: u64,
     hosts: &[HostRecord],
-    assignments: &BTreeMap<String, Assignment>,
+    assignments: &BTreeMap<String, HostAssignment>,
 ) -> (u32, u32) {
     let mut desired = 0u32;
     let mut ready = 0u32;
