@@ -20,7 +20,7 @@ use berth_manifests::wire::{
 use berth_manifests::{App, Source};
 use tokio::sync::{Mutex, watch};
 
-use crate::assign::{self, HostInfo, HostState, Placeable, Unplaced};
+use crate::assign::{self, HostAssignment, HostInfo, HostState, Placeable, Unplaced};
 use crate::events::EventLog;
 use crate::git::{CommitInfo, GitError, GitSource, Snapshot, SourceFile};
 use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
@@ -176,8 +176,8 @@ struct PendingReport {
 /// answers with: encoded once per change, not once per answer).
 #[derive(Debug)]
 pub struct CachedAssignment {
-    /// The assignment.
-    pub assignment: Assignment,
+    /// The assignment (its apps shared with other hosts').
+    pub assignment: HostAssignment,
     /// Its JSON.
     pub json: bytes::Bytes,
     /// The store version of its key (the condition of the next write).
@@ -190,6 +190,9 @@ pub struct CachedAssignment {
 struct AssignmentCache {
     generation: u64,
     hosts: HashMap<String, Arc<CachedAssignment>>,
+    /// Every stored assignment is in `hosts` (a full read filled it, and only this
+    /// controller's writes changed the store since): a reassignment reads nothing.
+    complete: bool,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
@@ -281,6 +284,7 @@ impl<S: Store> Core<S> {
         let mut cache = self.cache();
         cache.generation += 1;
         cache.hosts.clear();
+        cache.complete = false;
     }
 
     /// Caches what a read found, unless the cache was cleared since the read began
@@ -408,12 +412,44 @@ impl<S: Store> Core<S> {
             .collect()
     }
 
-    /// Every stored assignment by host, with its store version.
-    async fn assignments(&self) -> Result<BTreeMap<String, (Assignment, u64)>, CoreError> {
+    /// Every stored assignment by host: from the cache when it holds all of them (the
+    /// leader's view after its first full read), else one range read that fills it.
+    async fn assignments(&self) -> Result<BTreeMap<String, Arc<CachedAssignment>>, CoreError> {
+        let generation = {
+            let cache = self.cache();
+            if cache.complete {
+                return Ok(cache
+                    .hosts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect());
+            }
+            cache.generation
+        };
         let mut out = BTreeMap::new();
         for (key, e) in self.store.list("assignments/").await? {
-            let a: Assignment = decode(&key, &e.value)?;
-            out.insert(a.host.clone(), (a, e.version));
+            let assignment: HostAssignment = decode::<Assignment>(&key, &e.value)?.into();
+            out.insert(
+                assignment.host.clone(),
+                Arc::new(CachedAssignment {
+                    assignment,
+                    json: bytes::Bytes::from(e.value),
+                    store_version: e.version,
+                }),
+            );
+        }
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            for (host, found) in &out {
+                let newer = cache
+                    .hosts
+                    .get(host)
+                    .is_some_and(|c| c.store_version >= found.store_version);
+                if !newer {
+                    cache.hosts.insert(host.clone(), found.clone());
+                }
+            }
+            cache.complete = true;
         }
         Ok(out)
     }
@@ -443,7 +479,7 @@ impl<S: Store> Core<S> {
         &self,
         histories: &Histories,
         hosts: &[HostRecord],
-        stored: &BTreeMap<String, (Assignment, u64)>,
+        stored: &BTreeMap<String, Arc<CachedAssignment>>,
         now: u64,
     ) -> (assign::Placed, BTreeMap<String, HostState>) {
         let apps: Vec<Placeable> = histories
@@ -476,8 +512,8 @@ impl<S: Store> Core<S> {
         let previous = assign::previous_of(
             stored
                 .values()
-                .filter(|(a, _)| states.contains_key(&a.host))
-                .map(|(a, _)| a),
+                .map(|c| &c.assignment)
+                .filter(|a| states.contains_key(&a.host)),
         );
         (assign::place(&apps, &infos, &previous), states)
     }
@@ -495,7 +531,7 @@ impl<S: Store> Core<S> {
         Ok(self
             .assignment_json(host)
             .await?
-            .map(|c| c.assignment.clone()))
+            .map(|c| c.assignment.to_wire()))
     }
 
     /// The stored assignment of `host` with its JSON, from the cache when it holds it.
@@ -514,7 +550,7 @@ impl<S: Store> Core<S> {
         let Some(entry) = self.store.get(&key).await? else {
             return Ok(None);
         };
-        let assignment: Assignment = decode(&key, &entry.value)?;
+        let assignment: HostAssignment = decode::<Assignment>(&key, &entry.value)?.into();
         let found = Arc::new(CachedAssignment {
             assignment,
             json: bytes::Bytes::from(entry.value),
@@ -536,37 +572,48 @@ impl<S: Store> Core<S> {
         // every ask up to here wrote its host before asking: this run sees them all
         let covering = self.reassign_asked.load(Ordering::SeqCst);
         let _write = self.write.lock().await;
-        self.reassign().await?;
+        self.reassign("registration").await?;
         *done = covering;
         Ok(())
     }
 
     /// Recomputes every host's assignment from the apps' targets and the hosts' states;
-    /// writes the changed ones with version + 1 and wakes long-polls; emits `AppUnplaced`
-    /// and `AppPlaced` when what does not fit changes. Call with the write lock held.
-    async fn reassign(&self) -> Result<(), CoreError> {
+    /// writes the changed ones with version + 1 in one transaction and wakes long-polls as
+    /// soon as it committed; then emits `AppUnplaced` and `AppPlaced` when what does not fit
+    /// changed. `cause` names the caller in the log line (with each phase's time). Call with
+    /// the write lock held.
+    async fn reassign(&self, cause: &'static str) -> Result<(), CoreError> {
         let now = self.now_ms();
+        let started = tokio::time::Instant::now();
         let histories = self.histories().await?;
         let hosts = self.hosts().await?;
         let stored = self.assignments().await?;
-        let started = tokio::time::Instant::now();
-        let (placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
-        let place_s = started.elapsed().as_secs_f64();
+        let loaded = tokio::time::Instant::now();
+        let (mut placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
+        assign::share_previous(&mut placed.hosts, stored.values().map(|c| &c.assignment));
+        let place_done = tokio::time::Instant::now();
+        let place_s = place_done.duration_since(loaded).as_secs_f64();
         let placements: usize = placed.hosts.values().map(Vec::len).sum();
         let app_count = histories.values().filter(|(h, _)| h.record.in_git).count();
         let mut txn = Txn::new();
         let mut written = Vec::new();
+        let mut encoder = assign::AssignmentEncoder::default();
+        let mut json_bytes = 0usize;
         for (host, apps) in placed.hosts {
             let key = assignment_key(&host);
             let previous = stored.get(&host);
-            if let Some(next) = assign::next_assignment(&host, previous.map(|(a, _)| a), apps) {
-                let json = encode(&next);
+            if let Some(next) =
+                assign::next_assignment(&host, previous.map(|c| &c.assignment), apps)
+            {
+                let json = bytes::Bytes::from(encoder.encode(&next));
+                json_bytes += json.len();
                 txn = txn
-                    .when_version(key.clone(), previous.map(|(_, v)| *v))
+                    .when_version(key.clone(), previous.map(|c| c.store_version))
                     .put(key, json.clone());
-                written.push((host, next, bytes::Bytes::from(json)));
+                written.push((host, next, json));
             }
         }
+        drop((stored, encoder));
         let changed = written.len();
         let old_unplaced = self.unplaced().await?;
         let mut events = Vec::new();
@@ -598,21 +645,7 @@ impl<S: Store> Core<S> {
             }
             txn = txn.put(UNPLACED_KEY, encode(&placed.unplaced));
         }
-        // every app's series, 0 when it fits
-        self.metrics.set_unplaced(
-            &histories
-                .values()
-                .filter(|(h, _)| h.record.in_git)
-                .map(|(h, _)| {
-                    let missing = placed
-                        .unplaced
-                        .iter()
-                        .find(|u| u.app == h.record.name)
-                        .map_or(0, |u| u.wanted - u.placed);
-                    (h.record.name.clone(), missing)
-                })
-                .collect::<Vec<_>>(),
-        );
+        let encoded = tokio::time::Instant::now();
         let mut revision = 0;
         if !txn.ops.is_empty() {
             revision = match self.store.commit(txn).await {
@@ -629,19 +662,13 @@ impl<S: Store> Core<S> {
                 }
             };
         }
-        *self
-            .placed_states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
-        if !events.is_empty() {
-            self.events.append(events).await?;
-        }
+        let committed = tokio::time::Instant::now();
+        // the long-polls first: everything below is bookkeeping
+        let mut versions = Vec::with_capacity(written.len());
         if !written.is_empty() {
-            let at = tokio::time::Instant::now();
             let mut cache = self.cache();
             for (host, assignment, json) in written {
-                self.metrics
-                    .assignment_written(&host, assignment.version, at);
+                versions.push((host.clone(), assignment.version));
                 cache.hosts.insert(
                     host,
                     Arc::new(CachedAssignment {
@@ -654,13 +681,54 @@ impl<S: Store> Core<S> {
             drop(cache);
             self.assignments.send_modify(|g| *g += 1);
         }
-        let total_s = started.elapsed().as_secs_f64();
+        let woken = tokio::time::Instant::now();
+        for (host, version) in &versions {
+            self.metrics.assignment_written(host, *version, committed);
+        }
+        // every app's series, 0 when it fits
+        let unplaced_instances = placed
+            .unplaced
+            .iter()
+            .map(|u| u64::from(u.wanted.saturating_sub(u.placed)))
+            .sum::<u64>();
+        self.metrics.set_unplaced(
+            &histories
+                .values()
+                .filter(|(h, _)| h.record.in_git)
+                .map(|(h, _)| {
+                    let missing = placed
+                        .unplaced
+                        .iter()
+                        .find(|u| u.app == h.record.name)
+                        .map_or(0, |u| u.wanted - u.placed);
+                    (h.record.name.clone(), missing)
+                })
+                .collect::<Vec<_>>(),
+        );
+        *self
+            .placed_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
+        if !events.is_empty() {
+            self.events.append(events).await?;
+        }
+        let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        };
+        let total_s = woken.duration_since(loaded).as_secs_f64();
         tracing::info!(
+            cause,
             apps = app_count,
             hosts = hosts.len(),
             placements,
+            unplaced = unplaced_instances,
             changed,
+            json_bytes,
+            load_ms = ms(started, loaded),
             place_ms = place_s * 1e3,
+            diff_encode_ms = ms(place_done, encoded),
+            commit_ms = ms(encoded, committed),
+            wake_ms = ms(committed, woken),
             total_ms = total_s * 1e3,
             placements_per_s = if place_s > 0.0 {
                 placements as f64 / place_s
@@ -716,7 +784,7 @@ impl<S: Store> Core<S> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             != states;
         if changed {
-            self.reassign().await?;
+            self.reassign("liveness").await?;
         }
         self.set_host_gauges(&states);
         Ok(())
@@ -745,7 +813,7 @@ impl<S: Store> Core<S> {
         };
         for h in &hosts {
             let name = &h.registration.name;
-            let assigned = stored.get(name).map(|(a, _)| a);
+            let assigned = stored.get(name).map(|c| &c.assignment);
             view.hosts.push(HostPlacement {
                 name: name.clone(),
                 state: self.host_state(h, now).as_str().to_string(),
@@ -803,6 +871,7 @@ impl<S: Store> Core<S> {
         last_seen: &mut Option<(String, Vec<String>)>,
     ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
+        let t_start = tokio::time::Instant::now();
         tracing::debug!("sync: fetching");
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
@@ -835,6 +904,7 @@ impl<S: Store> Core<S> {
                 return Ok((status, SyncResult::Error));
             }
         };
+        let t_fetched = tokio::time::Instant::now();
         tracing::debug!(head = %head.short(), "sync: fetched");
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
@@ -863,6 +933,7 @@ impl<S: Store> Core<S> {
         let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
             .await
             .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
+        let t_read = tokio::time::Instant::now();
         tracing::debug!("sync: read the commit's manifests");
         let outcome = match &snapshot {
             Ok(snapshot) => self.apply_snapshot(snapshot).await?,
@@ -870,7 +941,17 @@ impl<S: Store> Core<S> {
         };
         let result = match outcome {
             Ok(()) => {
-                tracing::info!(commit = %head.short(), "applied the branch head");
+                let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+                    b.saturating_duration_since(a).as_secs_f64() * 1e3
+                };
+                let t_applied = tokio::time::Instant::now();
+                tracing::info!(
+                    commit = %head.short(),
+                    fetch_ms = ms(t_start, t_fetched),
+                    read_ms = ms(t_fetched, t_read),
+                    apply_ms = ms(t_read, t_applied),
+                    "applied the branch head"
+                );
                 status.commit = Some(head.to_string());
                 status.errors.clear();
                 status.app_errors.clear();
@@ -952,13 +1033,16 @@ impl<S: Store> Core<S> {
     ) -> Result<Result<(), Vec<String>>, CoreError> {
         // resolve new revisions' digests before taking the write lock (registries can be
         // slow); a failure refuses the whole commit
+        let t_start = tokio::time::Instant::now();
         let mut digests = BTreeMap::new();
         let (early, _) = plan_of(&self.histories().await?, apps);
         let errors = self.resolve_new(&early, &mut digests).await;
         if !errors.is_empty() {
             return Ok(Err(errors));
         }
+        let t_resolved = tokio::time::Instant::now();
         let _write = self.write.lock().await;
+        let t_locked = tokio::time::Instant::now();
         let now = self.now_ms();
         let stored = self.histories().await?;
         let (actions, removed) = plan_of(&stored, apps);
@@ -1034,7 +1118,7 @@ impl<S: Store> Core<S> {
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
         }
-        tracing::debug!(apps = new_targets.len(), "sync: revisions stored");
+        let t_stored = tokio::time::Instant::now();
         for app in &new_targets {
             self.metrics.target_changed(app, TargetCause::Commit);
         }
@@ -1045,8 +1129,19 @@ impl<S: Store> Core<S> {
             format!("applied {cause}"),
         ));
         self.events.append(events).await?;
-        self.reassign().await?;
-        tracing::debug!("sync: assignments stored");
+        self.reassign("sync").await?;
+        let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        };
+        tracing::info!(
+            apps = apps.len(),
+            new_revisions = new_targets.len(),
+            resolve_ms = ms(t_start, t_resolved),
+            write_lock_wait_ms = ms(t_resolved, t_locked),
+            revisions_store_ms = ms(t_locked, t_stored),
+            events_and_reassign_ms = ms(t_stored, tokio::time::Instant::now()),
+            "sync: stored revisions and assignments"
+        );
         Ok(Ok(()))
     }
 
@@ -1150,7 +1245,10 @@ impl<S: Store> Core<S> {
             .await?;
         drop(write);
         self.reassign_coalesced().await?;
-        let version = self.assignment(&reg.name).await?.map_or(0, |a| a.version);
+        let version = self
+            .assignment_json(&reg.name)
+            .await?
+            .map_or(0, |c| c.assignment.version);
         Ok(Registered {
             name: reg.name,
             assignment_version: version,
@@ -1245,7 +1343,7 @@ impl<S: Store> Core<S> {
                     continue;
                 }
             };
-            let assigned = assigned.map(|c| c.assignment.clone());
+            let assigned: Option<HostAssignment> = assigned.map(|c| c.assignment.clone());
             events.append(&mut report.events);
             for app in &report.apps {
                 let Some(old) = current
@@ -1368,7 +1466,7 @@ impl<S: Store> Core<S> {
             }
             self.events.append(events).await?;
             if retarget {
-                self.reassign().await?;
+                self.reassign("report").await?;
             }
             // the host gauges are recomputed at every scrape; here only when a host
             // came back (cheap otherwise: a batch may hold thousands of heartbeats)
@@ -1452,7 +1550,7 @@ impl<S: Store> Core<S> {
                 ),
             )])
             .await?;
-        self.reassign().await?;
+        self.reassign("rollback").await?;
         let info = new
             .target()
             .map(|r| r.to_info(true))
@@ -1478,8 +1576,8 @@ impl<S: Store> Core<S> {
         let hosts = self.hosts().await?;
         let mut assignments = BTreeMap::new();
         for h in &hosts {
-            if let Some(a) = self.assignment(&h.registration.name).await? {
-                assignments.insert(h.registration.name.clone(), a);
+            if let Some(a) = self.assignment_json(&h.registration.name).await? {
+                assignments.insert(h.registration.name.clone(), a.assignment.clone());
             }
         }
         let sync = self.sync_status().await?;
@@ -1597,7 +1695,11 @@ impl<S: Store> Core<S> {
         let mut per_host = Vec::new();
         for host in &hosts {
             let name = &host.registration.name;
-            let Some(a) = self.assignment(name).await? else {
+            let Some(a) = self
+                .assignment_json(name)
+                .await?
+                .map(|c| c.assignment.clone())
+            else {
                 continue;
             };
             if a.apps.iter().any(|x| x.target.app == app) {
@@ -1721,7 +1823,7 @@ fn app_names(bytes: &[u8]) -> Vec<String> {
 }
 
 /// What the instances of an assignment request.
-fn allocated(assignment: Option<&Assignment>) -> Capacity {
+fn allocated(assignment: Option<&HostAssignment>) -> Capacity {
     let mut out = Capacity::default();
     for x in assignment.iter().flat_map(|a| &a.apps) {
         let need = assign::need_of(&x.target.spec);
@@ -1740,7 +1842,11 @@ fn allocated(assignment: Option<&Assignment>) -> Capacity {
 /// assignment's version and every assigned app reports its target with at least its share
 /// (autoscale: its min) ready. An empty assignment counts only on a `ready` host (a
 /// returning host gets its work later).
-fn converged_on(assignment: Option<&Assignment>, report: &HostReport, ready_host: bool) -> bool {
+fn converged_on(
+    assignment: Option<&HostAssignment>,
+    report: &HostReport,
+    ready_host: bool,
+) -> bool {
     let Some(a) = assignment.filter(|a| !a.apps.is_empty()) else {
         return ready_host;
     };
@@ -1768,7 +1874,7 @@ fn app_counts(
     h: &AppHistory,
     number: u64,
     hosts: &[HostRecord],
-    assignments: &BTreeMap<String, Assignment>,
+    assignments: &BTreeMap<String, HostAssignment>,
 ) -> (u32, u32) {
     let mut desired = 0u32;
     let mut ready = 0u32;
