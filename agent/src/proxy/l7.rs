@@ -9,6 +9,7 @@
 //!   vanished backend aborted by the socket's dead-peer timeout (`connect.rs`) — is retried
 //!   once on another backend;
 //! - otherwise 502; no response head within `Timeouts::response_head`: 504.
+//!
 //! Each backend has its own connection pool (`Backend::http_client`), dropped when it leaves
 //! the rotation.
 
@@ -244,10 +245,11 @@ async fn handle(
     let mut failed_on: Option<String> = None;
     let t = app.cfg.timeouts;
     loop {
+        // No backend (none yet, or the one that failed has left the rotation meanwhile):
+        // held for one, as a first attempt is.
         let picked = match app.pool.pick(failed_on.as_deref()) {
             Some(p) => Some(p),
-            None if failed_on.is_none() => app.hold_for_backend().await,
-            None => None,
+            None => app.hold_for_backend().await,
         };
         let Some(picked) = picked else {
             app.metrics.no_backend();
@@ -305,7 +307,7 @@ async fn handle(
         let cause = error_chain(&err);
         let after_ms = sent.elapsed().as_millis();
         if failed_on.is_none() && (repeatable || (bodiless && err.is_connect())) {
-            tracing::info!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: retrying on another backend");
+            tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: retrying on another backend");
             guard.backend = None;
             failed_on = Some(id);
             continue;
