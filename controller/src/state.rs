@@ -143,6 +143,11 @@ pub struct Core<S: Store> {
     clock: Clock,
     host_grace_ms: u64,
     write: Mutex<()>,
+    /// Serializes reassignments (the only writer of `assignments/`), apart from `write`:
+    /// reports and registrations that arrive while a sync computes and stores ten thousand
+    /// assignments do not wait for it, nor it for them. Taken after `write` or alone, never
+    /// the other way round.
+    assign: Mutex<()>,
     /// The last head processed and the error lines it gave (empty: applied).
     sync_lock: Mutex<Option<(String, Vec<String>)>>,
     assignments: watch::Sender<u64>,
@@ -152,8 +157,8 @@ pub struct Core<S: Store> {
     reassign_asked: AtomicU64,
     /// The newest ask a finished reassignment covers; its lock serializes them.
     reassign_done: Mutex<u64>,
-    /// Reports waiting for the next group commit ([`Core::report`]).
-    reports: std::sync::Mutex<Vec<PendingReport>>,
+    /// Registrations and reports waiting for the next group commit ([`Core::report`]).
+    pending: std::sync::Mutex<Pending>,
     metrics: Arc<Metrics>,
     /// Hosts are not found silent before this (Unix ms): when this controller started or
     /// became the leader (hosts look silent while no controller listens).
@@ -165,6 +170,22 @@ pub struct Core<S: Store> {
 
 /// Above this many reports, a batch reads every host record in one range read.
 const REPORT_BATCH_LIST: usize = 32;
+
+/// Where the outcomes of a batch's accepted reports go.
+type ReportReplies = Vec<tokio::sync::oneshot::Sender<Result<(), CoreError>>>;
+
+/// What waits for the next group commit.
+#[derive(Default)]
+struct Pending {
+    registrations: Vec<PendingRegistration>,
+    reports: Vec<PendingReport>,
+}
+
+/// A registration waiting for its batch, and where its outcome goes.
+struct PendingRegistration {
+    reg: Registration,
+    reply: tokio::sync::oneshot::Sender<Result<(), CoreError>>,
+}
 
 /// A report waiting for its batch, and where its outcome goes.
 struct PendingReport {
@@ -193,6 +214,12 @@ struct AssignmentCache {
     /// Every stored assignment is in `hosts` (a full read filled it, and only this
     /// controller's writes changed the store since): a reassignment reads nothing.
     complete: bool,
+    /// Every host record with its store version, once a full read filled it (`None`
+    /// before): the leader's view, updated by its own writes.
+    records: Option<BTreeMap<String, (Arc<HostRecord>, u64)>>,
+    /// Bumped by every clear and by every host write while `records` is `None`: a full
+    /// read that started before must not fill it with what it read.
+    records_generation: u64,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
@@ -238,12 +265,13 @@ impl<S: Store> Core<S> {
             clock,
             host_grace_ms,
             write: Mutex::new(()),
+            assign: Mutex::new(()),
             sync_lock: Mutex::new(None),
             assignments,
             cache: std::sync::Mutex::default(),
             reassign_asked: AtomicU64::new(0),
             reassign_done: Mutex::new(0),
-            reports: std::sync::Mutex::default(),
+            pending: std::sync::Mutex::default(),
             metrics: Arc::new(Metrics::new()),
             live_floor_ms: std::sync::atomic::AtomicU64::new(now),
             placed_states: std::sync::Mutex::new(BTreeMap::new()),
@@ -285,6 +313,8 @@ impl<S: Store> Core<S> {
         cache.generation += 1;
         cache.hosts.clear();
         cache.complete = false;
+        cache.records = None;
+        cache.records_generation += 1;
     }
 
     /// Caches what a read found, unless the cache was cleared since the read began
@@ -403,13 +433,71 @@ impl<S: Store> Core<S> {
         }
     }
 
-    async fn hosts(&self) -> Result<Vec<HostRecord>, CoreError> {
-        self.store
-            .list("hosts/")
+    /// Every host record, by name.
+    async fn hosts(&self) -> Result<Vec<Arc<HostRecord>>, CoreError> {
+        Ok(self
+            .host_entries()
             .await?
-            .into_iter()
-            .map(|(k, e)| decode(&k, &e.value))
-            .collect()
+            .into_values()
+            .map(|(r, _)| r)
+            .collect())
+    }
+
+    /// Every host record with its store version, by name: from the cache once a full read
+    /// filled it (writes of this controller keep it current), else one range read.
+    async fn host_entries(&self) -> Result<BTreeMap<String, (Arc<HostRecord>, u64)>, CoreError> {
+        let generation = {
+            let cache = self.cache();
+            if let Some(records) = &cache.records {
+                return Ok(records.clone());
+            }
+            cache.records_generation
+        };
+        let mut out = BTreeMap::new();
+        for (key, e) in self.store.list("hosts/").await? {
+            let record: HostRecord = decode(&key, &e.value)?;
+            let name = key.strip_prefix("hosts/").unwrap_or(&key).to_string();
+            out.insert(name, (Arc::new(record), e.version));
+        }
+        let mut cache = self.cache();
+        if cache.records_generation == generation {
+            cache.records = Some(out.clone());
+        }
+        Ok(out)
+    }
+
+    /// Puts host records this controller wrote (at store version `version`) into the cache.
+    fn cache_hosts_written(
+        &self,
+        written: impl IntoIterator<Item = (String, HostRecord)>,
+        version: u64,
+    ) {
+        let mut cache = self.cache();
+        match &mut cache.records {
+            Some(records) => {
+                for (name, record) in written {
+                    records.insert(name, (Arc::new(record), version));
+                }
+            }
+            None => cache.records_generation += 1,
+        }
+    }
+
+    /// Commits `txn` (`Conflict` names `what`); the store revision it made.
+    async fn commit_at(&self, txn: Txn, what: &str) -> Result<u64, CoreError> {
+        match self.store.commit(txn).await {
+            Ok(Outcome::Applied { revision }) => Ok(revision),
+            Ok(Outcome::Conflict) => {
+                self.clear_assignment_cache();
+                Err(CoreError::Conflict {
+                    what: what.to_string(),
+                })
+            }
+            Err(e) => {
+                self.clear_assignment_cache();
+                Err(e.into())
+            }
+        }
     }
 
     /// Every stored assignment by host: from the cache when it holds all of them (the
@@ -478,7 +566,7 @@ impl<S: Store> Core<S> {
     fn compute_placement(
         &self,
         histories: &Histories,
-        hosts: &[HostRecord],
+        hosts: &[Arc<HostRecord>],
         stored: &BTreeMap<String, Arc<CachedAssignment>>,
         now: u64,
     ) -> (assign::Placed, BTreeMap<String, HostState>) {
@@ -571,7 +659,7 @@ impl<S: Store> Core<S> {
         }
         // every ask up to here wrote its host before asking: this run sees them all
         let covering = self.reassign_asked.load(Ordering::SeqCst);
-        let _write = self.write.lock().await;
+        let _assign = self.assign.lock().await;
         self.reassign("registration").await?;
         *done = covering;
         Ok(())
@@ -744,23 +832,25 @@ impl<S: Store> Core<S> {
     /// hosts silent past their grace period down (`HostDown`), and places again when any
     /// host's state changed since the last placement (down, back, or given work again).
     pub async fn check_hosts(&self) -> Result<(), CoreError> {
-        let _write = self.write.lock().await;
+        let write = self.write.lock().await;
         let now = self.now_ms();
         let mut txn = Txn::new();
         let mut events = Vec::new();
         let mut states = BTreeMap::new();
-        for (key, entry) in self.store.list("hosts/").await? {
-            let mut record: HostRecord = decode(&key, &entry.value)?;
-            let state = self.host_state(&record, now);
-            if state == HostState::Down && record.down_since_ms.is_none() {
-                let name = record.registration.name.clone();
+        let mut marked = Vec::new();
+        for (name, (stored, version)) in self.host_entries().await? {
+            let state = self.host_state(&stored, now);
+            if state == HostState::Down && stored.down_since_ms.is_none() {
+                let key = host_key(&name);
+                let mut record = HostRecord::clone(&stored);
                 let silent = now.saturating_sub(record.last_seen_ms);
                 record.down_since_ms = Some(now);
                 record.returned_ms = None;
                 record.converging_since_ms = None;
                 txn = txn
-                    .when_version(key.clone(), Some(entry.version))
+                    .when_version(key.clone(), Some(version))
                     .put(key, encode(&record));
+                marked.push((name.clone(), record));
                 events.push(event(
                     now,
                     format!("host/{name}"),
@@ -772,10 +862,11 @@ impl<S: Store> Core<S> {
                     ),
                 ));
             }
-            states.insert(record.registration.name.clone(), state);
+            states.insert(name, state);
         }
         if !txn.ops.is_empty() {
-            self.commit(txn, "host liveness").await?;
+            let revision = self.commit_at(txn, "host liveness").await?;
+            self.cache_hosts_written(marked, revision);
             self.events.append(events).await?;
         }
         let changed = *self
@@ -783,7 +874,9 @@ impl<S: Store> Core<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             != states;
+        drop(write);
         if changed {
+            let _assign = self.assign.lock().await;
             self.reassign("liveness").await?;
         }
         self.set_host_gauges(&states);
@@ -1041,7 +1134,7 @@ impl<S: Store> Core<S> {
             return Ok(Err(errors));
         }
         let t_resolved = tokio::time::Instant::now();
-        let _write = self.write.lock().await;
+        let write = self.write.lock().await;
         let t_locked = tokio::time::Instant::now();
         let now = self.now_ms();
         let stored = self.histories().await?;
@@ -1129,7 +1222,10 @@ impl<S: Store> Core<S> {
             format!("applied {cause}"),
         ));
         self.events.append(events).await?;
+        drop(write);
+        let assign = self.assign.lock().await;
         self.reassign("sync").await?;
+        drop(assign);
         let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
             b.saturating_duration_since(a).as_secs_f64() * 1e3
         };
@@ -1175,7 +1271,9 @@ impl<S: Store> Core<S> {
         errors
     }
 
-    /// Registers (or re-registers) a host; its assignment keeps its version.
+    /// Registers (or re-registers) a host; its assignment keeps its version. Registrations
+    /// that arrive while another write runs are stored together (one transaction, one
+    /// event append: a fleet restarting at once), and share one reassignment.
     pub async fn register(&self, reg: Registration) -> Result<Registered, CoreError> {
         if !berth_manifests::is_dns_label(&reg.name) {
             return Err(CoreError::Invalid(format!(
@@ -1183,54 +1281,89 @@ impl<S: Store> Core<S> {
                 reg.name
             )));
         }
-        let write = self.write.lock().await;
+        let name = reg.name.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pending()
+            .registrations
+            .push(PendingRegistration { reg, reply });
+        self.drain_pending().await;
+        answer.await.unwrap_or_else(|_| {
+            Err(CoreError::Conflict {
+                what: format!("the registration of host {name} (its batch was interrupted)"),
+            })
+        })?;
+        self.reassign_coalesced().await?;
+        let version = self
+            .assignment_json(&name)
+            .await?
+            .map_or(0, |c| c.assignment.version);
+        Ok(Registered {
+            name,
+            assignment_version: version,
+        })
+    }
+
+    /// Stores a batch of registrations (with the write lock held) and answers each.
+    async fn apply_registrations(&self, batch: Vec<PendingRegistration>) {
         let now = self.now_ms();
-        let key = host_key(&reg.name);
-        let entry = self.store.get(&key).await?;
-        let old: Option<HostRecord> = match &entry {
-            Some(e) => Some(decode(&key, &e.value)?),
-            None => None,
-        };
-        let was_down = old
-            .as_ref()
-            .is_some_and(|o| self.host_state(o, now) == HostState::Down);
-        let record = HostRecord {
-            registered_ms: old.as_ref().map_or(now, |o| o.registered_ms),
-            last_report: old.as_ref().and_then(|o| o.last_report.clone()),
-            last_seen_ms: now,
-            registration: reg.clone(),
-            down_since_ms: None,
-            // back from down: work once it reported for a grace period (no flapping)
-            returned_ms: if was_down {
-                Some(now)
+        let mut hosts: BTreeMap<String, (Option<HostRecord>, Option<u64>)> = BTreeMap::new();
+        let wanted: std::collections::BTreeSet<&str> =
+            batch.iter().map(|p| p.reg.name.as_str()).collect();
+        let read = self.host_records(&wanted).await.map(|found| {
+            for name in &wanted {
+                hosts.insert(name.to_string(), (None, None));
+            }
+            for (name, (record, version)) in found {
+                hosts.insert(name, (Some(HostRecord::clone(&record)), Some(version)));
+            }
+        });
+        if let Err(e) = read {
+            for p in batch {
+                let _ = p.reply.send(Err(e.again()));
+            }
+            return;
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut new_records: BTreeMap<String, HostRecord> = BTreeMap::new();
+        for PendingRegistration { reg, reply } in batch {
+            // a host registering twice in one batch: the second sees the first
+            let old = new_records
+                .get(&reg.name)
+                .cloned()
+                .or_else(|| hosts.get(&reg.name).and_then(|(r, _)| r.clone()));
+            let was_down = old
+                .as_ref()
+                .is_some_and(|o| self.host_state(o, now) == HostState::Down);
+            let record = HostRecord {
+                registered_ms: old.as_ref().map_or(now, |o| o.registered_ms),
+                last_report: old.as_ref().and_then(|o| o.last_report.clone()),
+                last_seen_ms: now,
+                registration: reg.clone(),
+                down_since_ms: None,
+                // back from down: work once it reported for a grace period (no flapping)
+                returned_ms: if was_down {
+                    Some(now)
+                } else {
+                    old.as_ref().and_then(|o| o.returned_ms)
+                },
+                converging_since_ms: Some(now),
+                converged_in_ms: old.as_ref().and_then(|o| o.converged_in_ms),
+            };
+            let verb = if old.is_some() {
+                "re-registered"
             } else {
-                old.as_ref().and_then(|o| o.returned_ms)
-            },
-            converging_since_ms: Some(now),
-            converged_in_ms: old.as_ref().and_then(|o| o.converged_in_ms),
-        };
-        self.commit(
-            Txn::new()
-                .when_version(key.clone(), entry.map(|e| e.version))
-                .put(key, encode(&record)),
-            "host",
-        )
-        .await?;
-        let verb = if old.is_some() {
-            "re-registered"
-        } else {
-            "registered"
-        };
-        let back = if was_down {
-            format!(
-                "; it was down, so it gets work once it has reported for {:.1}s",
-                self.host_grace_ms as f64 / 1000.0
-            )
-        } else {
-            String::new()
-        };
-        self.events
-            .append(vec![event(
+                "registered"
+            };
+            let back = if was_down {
+                format!(
+                    "; it was down, so it gets work once it has reported for {:.1}s",
+                    self.host_grace_ms as f64 / 1000.0
+                )
+            } else {
+                String::new()
+            };
+            events.push(event(
                 now,
                 format!("host/{}", reg.name),
                 "HostRegistered",
@@ -1241,18 +1374,87 @@ impl<S: Store> Core<S> {
                     assign::show_cpu(reg.capacity.cpu_millis, reg.capacity.cpu_millis > 0),
                     assign::show_memory(reg.capacity.memory_bytes, reg.capacity.memory_bytes > 0),
                 ),
-            )])
-            .await?;
+            ));
+            new_records.insert(reg.name.clone(), record);
+            replies.push(reply);
+        }
+        let mut txn = Txn::new();
+        for (name, record) in &new_records {
+            let key = host_key(name);
+            let version = hosts.get(name).and_then(|(_, v)| *v);
+            txn = txn
+                .when_version(key.clone(), version)
+                .put(key, encode(record));
+        }
+        let result = async {
+            let revision = self.commit_at(txn, "host").await?;
+            self.cache_hosts_written(new_records, revision);
+            self.events.append(events).await?;
+            Ok::<(), CoreError>(())
+        }
+        .await;
+        for reply in replies {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.again()),
+            });
+        }
+    }
+
+    /// The stored records of `names` with their versions: one range read for many, a read
+    /// each for a few.
+    async fn host_records(
+        &self,
+        names: &std::collections::BTreeSet<&str>,
+    ) -> Result<BTreeMap<String, (Arc<HostRecord>, u64)>, CoreError> {
+        let mut out = BTreeMap::new();
+        let cached = self.cache().records.is_some();
+        if cached || names.len() > REPORT_BATCH_LIST {
+            let all = self.host_entries().await?;
+            for name in names {
+                if let Some(found) = all.get(*name) {
+                    out.insert(name.to_string(), found.clone());
+                }
+            }
+        } else {
+            for name in names {
+                let key = host_key(name);
+                if let Some(entry) = self.store.get(&key).await? {
+                    let record: HostRecord = decode(&key, &entry.value)?;
+                    out.insert(name.to_string(), (Arc::new(record), entry.version));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies the registrations and reports that wait, each kind as one group commit,
+    /// under the write lock (the caller's may be among them, or already applied by another
+    /// caller that held the lock first); then, when a report failed a rollout, places
+    /// again under the assignment lock alone.
+    async fn drain_pending(&self) {
+        let write = self.write.lock().await;
+        let Pending {
+            registrations,
+            reports,
+        } = std::mem::take(&mut *self.pending());
+        if !registrations.is_empty() {
+            self.apply_registrations(registrations).await;
+        }
+        let Some((replies, mut result, retarget)) = self.apply_reports(reports).await else {
+            return;
+        };
         drop(write);
-        self.reassign_coalesced().await?;
-        let version = self
-            .assignment_json(&reg.name)
-            .await?
-            .map_or(0, |c| c.assignment.version);
-        Ok(Registered {
-            name: reg.name,
-            assignment_version: version,
-        })
+        if retarget && result.is_ok() {
+            let _assign = self.assign.lock().await;
+            result = self.reassign("report").await;
+        }
+        for reply in replies {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.again()),
+            });
+        }
     }
 
     /// Takes a host's report: heartbeat, instances, rollout outcomes, events. Reports that
@@ -1272,14 +1474,8 @@ impl<S: Store> Core<S> {
             )));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.pending_reports().push(PendingReport { report, reply });
-        {
-            let _write = self.write.lock().await;
-            let batch = std::mem::take(&mut *self.pending_reports());
-            if !batch.is_empty() {
-                self.apply_reports(batch).await;
-            }
-        }
+        self.pending().reports.push(PendingReport { report, reply });
+        self.drain_pending().await;
         answer.await.unwrap_or_else(|_| {
             Err(CoreError::Conflict {
                 what: format!("the report of host {host} (its batch was interrupted)"),
@@ -1287,14 +1483,22 @@ impl<S: Store> Core<S> {
         })
     }
 
-    fn pending_reports(&self) -> std::sync::MutexGuard<'_, Vec<PendingReport>> {
-        self.reports
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies a batch of reports (with the write lock held) and answers each.
-    async fn apply_reports(&self, batch: Vec<PendingReport>) {
+    /// Applies a batch of reports (with the write lock held); returns the replies to send,
+    /// the outcome and whether placement must run again (a rollout failed), or `None` when
+    /// no report was accepted (each answered already).
+    async fn apply_reports(
+        &self,
+        batch: Vec<PendingReport>,
+    ) -> Option<(ReportReplies, Result<(), CoreError>, bool)> {
+        if batch.is_empty() {
+            return None;
+        }
         let now = self.now_ms();
         let mut hosts: BTreeMap<String, (HostRecord, u64)> = BTreeMap::new();
         let mut original = Histories::new();
@@ -1305,26 +1509,28 @@ impl<S: Store> Core<S> {
         let mut returned = false;
         let mut converged = Vec::new();
         let mut accepted = Vec::new();
-        if batch.len() > REPORT_BATCH_LIST {
-            // one range read for a large batch instead of a store read per host (each a
-            // trip to the blocking pool): only the batch's hosts are decoded
+        {
+            // the batch's hosts at once (from the cache, or one range read for many)
             let wanted: std::collections::BTreeSet<&str> =
                 batch.iter().map(|p| p.report.host.as_str()).collect();
-            match self.store.list("hosts/").await {
-                Ok(all) => {
-                    for (key, entry) in all {
-                        let Some(name) = key.strip_prefix("hosts/") else {
-                            continue;
-                        };
-                        if !wanted.contains(name) {
-                            continue;
-                        }
-                        if let Ok(record) = decode::<HostRecord>(&key, &entry.value) {
-                            hosts.insert(name.to_string(), (record, entry.version));
-                        }
+            match self.host_records(&wanted).await {
+                Ok(found) => {
+                    for (name, (record, version)) in found {
+                        hosts.insert(name, (HostRecord::clone(&record), version));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the hosts of a report batch"),
+            }
+            // the histories of the apps the batch reports: one range read for many
+            let apps: std::collections::BTreeSet<&str> = batch
+                .iter()
+                .flat_map(|p| p.report.apps.iter().map(|a| a.app.as_str()))
+                .collect();
+            if apps.len() > REPORT_BATCH_LIST {
+                match self.histories().await {
+                    Ok(all) => original = all,
+                    Err(e) => tracing::warn!(error = %e, "reading the apps of a report batch"),
+                }
             }
         }
         for PendingReport { mut report, reply } in batch {
@@ -1346,6 +1552,13 @@ impl<S: Store> Core<S> {
             let assigned: Option<HostAssignment> = assigned.map(|c| c.assignment.clone());
             events.append(&mut report.events);
             for app in &report.apps {
+                // a host speaks only for the apps assigned to it
+                let mine = assigned
+                    .as_ref()
+                    .is_some_and(|a| a.apps.iter().any(|x| x.target.app == app.app));
+                if !mine {
+                    continue;
+                }
                 let Some(old) = current
                     .get(&app.app)
                     .cloned()
@@ -1441,7 +1654,7 @@ impl<S: Store> Core<S> {
             accepted.push(reply);
         }
         if accepted.is_empty() {
-            return;
+            return None;
         }
         let mut txn = Txn::new();
         for (host, (record, version)) in &hosts {
@@ -1453,8 +1666,13 @@ impl<S: Store> Core<S> {
         for (app, new) in &current {
             txn = Self::save(txn, original.get(app), new);
         }
+        let written: Vec<(String, HostRecord)> = hosts
+            .into_iter()
+            .map(|(name, (record, _))| (name, record))
+            .collect();
         let result = async {
-            self.commit(txn, "report").await?;
+            let revision = self.commit_at(txn, "report").await?;
+            self.cache_hosts_written(written, revision);
             for ms in converged {
                 self.metrics.host_converged(ms as f64 / 1000.0);
             }
@@ -1465,9 +1683,6 @@ impl<S: Store> Core<S> {
                 }
             }
             self.events.append(events).await?;
-            if retarget {
-                self.reassign("report").await?;
-            }
             // the host gauges are recomputed at every scrape; here only when a host
             // came back (cheap otherwise: a batch may hold thousands of heartbeats)
             if returned {
@@ -1476,12 +1691,7 @@ impl<S: Store> Core<S> {
             Ok::<(), CoreError>(())
         }
         .await;
-        for reply in accepted {
-            let _ = reply.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.again()),
-            });
-        }
+        Some((accepted, result, retarget))
     }
 
     /// Loads what `report` needs into the batch's maps: its host record (`None`: the host is
@@ -1529,7 +1739,7 @@ impl<S: Store> Core<S> {
 
     /// Pins `app` to revision `to` (default: the previous good one).
     pub async fn rollback(&self, app: &str, to: Option<u64>) -> Result<RevisionInfo, CoreError> {
-        let _write = self.write.lock().await;
+        let write = self.write.lock().await;
         let now = self.now_ms();
         let old = self.history(app).await?;
         let from = old.0.record.target;
@@ -1550,6 +1760,8 @@ impl<S: Store> Core<S> {
                 ),
             )])
             .await?;
+        drop(write);
+        let _assign = self.assign.lock().await;
         self.reassign("rollback").await?;
         let info = new
             .target()
@@ -1873,7 +2085,7 @@ const RETRY_MARK: &str = "\u{1}retry:";
 fn app_counts(
     h: &AppHistory,
     number: u64,
-    hosts: &[HostRecord],
+    hosts: &[Arc<HostRecord>],
     assignments: &BTreeMap<String, HostAssignment>,
 ) -> (u32, u32) {
     let mut desired = 0u32;
