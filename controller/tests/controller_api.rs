@@ -4,7 +4,6 @@
 //! Only the digest resolver is a fake (the registry resolver has its own real-registry test).
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,54 +13,33 @@ use berth_controller::{Config, Controller, ControllerHandle};
 use berth_manifests::wire::{
     AppReport, HostReport, Registration, RevisionState, RolloutPhase, RolloutState,
 };
-use berth_testkit::git;
+use berth_testkit::{GitRemote, git};
 
 /// A bare "remote", a work clone that pushes to it, and a data dir; all removed on drop.
 struct Fixture {
     dir: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
+    repo: GitRemote,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Fixture { dir, bare, work }
+        let repo = GitRemote::init(dir.path());
+        Fixture { dir, repo }
     }
 
     fn push(&self, path: &str, text: &str, message: &str) -> String {
-        let full = self.work.join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(full, text).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "--quiet", "--allow-empty", "-m", message],
-        );
-        git(
-            &self.work,
-            &["push", "--quiet", "--force", "origin", "HEAD:main"],
-        );
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+        self.repo.push(path, text, message)
     }
 
     fn remove(&self, path: &str, message: &str) {
-        git(&self.work, &["rm", "--quiet", path]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        self.repo.commit(&[(path, None)], message);
     }
 
     async fn start(&self, resolver: Arc<FakeResolver>) -> (ControllerHandle, Client) {
         let mut config = Config::new(
             self.dir.path().join("data"),
-            format!("file://{}", self.bare.display()),
+            self.repo.url(),
             "main".into(),
             resolver,
         );
@@ -410,7 +388,7 @@ async fn a_silent_host_is_marked_down_its_apps_move_and_it_gets_work_back_after_
     let now = Arc::new(AtomicU64::new(1_000_000));
     let mut config = Config::new(
         fx.dir.path().join("data"),
-        format!("file://{}", fx.bare.display()),
+        fx.repo.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );
@@ -687,7 +665,11 @@ async fn an_unresolvable_image_refuses_the_whole_commit() {
     let (handle, client) = fx.start(resolver).await;
     client.sync().await.unwrap();
     // one commit adds api and moves web to a tag that does not exist
-    std::fs::write(fx.work.join("api.yaml"), "app: api\nimage: busybox:2\n").unwrap();
+    std::fs::write(
+        fx.repo.work().join("api.yaml"),
+        "app: api\nimage: busybox:2\n",
+    )
+    .unwrap();
     fx.push(
         "web.yaml",
         &web("busybox:9"),
@@ -727,7 +709,7 @@ async fn a_push_to_a_local_repository_is_applied_without_poll_or_webhook() {
     }
     assert!(applied, "the first sync at start did not apply the head");
     // packed refs are read too
-    git(&fx.bare, &["pack-refs", "--all"]);
+    git(fx.repo.bare(), &["pack-refs", "--all"]);
     fx.push("web.yaml", &web("busybox:2"), "web 2");
     let mut revision = 0;
     for _ in 0..100 {
@@ -739,14 +721,14 @@ async fn a_push_to_a_local_repository_is_applied_without_poll_or_webhook() {
     }
     assert_eq!(revision, 2, "the push was not noticed");
     let source = berth_controller::git::GitSource::new(
-        fx.bare.to_str().unwrap(),
+        fx.repo.bare().to_str().unwrap(),
         "main",
         &fx.dir.path().join("unused-mirror"),
     )
     .unwrap();
-    let head = git(&fx.work, &["rev-parse", "HEAD"]);
+    let head = git(fx.repo.work(), &["rev-parse", "HEAD"]);
     assert_eq!(source.local_head().as_deref(), Some(head.trim()));
-    git(&fx.bare, &["pack-refs", "--all", "--prune"]);
+    git(fx.repo.bare(), &["pack-refs", "--all", "--prune"]);
     assert_eq!(source.local_head().as_deref(), Some(head.trim()));
     handle.shutdown().await.unwrap();
 }
@@ -807,7 +789,7 @@ async fn an_unreachable_repository_shows_in_status_until_it_is_back() {
     let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
     assert!(client.sync().await.unwrap().errors.is_empty());
     let moved = fx.dir.path().join("moved.git");
-    std::fs::rename(&fx.bare, &moved).unwrap();
+    std::fs::rename(fx.repo.bare(), &moved).unwrap();
     let sync = client.sync().await.unwrap();
     assert_eq!(sync.errors.len(), 1, "{:?}", sync.errors);
     assert!(
@@ -820,7 +802,7 @@ async fn an_unreachable_repository_shows_in_status_until_it_is_back() {
         1,
         "apps kept"
     );
-    std::fs::rename(&moved, &fx.bare).unwrap();
+    std::fs::rename(&moved, fx.repo.bare()).unwrap();
     let sync = client.sync().await.unwrap();
     assert!(sync.errors.is_empty(), "stale error: {:?}", sync.errors);
     handle.shutdown().await.unwrap();
