@@ -97,6 +97,11 @@ impl Sandbox {
     fn log(&self) -> String {
         std::fs::read_to_string(self.data().join("up/up.log")).unwrap_or_default()
     }
+
+    /// The proxy process's log: its failures and retries, one line each.
+    fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.data().join("run/proxy.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Sandbox {
@@ -365,15 +370,18 @@ fn rolling_update_and_rollback_under_load_answer_every_request() {
         .iter()
         .filter(|o| !matches!(o, Ok(c) if (200..300).contains(c)))
         .collect();
+    let proxy_log = sandbox.proxy_log();
+    let retried = proxy_log.matches("retrying on another backend").count();
     eprintln!(
-        "{} requests across a rolling update and a rollback ({err}), {} failed",
+        "{} requests across a rolling update and a rollback ({err}), {} failed, {retried} \
+         retried by the proxy\nproxy log:\n{proxy_log}",
         outcomes.len(),
         failed.len()
     );
     assert!(outcomes.len() > 100, "too little load: {}", outcomes.len());
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed, e.g. {:?}\n{}",
+        "{} of {} requests failed, e.g. {:?}\n{}\nproxy log:\n{proxy_log}",
         failed.len(),
         outcomes.len(),
         &failed[..failed.len().min(5)],

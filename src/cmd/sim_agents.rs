@@ -65,6 +65,14 @@ pub struct Args {
     /// Send no report at all (register and long-poll only)
     #[arg(long)]
     pub no_reports: bool,
+    /// CPU every simulated host declares, in millicores (default 1024 cores: every
+    /// instance of the benchmark fits, so placement is measured, not capacity refusals;
+    /// 0: not limited)
+    #[arg(long, default_value_t = 1_024_000)]
+    pub cpu_millis: u64,
+    /// Memory every simulated host declares, in MiB (default 1 TiB; 0: not limited)
+    #[arg(long, default_value_t = 1 << 20)]
+    pub memory_mib: u64,
     /// Registrations in flight at once
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
@@ -134,6 +142,10 @@ async fn simulate(
             index,
             name: format!("{}-{:05}", args.prefix, index + 1),
             client: clients[index % clients.len()].clone(),
+            capacity: berth_manifests::wire::Capacity {
+                cpu_millis: args.cpu_millis,
+                memory_bytes: args.memory_mib.saturating_mul(1 << 20),
+            },
             labels: {
                 let mut labels = labels.clone();
                 if args.zones > 0 {
@@ -280,6 +292,7 @@ struct SimAgent {
     name: String,
     client: HttpController,
     labels: std::collections::BTreeMap<String, String>,
+    capacity: berth_manifests::wire::Capacity,
     wait: Duration,
     report_interval: Option<Duration>,
     reports: bool,
@@ -303,10 +316,7 @@ impl SimAgent {
         let registration = Registration {
             name: self.name.clone(),
             labels: self.labels.clone(),
-            capacity: berth_manifests::wire::Capacity {
-                cpu_millis: 4000,
-                memory_bytes: 8 << 30,
-            },
+            capacity: self.capacity,
             agent_version: concat!(env!("CARGO_PKG_VERSION"), "-sim").to_string(),
         };
         let mut pause = Duration::from_millis(200);

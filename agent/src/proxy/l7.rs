@@ -1,7 +1,17 @@
 //! HTTP/1.1 mode: hyper's server per client connection, the request forwarded through a
 //! pooled keep-alive client to the picked backend, bodies streamed frame by frame both ways,
 //! `Upgrade` (websocket) tunnelled, hop-by-hop headers dropped, `X-Forwarded-For`/`-Proto`
-//! added. A bodiless request whose backend refuses the connection is retried once elsewhere.
+//! added.
+//!
+//! Failures are answered fast and logged (app, backend, address, cause), never by a hang:
+//! - a bodiless request whose connect fails, and a bodiless idempotent request (GET, HEAD,
+//!   OPTIONS, …; RFC 9110 §9.2.2) that fails before the response head — reset, closed, or a
+//!   vanished backend aborted by the socket's dead-peer timeout (`connect.rs`) — is retried
+//!   once on another backend;
+//! - otherwise 502; no response head within `Timeouts::response_head`: 504.
+//!
+//! Each backend has its own connection pool (`Backend::http_client`), dropped when it leaves
+//! the rotation.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +36,7 @@ use tokio::time::Instant;
 
 use super::balance::InFlight;
 use super::connect::Connector;
-use super::server::{App, Timeouts};
+use super::server::App;
 
 /// Bodies in both directions.
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -34,8 +44,11 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 /// The pooled client to backends.
 pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Body>;
 
-pub(crate) fn client(t: &Timeouts) -> Client {
-    let conn = Connector { timeout: t.connect };
+/// A pooled client (one per backend, see `Backend::http_client`).
+pub(crate) fn client(connect_timeout: Duration) -> Client {
+    let conn = Connector {
+        timeout: connect_timeout,
+    };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
@@ -225,16 +238,24 @@ async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
+    // Safe to send again after a failure before the response head: the backend may have
+    // processed it, but an idempotent request may be repeated (RFC 9110 §9.2.2).
+    let repeatable = bodiless && !upgrade && parts.method.is_idempotent();
     let mut body = Some(body.boxed_unsync());
     let mut failed_on: Option<String> = None;
+    let t = app.cfg.timeouts;
     loop {
+        // No backend (none yet, or the one that failed has left the rotation meanwhile):
+        // held for one, as a first attempt is.
         let picked = match app.pool.pick(failed_on.as_deref()) {
             Some(p) => Some(p),
-            None if failed_on.is_none() => app.hold_for_backend().await,
-            None => None,
+            None => app.hold_for_backend().await,
         };
         let Some(picked) = picked else {
             app.metrics.no_backend();
+            if let Some(id) = &failed_on {
+                tracing::warn!(app = %app.cfg.name, backend = %id, method = %parts.method, "no backend left to retry on: answering 503");
+            }
             let mut r = reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no ready instance of app {}\n", app.cfg.name),
@@ -248,6 +269,7 @@ async fn handle(
         };
         let addr = picked.backend().addr();
         let id = picked.backend().id().to_owned();
+        let client = picked.backend().http_client(|| client(t.connect));
         guard.backend = Some(picked);
         let out = match upstream_request(
             &parts,
@@ -265,24 +287,52 @@ async fn handle(
                 ));
             }
         };
-        match app.client.request(out).await {
-            Ok(resp) => return Ok(respond(resp, guard, client_upgrade)),
-            Err(e) if e.is_connect() && bodiless && failed_on.is_none() => {
-                tracing::debug!(app = %app.cfg.name, backend = %id, error = %e, "retrying elsewhere");
-                guard.backend = None;
-                failed_on = Some(id);
-            }
-            Err(e) => {
-                tracing::debug!(app = %app.cfg.name, backend = %id, error = %e, "backend failed");
+        let sent = Instant::now();
+        let err = match tokio::time::timeout(t.response_head, client.request(out)).await {
+            Ok(Ok(resp)) => return Ok(respond(resp, guard, client_upgrade)),
+            Ok(Err(e)) => e,
+            Err(_) => {
                 app.metrics.upstream_error();
+                tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), timeout = ?t.response_head, "no response head in time: answering 504");
                 return Ok(reply(
-                    StatusCode::BAD_GATEWAY,
-                    format!("backend {id} failed\n"),
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {id} sent no response within {:?}\n",
+                        t.response_head
+                    ),
                     guard,
                 ));
             }
+        };
+        let cause = error_chain(&err);
+        let after_ms = sent.elapsed().as_millis();
+        if failed_on.is_none() && (repeatable || (bodiless && err.is_connect())) {
+            tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: retrying on another backend");
+            guard.backend = None;
+            failed_on = Some(id);
+            continue;
         }
+        app.metrics.upstream_error();
+        tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: answering 502");
+        return Ok(reply(
+            StatusCode::BAD_GATEWAY,
+            format!("backend {id} failed: {cause}\n"),
+            guard,
+        ));
     }
+}
+
+/// An error and its causes, `: `-separated (hyper-util's own message is only "client error
+/// (SendRequest)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn upstream_request(
