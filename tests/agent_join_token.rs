@@ -16,7 +16,7 @@ use berth_controller::resolve::FakeResolver;
 use berth_controller::{Config, Controller};
 use berth_manifests::ErrorKind;
 use berth_manifests::wire::{HostReport, Registration};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 fn registration(name: &str) -> Registration {
     Registration {
@@ -40,24 +40,15 @@ fn report(host: &str) -> HostReport {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_a_join_token_speaks_only_for_its_own_host() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(
-        work.join("web.yaml"),
+    let repo = GitRemote::init(dir.path());
+    repo.push(
+        "web.yaml",
         "app: web\nimage: busybox:1\nreplicas: 2\n",
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "add web"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        "add web",
+    );
     let mut config = Config::new(
         dir.path().join("data"),
-        format!("file://{}", bare.display()),
+        repo.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );

@@ -20,7 +20,7 @@ use berth_controller::client::Client;
 use berth_manifests::wire::{
     AppReport, HostReport, Registration, RevisionState, RolloutState, Scale,
 };
-use berth_testkit::{Etcd, git};
+use berth_testkit::{Etcd, GitRemote};
 
 const TOKEN: &str = "ha-test-token";
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -199,22 +199,14 @@ fn assert_history(revs: &[berth_manifests::wire::RevisionInfo], images: &[String
 fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let repo = GitRemote::init(dir.path());
+    let bare = repo.bare().to_path_buf();
     let push = |n: u8| {
-        std::fs::write(
-            work.join("web.yaml"),
-            format!("app: web\nimage: {}\nreplicas: 2\n", image(n)),
-        )
-        .unwrap();
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "--quiet", "-m", &format!("web {n}")]);
-        git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        repo.push(
+            "web.yaml",
+            &format!("app: web\nimage: {}\nreplicas: 2\n", image(n)),
+            &format!("web {n}"),
+        );
     };
     push(1);
     let mut daemons: Vec<Daemon> = ["a", "b", "c"]
