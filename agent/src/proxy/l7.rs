@@ -336,7 +336,8 @@ async fn handle(
         tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: answering 502");
         return Ok(reply(
             StatusCode::BAD_GATEWAY,
-            format!("backend {id} failed: {cause}\n"),
+            // The cause (addresses, errors) goes to the log, not to the client.
+            format!("backend {id} failed\n"),
             guard,
         ));
     }
