@@ -14,6 +14,7 @@
 //!   follows); [`git`] runs the CLI with a fixed identity.
 //! - [`run_ok`], [`wait_for`]: run a command that must succeed; poll until something holds.
 //! - [`promtool_check`]: `promtool check metrics` (Debian's prometheus) on an exposition.
+//! - [`registration`], [`empty_report`]: a host's registration and a report of nothing.
 //!
 //! It must not touch anything it did not create. Panics are allowed here: it is test code.
 #![allow(clippy::panic)]
@@ -407,6 +408,27 @@ pub fn wait_for<T>(
             panic!("timed out after {secs}s waiting for {what}\n{}", context());
         }
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The registration of host `name`: no labels, no declared capacity, agent version `test`.
+pub fn registration(name: &str) -> berth_manifests::wire::Registration {
+    berth_manifests::wire::Registration {
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        agent_version: "test".into(),
+    }
+}
+
+/// A report from `host` of no instances and no apps (assignment version 0).
+pub fn empty_report(host: &str) -> berth_manifests::wire::HostReport {
+    berth_manifests::wire::HostReport {
+        host: host.into(),
+        assignment_version: 0,
+        instances: Vec::new(),
+        apps: Vec::new(),
+        events: Vec::new(),
     }
 }
 
