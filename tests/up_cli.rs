@@ -233,27 +233,7 @@ fn check_metrics(sandbox: &Sandbox, app: &str) {
         let text = sandbox.http(7070, "/metrics")?;
         families.iter().all(|f| sampled(&text, f)).then_some(text)
     });
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    berth_testkit::promtool_check(&text);
     let value = |series: &str| -> f64 {
         text.lines()
             .filter_map(|l| l.strip_prefix(series))
