@@ -10,6 +10,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=nolibc/mod.rs");
     build(
         "logshim/main.rs",
         "berth_logshim",

@@ -16,12 +16,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_testkit::Registry;
+use berth_testkit::{Registry, run_ok};
 
 /// A network namespace of this test, with `lo` up; `berth down` and removed on drop.
 struct Sandbox {
@@ -97,6 +97,11 @@ impl Sandbox {
     fn log(&self) -> String {
         std::fs::read_to_string(self.data().join("up/up.log")).unwrap_or_default()
     }
+
+    /// The proxy process's log: its failures and retries, one line each.
+    fn proxy_log(&self) -> String {
+        std::fs::read_to_string(self.data().join("run/proxy.log")).unwrap_or_default()
+    }
 }
 
 impl Drop for Sandbox {
@@ -118,32 +123,13 @@ impl Drop for Sandbox {
     }
 }
 
-fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}; status: {}\nup.log:\n{}",
-                sandbox.status(),
-                sandbox.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, f: impl FnMut() -> Option<T>) -> T {
+    berth_testkit::wait_for(
+        what,
+        secs,
+        || format!("status: {}\nup.log:\n{}", sandbox.status(), sandbox.log()),
+        f,
+    )
 }
 
 /// One `GET path` on 127.0.0.1:port of the current thread's namespace: status and body.
@@ -384,15 +370,18 @@ fn rolling_update_and_rollback_under_load_answer_every_request() {
         .iter()
         .filter(|o| !matches!(o, Ok(c) if (200..300).contains(c)))
         .collect();
+    let proxy_log = sandbox.proxy_log();
+    let retried = proxy_log.matches("retrying on another backend").count();
     eprintln!(
-        "{} requests across a rolling update and a rollback ({err}), {} failed",
+        "{} requests across a rolling update and a rollback ({err}), {} failed, {retried} \
+         retried by the proxy\nproxy log:\n{proxy_log}",
         outcomes.len(),
         failed.len()
     );
     assert!(outcomes.len() > 100, "too little load: {}", outcomes.len());
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed, e.g. {:?}\n{}",
+        "{} of {} requests failed, e.g. {:?}\n{}\nproxy log:\n{proxy_log}",
         failed.len(),
         outcomes.len(),
         &failed[..failed.len().min(5)],

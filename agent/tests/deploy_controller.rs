@@ -9,7 +9,6 @@
     reason = "test helpers"
 )]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,35 +21,23 @@ use berth_controller::client::Client;
 use berth_controller::resolve::FakeResolver;
 use berth_controller::server::{Config, Controller};
 use berth_manifests::wire::{RevisionState, RolloutState};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
+/// A git remote (with its work repository) and the controller's data dir, in one temp dir.
 struct Repo {
     dir: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
+    git: GitRemote,
 }
 
 impl Repo {
     fn new() -> Repo {
         let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Repo { dir, bare, work }
+        let git = GitRemote::init(dir.path());
+        Repo { dir, git }
     }
 
     fn push(&self, text: &str, message: &str) {
-        std::fs::write(self.work.join("web.yaml"), text).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(
-            &self.work,
-            &["push", "--quiet", "--force", "origin", "HEAD:main"],
-        );
+        self.git.push("web.yaml", text, message);
     }
 }
 
@@ -92,7 +79,7 @@ async fn rolls_out_rolls_back_and_the_controller_marks_the_revision_failed() {
     repo.push(&web("busybox:1"), "add web");
     let mut config = Config::new(
         repo.dir.path().join("data"),
-        format!("file://{}", repo.bare.display()),
+        repo.git.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );

@@ -20,13 +20,16 @@
 
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use berth_agent::host::unpack::{Expected, Limits, unpack_layer};
 use berth_agent::image::Digest;
 use proptest::prelude::*;
+
+mod unpack_support;
+use unpack_support::Sandbox;
 
 /// The most one extraction may take (archives here are at most a few MiB).
 const BOUND: Duration = Duration::from_secs(20);
@@ -265,97 +268,29 @@ fn archive(parts: &[Part], out: &str, flips: &[(prop::sample::Index, u8)]) -> Ve
     tar
 }
 
-/// A temp dir on tmpfs with `root/` (the snapshot) and `outside/` (must never change).
-struct Sandbox {
-    dir: tempfile::TempDir,
+/// Nothing outside the root changed, and no device node is in the root.
+fn check(sb: &Sandbox) -> Result<(), String> {
+    sb.outside_changes()?;
+    check_tree(&sb.root())
 }
 
-impl Sandbox {
-    fn new() -> Self {
-        let base = Path::new("/dev/shm");
-        let dir = if base.is_dir() {
-            tempfile::Builder::new()
-                .prefix("berth-unpack-fuzz-")
-                .tempdir_in(base)
-                .unwrap()
-        } else {
-            tempfile::tempdir().unwrap()
-        };
-        fs::create_dir(dir.path().join("root")).unwrap();
-        fs::create_dir(dir.path().join("outside")).unwrap();
-        fs::write(dir.path().join("outside/secret"), b"host secret").unwrap();
-        fs::set_permissions(
-            dir.path().join("outside/secret"),
-            fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-        fs::set_permissions(
-            dir.path().join("outside"),
-            fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        Self { dir }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn outside(&self) -> PathBuf {
-        self.dir.path().join("outside")
-    }
-
-    fn check(&self) -> Result<(), String> {
-        let mut top: Vec<String> = fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        top.sort();
-        if top != ["outside", "root"] {
-            return Err(format!("the sandbox now holds {top:?}"));
+/// No device node in the root except 0:0 whiteouts (devices are not allowed).
+fn check_tree(dir: &Path) -> Result<(), String> {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return Ok(()); // a directory of mode 000 is fine (we are root, but be lenient)
+    };
+    for e in entries {
+        let e = e.unwrap();
+        let meta = fs::symlink_metadata(e.path()).unwrap();
+        let ft = meta.file_type();
+        if (ft.is_char_device() && meta.rdev() != 0) || ft.is_block_device() {
+            return Err(format!("device node {} in the root", e.path().display()));
         }
-        let names: Vec<String> = fs::read_dir(self.outside())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        if names != ["secret"] {
-            return Err(format!("outside/ now holds {names:?}"));
+        if ft.is_dir() {
+            check_tree(&e.path())?;
         }
-        let secret = self.outside().join("secret");
-        let meta = fs::symlink_metadata(&secret).unwrap();
-        if !meta.is_file()
-            || fs::read(&secret).unwrap() != b"host secret"
-            || meta.mode() & 0o7777 != 0o600
-            || meta.nlink() != 1
-            || meta.uid() != 0
-        {
-            return Err(format!("outside/secret changed: {meta:?}"));
-        }
-        let dmode = fs::symlink_metadata(self.outside()).unwrap().mode() & 0o7777;
-        if dmode != 0o755 {
-            return Err(format!("outside/ mode changed to {dmode:o}"));
-        }
-        self.check_tree(&self.root())
     }
-
-    /// No device node in the root except 0:0 whiteouts (devices are not allowed).
-    fn check_tree(&self, dir: &Path) -> Result<(), String> {
-        let Ok(entries) = fs::read_dir(dir) else {
-            return Ok(()); // a directory of mode 000 is fine (we are root, but be lenient)
-        };
-        for e in entries {
-            let e = e.unwrap();
-            let meta = fs::symlink_metadata(e.path()).unwrap();
-            let ft = meta.file_type();
-            if (ft.is_char_device() && meta.rdev() != 0) || ft.is_block_device() {
-                return Err(format!("device node {} in the root", e.path().display()));
-            }
-            if ft.is_dir() {
-                self.check_tree(&e.path())?;
-            }
-        }
-        Ok(())
-    }
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -394,7 +329,7 @@ fn run(
     codec: Codec,
     limits: &Limits,
 ) -> Result<(), TestCaseError> {
-    let sb = Sandbox::new();
+    let sb = Sandbox::on_tmpfs();
     let tar = archive(parts, &sb.outside().display().to_string(), flips);
     let blob = compress(codec, &tar);
     let expected = Expected {
@@ -410,8 +345,7 @@ fn run(
         // Errors print on one line and say something.
         prop_assert!(!e.to_string().is_empty());
     }
-    sb.check()
-        .map_err(|m| TestCaseError::fail(format!("{m} (unpack gave {result:?})")))?;
+    check(&sb).map_err(|m| TestCaseError::fail(format!("{m} (unpack gave {result:?})")))?;
     Ok(())
 }
 

@@ -101,7 +101,9 @@ async fn pulls_by_tag_then_by_digest_reusing_the_snapshots() {
         [format!("{}/berth-test/hello:latest", reg.addr())]
     );
 
-    let pinned = reference(&reg, "hello").with_digest(by_tag.digest().clone());
+    let pinned = reference(&reg, "hello")
+        .with_digest(by_tag.digest().clone())
+        .unwrap();
     let events = Recorder::default();
     let by_digest = store.pull(&pinned, &options(&reg), &events).await.unwrap();
     assert_eq!(by_digest.digest(), by_tag.digest());

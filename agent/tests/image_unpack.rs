@@ -9,10 +9,13 @@
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use berth_agent::host::unpack::{Expected, Limits, UnpackError, Unpacked, unpack_layer};
 use berth_agent::image::Digest;
+
+mod unpack_support;
+use unpack_support::Sandbox;
 
 /// One tar entry, written with raw header bytes so hostile names survive the builder.
 enum E<'a> {
@@ -76,38 +79,15 @@ fn expected_for(blob: &[u8], tar: &[u8]) -> Expected {
     }
 }
 
-/// A temp dir with `root/` (the snapshot) and `outside/` (must never change).
-struct Sandbox {
-    dir: tempfile::TempDir,
+/// Unpacking into the sandbox's root, and its checks.
+trait Unpack {
+    fn unpack_with(&self, entries: &[E<'_>], limits: &Limits) -> Result<Unpacked, UnpackError>;
+    fn unpack(&self, entries: &[E<'_>]) -> Result<Unpacked, UnpackError>;
+    fn assert_outside_untouched(&self);
+    fn abs_outside(&self) -> String;
 }
 
-impl Sandbox {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir(dir.path().join("root")).unwrap();
-        fs::create_dir(dir.path().join("outside")).unwrap();
-        fs::write(dir.path().join("outside/secret"), b"host secret").unwrap();
-        fs::set_permissions(
-            dir.path().join("outside/secret"),
-            fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
-        fs::set_permissions(
-            dir.path().join("outside"),
-            fs::Permissions::from_mode(0o755),
-        )
-        .unwrap();
-        Self { dir }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().join("root")
-    }
-
-    fn outside(&self) -> PathBuf {
-        self.dir.path().join("outside")
-    }
-
+impl Unpack for Sandbox {
     fn unpack_with(&self, entries: &[E<'_>], limits: &Limits) -> Result<Unpacked, UnpackError> {
         let tar = tar_of(entries);
         let blob = gzip(&tar);
@@ -120,25 +100,9 @@ impl Sandbox {
 
     /// Nothing outside the root changed: same entries, same secret, same modes, one link.
     fn assert_outside_untouched(&self) {
-        let names: Vec<String> = fs::read_dir(self.outside())
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        assert_eq!(names, ["secret"], "something was written outside the root");
-        let meta = fs::metadata(self.outside().join("secret")).unwrap();
-        assert_eq!(
-            fs::read(self.outside().join("secret")).unwrap(),
-            b"host secret"
-        );
-        assert_eq!(
-            meta.permissions().mode() & 0o7777,
-            0o600,
-            "outside file mode changed"
-        );
-        assert_eq!(meta.nlink(), 1, "outside file was hardlinked");
-        let dmode = fs::metadata(self.outside()).unwrap().permissions().mode() & 0o7777;
-        assert_eq!(dmode, 0o755, "outside dir mode changed");
-        assert!(!self.dir.path().join("pwn").exists());
+        if let Err(what) = self.outside_changes() {
+            panic!("something was written outside the root: {what}");
+        }
     }
 
     fn abs_outside(&self) -> String {

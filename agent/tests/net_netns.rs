@@ -432,3 +432,38 @@ fn concurrent_attaches_from_separate_handles_get_distinct_addresses() {
         net.detach(&id).unwrap();
     }
 }
+
+#[test]
+fn first_attaches_at_once_on_a_deferred_network_all_succeed() {
+    // The agent opens its network deferred and starts the first instances of several apps at
+    // once: each attach finds no bridge yet, and only one may create it (the others used to
+    // fail with "File exists").
+    let host = TestHost::new();
+    let net = Network::open_deferred(
+        host.cfg(),
+        HostNetns::Named(host.name.clone()),
+        host.data.path(),
+    )
+    .unwrap();
+    assert!(!link_exists(&host.name, "tbr0"));
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|i| {
+                let net = &net;
+                s.spawn(move || net.attach(&format!("f{i}")).map(|a| a.ip))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (i, r) in results.iter().enumerate() {
+        if r.is_ok() {
+            net.detach(&format!("f{i}")).unwrap();
+        }
+    }
+    let failed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().err().map(ToString::to_string))
+        .collect();
+    assert!(failed.is_empty(), "first attaches failed: {failed:?}");
+    assert!(link_exists(&host.name, "tbr0"));
+}

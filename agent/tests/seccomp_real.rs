@@ -37,81 +37,12 @@ struct Probe {
 const SIGCHLD: u64 = libc::SIGCHLD as u64;
 const CLONE_NEWUSER: u64 = libc::CLONE_NEWUSER as u64;
 
-/// SECURITY.md §1.8's fully blocked syscalls (clone3 is probed separately).
-const BLOCKED: &[&str] = &[
-    "_sysctl",
-    "acct",
-    "add_key",
-    "bpf",
-    "clock_settime",
-    "create_module",
-    "delete_module",
-    "fanotify_init",
-    "finit_module",
-    "fsconfig",
-    "fsmount",
-    "fsopen",
-    "fspick",
-    "get_kernel_syms",
-    "get_mempolicy",
-    "init_module",
-    "io_uring_enter",
-    "io_uring_register",
-    "io_uring_setup",
-    "ioperm",
-    "iopl",
-    "kcmp",
-    "kexec_file_load",
-    "kexec_load",
-    "keyctl",
-    "lookup_dcookie",
-    "mbind",
-    "migrate_pages",
-    "mount",
-    "mount_setattr",
-    "move_mount",
-    "move_pages",
-    "nfsservctl",
-    "open_by_handle_at",
-    "open_tree",
-    "perf_event_open",
-    "pidfd_getfd",
-    "pivot_root",
-    "process_madvise",
-    "quotactl",
-    "quotactl_fd",
-    "reboot",
-    "request_key",
-    "set_mempolicy",
-    "set_mempolicy_home_node",
-    "setdomainname",
-    "sethostname",
-    "setns",
-    "settimeofday",
-    "swapoff",
-    "swapon",
-    "sysfs",
-    "syslog",
-    "umount2",
-    "unshare",
-    "uselib",
-    "userfaultfd",
-    "ustat",
-    "vhangup",
-    "afs_syscall",
-    "getpmsg",
-    "putpmsg",
-    "security",
-    "tuxcall",
-    "vserver",
-];
-
 fn nr(name: &str) -> i64 {
     seccomp::syscall_number(Arch::X86_64, name).unwrap_or_else(|| panic!("no number for {name}"))
 }
 
 fn probes(dev_null: &'static std::ffi::CStr) -> Vec<Probe> {
-    let mut probes: Vec<Probe> = BLOCKED
+    let mut probes: Vec<Probe> = seccomp::FULLY_BLOCKED
         .iter()
         .map(|name| Probe {
             name,

@@ -17,149 +17,14 @@
 #![no_main]
 #![no_builtins]
 
-use core::arch::{asm, global_asm};
+#[path = "../nolibc/mod.rs"]
+mod nolibc;
 
-#[cfg(target_arch = "x86_64")]
-mod nr {
-    pub const WRITE: usize = 1;
-    pub const FCNTL: usize = 72;
-    pub const EXECVE: usize = 59;
-    pub const EXIT_GROUP: usize = 231;
-}
-
-#[cfg(target_arch = "aarch64")]
-mod nr {
-    pub const WRITE: usize = 64;
-    pub const FCNTL: usize = 25;
-    pub const EXECVE: usize = 221;
-    pub const EXIT_GROUP: usize = 94;
-}
-
-#[cfg(target_arch = "x86_64")]
-global_asm!(
-    ".globl _start",
-    "_start:",
-    "xor rbp, rbp",
-    "mov rdi, rsp",
-    "and rsp, -16",
-    "call {entry}",
-    "ud2",
-    entry = sym entry,
-);
-
-#[cfg(target_arch = "aarch64")]
-global_asm!(
-    ".globl _start",
-    "_start:",
-    "mov x29, #0",
-    "mov x30, #0",
-    "mov x0, sp",
-    "and x1, x0, #-16",
-    "mov sp, x1",
-    "bl {entry}",
-    "brk #0",
-    entry = sym entry,
-);
-
-#[cfg(target_arch = "x86_64")]
-unsafe fn syscall3(n: usize, a: usize, b: usize, c: usize) -> isize {
-    let ret: isize;
-    // SAFETY: the caller passes a valid system call and arguments.
-    unsafe {
-        asm!("syscall", inlateout("rax") n as isize => ret, in("rdi") a, in("rsi") b,
-             in("rdx") c, lateout("rcx") _, lateout("r11") _, options(nostack));
-    }
-    ret
-}
-
-#[cfg(target_arch = "aarch64")]
-unsafe fn syscall3(n: usize, a: usize, b: usize, c: usize) -> isize {
-    let ret: isize;
-    // SAFETY: the caller passes a valid system call and arguments.
-    unsafe {
-        asm!("svc 0", in("x8") n, inlateout("x0") a as isize => ret, in("x1") b, in("x2") c,
-             options(nostack));
-    }
-    ret
-}
+use nolibc::{Digits, cstr, exit, nr, syscall, write_all as write};
 
 const REPORT_FD: usize = 4;
 const F_SETFD: usize = 2;
 const FD_CLOEXEC: usize = 1;
-
-fn exit(code: usize) -> ! {
-    loop {
-        // SAFETY: exit_group takes no pointers.
-        unsafe { syscall3(nr::EXIT_GROUP, code, 0, 0) };
-    }
-}
-
-fn write(fd: usize, bytes: &[u8]) {
-    let mut done = 0;
-    while done < bytes.len() {
-        // SAFETY: the pointer and length describe a live slice.
-        let n = unsafe {
-            syscall3(nr::WRITE, fd, bytes[done..].as_ptr() as usize, bytes.len() - done)
-        };
-        if n == -4 {
-            continue;
-        }
-        if n <= 0 {
-            return;
-        }
-        done += n as usize;
-    }
-}
-
-#[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
-    exit(70)
-}
-
-// The precompiled `core` refers to the unwinder's personality routine from its landing
-// pads; with panic=abort nothing ever unwinds, so it is never called.
-#[unsafe(no_mangle)]
-pub extern "C" fn rust_eh_personality() {}
-
-/// # Safety
-/// As C's `memcpy`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memcpy(d: *mut u8, s: *const u8, n: usize) -> *mut u8 {
-    let mut i = 0;
-    while i < n {
-        // SAFETY: the caller guarantees both ranges are valid for `n` bytes.
-        unsafe { *d.add(i) = *s.add(i) };
-        i += 1;
-    }
-    d
-}
-
-/// # Safety
-/// As C's `memset`.
-#[unsafe(no_mangle)]
-pub unsafe extern "C" fn memset(d: *mut u8, c: i32, n: usize) -> *mut u8 {
-    let mut i = 0;
-    while i < n {
-        // SAFETY: the caller guarantees the range is valid for `n` bytes.
-        unsafe { *d.add(i) = c as u8 };
-        i += 1;
-    }
-    d
-}
-
-/// The bytes of the C string at `p`.
-///
-/// # Safety
-/// `p` must point at a NUL-terminated string that lives for the whole program (argv).
-unsafe fn cstr(p: *const u8) -> &'static [u8] {
-    let mut n = 0;
-    // SAFETY: the caller guarantees a terminating NUL.
-    while unsafe { *p.add(n) } != 0 {
-        n += 1;
-    }
-    // SAFETY: `n` bytes from `p` are initialised and live for the program.
-    unsafe { core::slice::from_raw_parts(p, n) }
-}
 
 /// The text Rust's `io::Error` prints for the errors `execve` gives (glibc's strerror).
 fn describe(errno: usize) -> &'static [u8] {
@@ -182,18 +47,6 @@ fn describe(errno: usize) -> &'static [u8] {
     }
 }
 
-fn digits(mut v: usize, out: &mut [u8; 20]) -> &[u8] {
-    let mut i = out.len();
-    loop {
-        i -= 1;
-        out[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return &out[i..];
-        }
-    }
-}
-
 extern "C" fn entry(sp: *const usize) -> ! {
     // SAFETY: at `_start` the stack holds argc, argc pointers to NUL-terminated strings, a
     // NULL, then the environment pointers and a NULL, as the kernel laid them out.
@@ -210,15 +63,15 @@ extern "C" fn entry(sp: *const usize) -> ! {
     // SAFETY: argc >= 3, so argv[1] and argv[2] are NUL-terminated strings.
     let (program, arg0) = unsafe { (*argv.add(1), cstr(*argv.add(2))) };
     // SAFETY: fcntl takes no pointers.
-    unsafe { syscall3(nr::FCNTL, REPORT_FD, F_SETFD, FD_CLOEXEC) };
+    unsafe { syscall(nr::FCNTL, [REPORT_FD, F_SETFD, FD_CLOEXEC, 0, 0, 0]) };
     // SAFETY: `program` is a C string; argv + 2 is a NULL-terminated array of C strings
     // (ARG0…), `envp` the kernel's NULL-terminated environment.
     let err = unsafe {
-        syscall3(nr::EXECVE, program as usize, argv.add(2) as usize, envp as usize)
+        syscall(nr::EXECVE, [program as usize, argv.add(2) as usize, envp as usize, 0, 0, 0])
     };
     let errno = err.unsigned_abs();
-    let mut buf = [0u8; 20];
-    let n = digits(errno, &mut buf);
+    let mut buf = Digits::new();
+    let n = buf.fmt(errno as u64);
     for part in [
         b"Eexec " as &[u8],
         arg0,

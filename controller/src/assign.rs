@@ -28,6 +28,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::sync::Arc;
 
 use berth_manifests::App;
 use berth_manifests::wire::{AssignedApp, Assignment, Capacity, RevisionSpec, Scale};
@@ -128,7 +129,7 @@ pub fn wanted(app: &App) -> u32 {
 pub type Previous = HashMap<String, Vec<(String, u32)>>;
 
 /// The placement the stored assignments describe.
-pub fn previous_of<'a>(assignments: impl IntoIterator<Item = &'a Assignment>) -> Previous {
+pub fn previous_of<'a>(assignments: impl IntoIterator<Item = &'a HostAssignment>) -> Previous {
     let mut out = Previous::new();
     for a in assignments {
         for app in &a.apps {
@@ -536,8 +537,10 @@ fn reason(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
     /// Every host's apps, sorted by host then app. Every host given has an entry (possibly
-    /// empty), so a host whose apps all went away gets an empty assignment.
-    pub hosts: BTreeMap<String, Vec<AssignedApp>>,
+    /// empty), so a host whose apps all went away gets an empty assignment. Hosts that run
+    /// an app with the same scale share one [`AssignedApp`] (ten thousand hosts of one app:
+    /// one copy of its spec, not ten thousand).
+    pub hosts: BTreeMap<String, Vec<Arc<AssignedApp>>>,
     /// Per host: what its instances request.
     pub used: BTreeMap<String, Capacity>,
     /// The apps that did not (entirely) fit, by name.
@@ -554,10 +557,7 @@ pub fn place(apps: &[Placeable], hosts: &[HostInfo], previous: &Previous) -> Pla
     order.sort_by(|a, b| a.target.app.cmp(&b.target.app));
     let demands: Vec<Demand<'_>> = order.iter().map(|a| Demand::of(&a.target.spec)).collect();
     let alloc = allocate(&demands, &sorted, previous);
-    let mut out: BTreeMap<String, Vec<AssignedApp>> = sorted
-        .iter()
-        .map(|h| (h.name.clone(), Vec::new()))
-        .collect();
+    let mut lists: Vec<Vec<Arc<AssignedApp>>> = vec![Vec::new(); sorted.len()];
     for (app, counts) in order.iter().zip(&alloc.placed) {
         let scales: Vec<Scale> = match &app.target.spec.autoscale {
             Some(auto) => {
@@ -573,17 +573,29 @@ pub fn place(apps: &[Placeable], hosts: &[HostInfo], previous: &Previous) -> Pla
                 .map(|&(_, replicas)| Scale::Fixed { replicas })
                 .collect(),
         };
+        // one shared value per distinct scale of the app (most often one)
+        let mut shared: Vec<Arc<AssignedApp>> = Vec::new();
         for (&(i, _), scale) in counts.iter().zip(scales) {
-            if let Some(list) = out.get_mut(&sorted[i].name) {
-                list.push(AssignedApp {
-                    target: app.target.clone(),
-                    fallback: app.fallback.clone(),
-                    scale,
-                    pinned: app.pinned,
-                });
+            let assigned = match shared.iter().find(|a| a.scale == scale) {
+                Some(a) => a.clone(),
+                None => {
+                    let a = Arc::new(AssignedApp {
+                        target: app.target.clone(),
+                        fallback: app.fallback.clone(),
+                        scale,
+                        pinned: app.pinned,
+                    });
+                    shared.push(a.clone());
+                    a
+                }
+            };
+            if let Some(list) = lists.get_mut(i) {
+                list.push(assigned);
             }
         }
     }
+    let out: BTreeMap<String, Vec<Arc<AssignedApp>>> =
+        sorted.iter().map(|h| h.name.clone()).zip(lists).collect();
     // apps were visited in name order, so every list is sorted by app already
     let used = sorted
         .iter()
@@ -626,21 +638,135 @@ pub fn split_min(min: u32, maxes: &[u32]) -> Vec<u32> {
 /// under version + 1. Versions only grow.
 pub fn next_assignment(
     host: &str,
-    previous: Option<&Assignment>,
-    apps: Vec<AssignedApp>,
-) -> Option<Assignment> {
+    previous: Option<&HostAssignment>,
+    apps: Vec<Arc<AssignedApp>>,
+) -> Option<HostAssignment> {
     match previous {
+        // `Arc`'s equality compares pointers first: shared apps cost no deep comparison
         Some(prev) if prev.apps == apps => None,
-        Some(prev) => Some(Assignment {
+        Some(prev) => Some(HostAssignment {
             host: host.to_string(),
             version: prev.version + 1,
             apps,
         }),
-        None => Some(Assignment {
+        None => Some(HostAssignment {
             host: host.to_string(),
             version: 1,
             apps,
         }),
+    }
+}
+
+/// A host's assignment as the controller holds it: the wire's [`Assignment`] with its apps
+/// shared between hosts (see [`Placed::hosts`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostAssignment {
+    /// The host.
+    pub host: String,
+    /// Grows with every change of the host's apps.
+    pub version: u64,
+    /// The apps placed on the host, sorted by name.
+    pub apps: Vec<Arc<AssignedApp>>,
+}
+
+impl HostAssignment {
+    /// The wire's value (a copy of every app).
+    pub fn to_wire(&self) -> Assignment {
+        Assignment {
+            host: self.host.clone(),
+            version: self.version,
+            apps: self.apps.iter().map(|a| AssignedApp::clone(a)).collect(),
+        }
+    }
+}
+
+impl From<Assignment> for HostAssignment {
+    fn from(a: Assignment) -> HostAssignment {
+        HostAssignment {
+            host: a.host,
+            version: a.version,
+            apps: a.apps.into_iter().map(Arc::new).collect(),
+        }
+    }
+}
+
+/// Encodes assignments as the wire's [`Assignment`] JSON (byte for byte what serde_json
+/// gives), each shared app encoded once: ten thousand hosts of the same hundred apps cost
+/// a hundred app encodings and ten thousand copies of their bytes.
+#[derive(Debug, Default)]
+pub struct AssignmentEncoder {
+    /// Each app's JSON by the address of its shared value (the values outlive the encoder's
+    /// use: the caller holds them).
+    apps: HashMap<usize, Vec<u8>>,
+}
+
+impl AssignmentEncoder {
+    /// The JSON of `a`.
+    pub fn encode(&mut self, a: &HostAssignment) -> Vec<u8> {
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(a.apps.len());
+        for app in &a.apps {
+            let key = Arc::as_ptr(app) as usize;
+            self.apps
+                .entry(key)
+                .or_insert_with(|| serde_json::to_vec(app.as_ref()).unwrap_or_default());
+        }
+        for app in &a.apps {
+            if let Some(json) = self.apps.get(&(Arc::as_ptr(app) as usize)) {
+                parts.push(json);
+            }
+        }
+        let host = serde_json::to_vec(&a.host).unwrap_or_default();
+        let version = a.version.to_string();
+        let len: usize = parts.iter().map(|p| p.len() + 1).sum();
+        let mut out = Vec::with_capacity(len + host.len() + version.len() + 32);
+        out.extend_from_slice(b"{\"host\":");
+        out.extend_from_slice(&host);
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(version.as_bytes());
+        out.extend_from_slice(b",\"apps\":[");
+        for (n, part) in parts.iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+}
+
+/// Makes `placed` share the values of `previous` where they are equal (compared once per
+/// distinct value, not once per host), so comparing a host's apps with its previous ones
+/// compares pointers.
+pub fn share_previous<'a>(
+    placed: &mut BTreeMap<String, Vec<Arc<AssignedApp>>>,
+    previous: impl IntoIterator<Item = &'a HostAssignment>,
+) {
+    // the previous distinct values of each app
+    let mut old: HashMap<&str, Vec<&Arc<AssignedApp>>> = HashMap::new();
+    for a in previous {
+        for app in &a.apps {
+            let list = old.entry(app.target.app.as_str()).or_default();
+            if !list.iter().any(|o| Arc::ptr_eq(o, app)) {
+                list.push(app);
+            }
+        }
+    }
+    let mut canonical: HashMap<usize, Arc<AssignedApp>> = HashMap::new();
+    // the replaced values stay alive until the end: their addresses are the map's keys
+    let mut replaced: Vec<Arc<AssignedApp>> = Vec::new();
+    for apps in placed.values_mut() {
+        for app in apps.iter_mut() {
+            let key = Arc::as_ptr(app) as usize;
+            let same = canonical.entry(key).or_insert_with(|| {
+                old.get(app.target.app.as_str())
+                    .and_then(|list| list.iter().find(|o| ***o == *app))
+                    .map_or_else(|| app.clone(), |o| Arc::clone(o))
+            });
+            if !Arc::ptr_eq(same, app) {
+                replaced.push(std::mem::replace(app, same.clone()));
+            }
+        }
     }
 }
 
@@ -707,10 +833,10 @@ mod tests {
     }
 
     fn prev(placed: &Placed) -> Previous {
-        let assignments: Vec<Assignment> = placed
+        let assignments: Vec<HostAssignment> = placed
             .hosts
             .iter()
-            .map(|(h, apps)| Assignment {
+            .map(|(h, apps)| HostAssignment {
                 host: h.clone(),
                 version: 1,
                 apps: apps.clone(),
@@ -888,6 +1014,64 @@ mod tests {
         assert_eq!(split_min(9, &[1, 4]), [1, 4]);
         assert_eq!(split_min(1, &[2, 3]), [0, 1]);
         assert!(split_min(2, &[]).is_empty());
+    }
+
+    #[test]
+    fn shared_encoding_is_serde_json_of_the_wire_assignment() {
+        let hosts = [host("a", &[]), host("b", &[]), host("c\"d", &[])];
+        let apps = [
+            placeable("app: web\nimage: busybox\nreplicas: 4\n"),
+            placeable("app: api\nimage: busybox\nenv:\n  A: \"x\\ny\"\n"),
+            placeable("app: auto\nimage: busybox\nautoscale:\n  min: 1\n  max: 3\n"),
+        ];
+        let placed = place(&apps, &hosts, &Previous::new());
+        let mut encoder = AssignmentEncoder::default();
+        for (version, (host, apps)) in placed.hosts.into_iter().enumerate() {
+            let a = HostAssignment {
+                host,
+                version: version as u64 * 1000,
+                apps,
+            };
+            let ours = encoder.encode(&a);
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                serde_json::to_string(&a.to_wire()).unwrap()
+            );
+        }
+    }
+
+    #[test]
+    fn placing_again_shares_the_previous_values() {
+        let apps = [placeable("app: web\nimage: busybox\nreplicas: 3\n")];
+        let hosts = [host("a", &[]), host("b", &[]), host("c", &[])];
+        let first = place(&apps, &hosts, &Previous::new());
+        let previous: Vec<HostAssignment> = first
+            .hosts
+            .iter()
+            .map(|(h, apps)| HostAssignment {
+                host: h.clone(),
+                version: 1,
+                apps: apps.clone(),
+            })
+            .collect();
+        let mut again = place(&apps, &hosts, &prev(&first)).hosts;
+        assert!(!Arc::ptr_eq(&again["a"][0], &previous[0].apps[0]));
+        share_previous(&mut again, &previous);
+        for (a, p) in again.values().zip(&previous) {
+            assert!(Arc::ptr_eq(&a[0], &p.apps[0]));
+            assert_eq!(next_assignment(&p.host, Some(p), a.clone()), None);
+        }
+        // a changed app is not shared
+        let changed = [placeable("app: web\nimage: busybox:2\nreplicas: 3\n")];
+        let mut other = place(&changed, &hosts, &prev(&first)).hosts;
+        share_previous(&mut other, &previous);
+        assert!(!Arc::ptr_eq(&other["a"][0], &previous[0].apps[0]));
+        assert_eq!(
+            next_assignment("a", Some(&previous[0]), other["a"].clone())
+                .unwrap()
+                .version,
+            2
+        );
     }
 
     #[test]

@@ -3,10 +3,15 @@
 //! the pure modules ([`revisions`](crate::revisions), [`assign`](crate::assign)); this module
 //! loads, persists (transactions with version conditions) and emits events.
 //!
-//! Writers are serialized by one lock (one controller process writes: with etcd, the elected
+//! Writers of apps and hosts are serialized by one lock, reassignments (the only writer of
+//! `assignments/`) by another, so ten thousand assignments being stored do not hold up
+//! reports and registrations (one controller process writes: with etcd, the elected
 //! leader, whose writes are fenced, see [`leader`](crate::leader)); the transactions'
 //! version conditions still guard against a second writer on the same store (a conflict is
-//! reported, never a lost write). It owns no sockets: [`api`](crate::api) serves it.
+//! reported, never a lost write). Reports and registrations that arrive together are group
+//! committed. The leader keeps every host record and assignment in memory once read (its
+//! own writes keep them current; followers drop them when the store's revision moves). It
+//! owns no sockets: [`api`](crate::api) serves it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -20,7 +25,7 @@ use berth_manifests::wire::{
 use berth_manifests::{App, Source};
 use tokio::sync::{Mutex, watch};
 
-use crate::assign::{self, HostInfo, HostState, Placeable, Unplaced};
+use crate::assign::{self, HostAssignment, HostInfo, HostState, Placeable, Unplaced};
 use crate::events::EventLog;
 use crate::git::{CommitInfo, GitError, GitSource, Snapshot, SourceFile};
 use crate::metrics::{Metrics, RolloutResult, SyncResult, TargetCause};
@@ -143,6 +148,11 @@ pub struct Core<S: Store> {
     clock: Clock,
     host_grace_ms: u64,
     write: Mutex<()>,
+    /// Serializes reassignments (the only writer of `assignments/`), apart from `write`:
+    /// reports and registrations that arrive while a sync computes and stores ten thousand
+    /// assignments do not wait for it, nor it for them. Taken after `write` or alone, never
+    /// the other way round.
+    assign: Mutex<()>,
     /// The last head processed and the error lines it gave (empty: applied).
     sync_lock: Mutex<Option<(String, Vec<String>)>>,
     assignments: watch::Sender<u64>,
@@ -152,8 +162,8 @@ pub struct Core<S: Store> {
     reassign_asked: AtomicU64,
     /// The newest ask a finished reassignment covers; its lock serializes them.
     reassign_done: Mutex<u64>,
-    /// Reports waiting for the next group commit ([`Core::report`]).
-    reports: std::sync::Mutex<Vec<PendingReport>>,
+    /// Registrations and reports waiting for the next group commit ([`Core::report`]).
+    pending: std::sync::Mutex<Pending>,
     metrics: Arc<Metrics>,
     /// Hosts are not found silent before this (Unix ms): when this controller started or
     /// became the leader (hosts look silent while no controller listens).
@@ -166,6 +176,22 @@ pub struct Core<S: Store> {
 /// Above this many reports, a batch reads every host record in one range read.
 const REPORT_BATCH_LIST: usize = 32;
 
+/// Where the outcomes of a batch's accepted reports go.
+type ReportReplies = Vec<tokio::sync::oneshot::Sender<Result<(), CoreError>>>;
+
+/// What waits for the next group commit.
+#[derive(Default)]
+struct Pending {
+    registrations: Vec<PendingRegistration>,
+    reports: Vec<PendingReport>,
+}
+
+/// A registration waiting for its batch, and where its outcome goes.
+struct PendingRegistration {
+    reg: Registration,
+    reply: tokio::sync::oneshot::Sender<Result<(), CoreError>>,
+}
+
 /// A report waiting for its batch, and where its outcome goes.
 struct PendingReport {
     report: HostReport,
@@ -176,8 +202,8 @@ struct PendingReport {
 /// answers with: encoded once per change, not once per answer).
 #[derive(Debug)]
 pub struct CachedAssignment {
-    /// The assignment.
-    pub assignment: Assignment,
+    /// The assignment (its apps shared with other hosts').
+    pub assignment: HostAssignment,
     /// Its JSON.
     pub json: bytes::Bytes,
     /// The store version of its key (the condition of the next write).
@@ -190,6 +216,15 @@ pub struct CachedAssignment {
 struct AssignmentCache {
     generation: u64,
     hosts: HashMap<String, Arc<CachedAssignment>>,
+    /// Every stored assignment is in `hosts` (a full read filled it, and only this
+    /// controller's writes changed the store since): a reassignment reads nothing.
+    complete: bool,
+    /// Every host record with its store version, once a full read filled it (`None`
+    /// before): the leader's view, updated by its own writes.
+    records: Option<BTreeMap<String, (Arc<HostRecord>, u64)>>,
+    /// Bumped by every clear and by every host write while `records` is `None`: a full
+    /// read that started before must not fill it with what it read.
+    records_generation: u64,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(key: &str, bytes: &[u8]) -> Result<T, CoreError> {
@@ -235,12 +270,13 @@ impl<S: Store> Core<S> {
             clock,
             host_grace_ms,
             write: Mutex::new(()),
+            assign: Mutex::new(()),
             sync_lock: Mutex::new(None),
             assignments,
             cache: std::sync::Mutex::default(),
             reassign_asked: AtomicU64::new(0),
             reassign_done: Mutex::new(0),
-            reports: std::sync::Mutex::default(),
+            pending: std::sync::Mutex::default(),
             metrics: Arc::new(Metrics::new()),
             live_floor_ms: std::sync::atomic::AtomicU64::new(now),
             placed_states: std::sync::Mutex::new(BTreeMap::new()),
@@ -281,6 +317,9 @@ impl<S: Store> Core<S> {
         let mut cache = self.cache();
         cache.generation += 1;
         cache.hosts.clear();
+        cache.complete = false;
+        cache.records = None;
+        cache.records_generation += 1;
     }
 
     /// Caches what a read found, unless the cache was cleared since the read began
@@ -399,21 +438,111 @@ impl<S: Store> Core<S> {
         }
     }
 
-    async fn hosts(&self) -> Result<Vec<HostRecord>, CoreError> {
-        self.store
-            .list("hosts/")
+    /// Every host record, by name.
+    async fn hosts(&self) -> Result<Vec<Arc<HostRecord>>, CoreError> {
+        Ok(self
+            .host_entries()
             .await?
-            .into_iter()
-            .map(|(k, e)| decode(&k, &e.value))
-            .collect()
+            .into_values()
+            .map(|(r, _)| r)
+            .collect())
     }
 
-    /// Every stored assignment by host, with its store version.
-    async fn assignments(&self) -> Result<BTreeMap<String, (Assignment, u64)>, CoreError> {
+    /// Every host record with its store version, by name: from the cache once a full read
+    /// filled it (writes of this controller keep it current), else one range read.
+    async fn host_entries(&self) -> Result<BTreeMap<String, (Arc<HostRecord>, u64)>, CoreError> {
+        let generation = {
+            let cache = self.cache();
+            if let Some(records) = &cache.records {
+                return Ok(records.clone());
+            }
+            cache.records_generation
+        };
+        let mut out = BTreeMap::new();
+        for (key, e) in self.store.list("hosts/").await? {
+            let record: HostRecord = decode(&key, &e.value)?;
+            let name = key.strip_prefix("hosts/").unwrap_or(&key).to_string();
+            out.insert(name, (Arc::new(record), e.version));
+        }
+        let mut cache = self.cache();
+        if cache.records_generation == generation {
+            cache.records = Some(out.clone());
+        }
+        Ok(out)
+    }
+
+    /// Puts host records this controller wrote (at store version `version`) into the cache.
+    fn cache_hosts_written(
+        &self,
+        written: impl IntoIterator<Item = (String, HostRecord)>,
+        version: u64,
+    ) {
+        let mut cache = self.cache();
+        match &mut cache.records {
+            Some(records) => {
+                for (name, record) in written {
+                    records.insert(name, (Arc::new(record), version));
+                }
+            }
+            None => cache.records_generation += 1,
+        }
+    }
+
+    /// Commits `txn` (`Conflict` names `what`); the store revision it made.
+    async fn commit_at(&self, txn: Txn, what: &str) -> Result<u64, CoreError> {
+        match self.store.commit(txn).await {
+            Ok(Outcome::Applied { revision }) => Ok(revision),
+            Ok(Outcome::Conflict) => {
+                self.clear_assignment_cache();
+                Err(CoreError::Conflict {
+                    what: what.to_string(),
+                })
+            }
+            Err(e) => {
+                self.clear_assignment_cache();
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Every stored assignment by host: from the cache when it holds all of them (the
+    /// leader's view after its first full read), else one range read that fills it.
+    async fn assignments(&self) -> Result<BTreeMap<String, Arc<CachedAssignment>>, CoreError> {
+        let generation = {
+            let cache = self.cache();
+            if cache.complete {
+                return Ok(cache
+                    .hosts
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect());
+            }
+            cache.generation
+        };
         let mut out = BTreeMap::new();
         for (key, e) in self.store.list("assignments/").await? {
-            let a: Assignment = decode(&key, &e.value)?;
-            out.insert(a.host.clone(), (a, e.version));
+            let assignment: HostAssignment = decode::<Assignment>(&key, &e.value)?.into();
+            out.insert(
+                assignment.host.clone(),
+                Arc::new(CachedAssignment {
+                    assignment,
+                    json: bytes::Bytes::from(e.value),
+                    store_version: e.version,
+                }),
+            );
+        }
+        let mut cache = self.cache();
+        if cache.generation == generation {
+            for (host, found) in &out {
+                let newer = cache
+                    .hosts
+                    .get(host)
+                    .is_some_and(|c| c.store_version >= found.store_version);
+                if !newer {
+                    cache.hosts.insert(host.clone(), found.clone());
+                }
+            }
+            cache.complete = true;
         }
         Ok(out)
     }
@@ -442,8 +571,8 @@ impl<S: Store> Core<S> {
     fn compute_placement(
         &self,
         histories: &Histories,
-        hosts: &[HostRecord],
-        stored: &BTreeMap<String, (Assignment, u64)>,
+        hosts: &[Arc<HostRecord>],
+        stored: &BTreeMap<String, Arc<CachedAssignment>>,
         now: u64,
     ) -> (assign::Placed, BTreeMap<String, HostState>) {
         let apps: Vec<Placeable> = histories
@@ -476,8 +605,8 @@ impl<S: Store> Core<S> {
         let previous = assign::previous_of(
             stored
                 .values()
-                .filter(|(a, _)| states.contains_key(&a.host))
-                .map(|(a, _)| a),
+                .map(|c| &c.assignment)
+                .filter(|a| states.contains_key(&a.host)),
         );
         (assign::place(&apps, &infos, &previous), states)
     }
@@ -495,7 +624,7 @@ impl<S: Store> Core<S> {
         Ok(self
             .assignment_json(host)
             .await?
-            .map(|c| c.assignment.clone()))
+            .map(|c| c.assignment.to_wire()))
     }
 
     /// The stored assignment of `host` with its JSON, from the cache when it holds it.
@@ -514,7 +643,7 @@ impl<S: Store> Core<S> {
         let Some(entry) = self.store.get(&key).await? else {
             return Ok(None);
         };
-        let assignment: Assignment = decode(&key, &entry.value)?;
+        let assignment: HostAssignment = decode::<Assignment>(&key, &entry.value)?.into();
         let found = Arc::new(CachedAssignment {
             assignment,
             json: bytes::Bytes::from(entry.value),
@@ -535,38 +664,59 @@ impl<S: Store> Core<S> {
         }
         // every ask up to here wrote its host before asking: this run sees them all
         let covering = self.reassign_asked.load(Ordering::SeqCst);
-        let _write = self.write.lock().await;
-        self.reassign().await?;
+        let _assign = self.assign.lock().await;
+        self.reassign("registration").await?;
         *done = covering;
         Ok(())
     }
 
     /// Recomputes every host's assignment from the apps' targets and the hosts' states;
-    /// writes the changed ones with version + 1 and wakes long-polls; emits `AppUnplaced`
-    /// and `AppPlaced` when what does not fit changes. Call with the write lock held.
-    async fn reassign(&self) -> Result<(), CoreError> {
+    /// writes the changed ones with version + 1 in one transaction and wakes long-polls as
+    /// soon as it committed; then emits `AppUnplaced` and `AppPlaced` when what does not fit
+    /// changed. `cause` names the caller in the log line (with each phase's time). Call with
+    /// the assignment lock held.
+    async fn reassign(&self, cause: &'static str) -> Result<(), CoreError> {
+        let events = self.reassign_quiet(cause).await?;
+        if !events.is_empty() {
+            self.events.append(events).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Core::reassign`] that returns its events instead of appending them (a sync appends
+    /// them after its own, once the long-polls are woken).
+    async fn reassign_quiet(&self, cause: &'static str) -> Result<Vec<Event>, CoreError> {
         let now = self.now_ms();
+        let started = tokio::time::Instant::now();
         let histories = self.histories().await?;
         let hosts = self.hosts().await?;
         let stored = self.assignments().await?;
-        let started = tokio::time::Instant::now();
-        let (placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
-        let place_s = started.elapsed().as_secs_f64();
+        let loaded = tokio::time::Instant::now();
+        let (mut placed, states) = self.compute_placement(&histories, &hosts, &stored, now);
+        assign::share_previous(&mut placed.hosts, stored.values().map(|c| &c.assignment));
+        let place_done = tokio::time::Instant::now();
+        let place_s = place_done.duration_since(loaded).as_secs_f64();
         let placements: usize = placed.hosts.values().map(Vec::len).sum();
         let app_count = histories.values().filter(|(h, _)| h.record.in_git).count();
         let mut txn = Txn::new();
         let mut written = Vec::new();
+        let mut encoder = assign::AssignmentEncoder::default();
+        let mut json_bytes = 0usize;
         for (host, apps) in placed.hosts {
             let key = assignment_key(&host);
             let previous = stored.get(&host);
-            if let Some(next) = assign::next_assignment(&host, previous.map(|(a, _)| a), apps) {
-                let json = encode(&next);
+            if let Some(next) =
+                assign::next_assignment(&host, previous.map(|c| &c.assignment), apps)
+            {
+                let json = bytes::Bytes::from(encoder.encode(&next));
+                json_bytes += json.len();
                 txn = txn
-                    .when_version(key.clone(), previous.map(|(_, v)| *v))
+                    .when_version(key.clone(), previous.map(|c| c.store_version))
                     .put(key, json.clone());
-                written.push((host, next, bytes::Bytes::from(json)));
+                written.push((host, next, json));
             }
         }
+        drop((stored, encoder));
         let changed = written.len();
         let old_unplaced = self.unplaced().await?;
         let mut events = Vec::new();
@@ -598,21 +748,7 @@ impl<S: Store> Core<S> {
             }
             txn = txn.put(UNPLACED_KEY, encode(&placed.unplaced));
         }
-        // every app's series, 0 when it fits
-        self.metrics.set_unplaced(
-            &histories
-                .values()
-                .filter(|(h, _)| h.record.in_git)
-                .map(|(h, _)| {
-                    let missing = placed
-                        .unplaced
-                        .iter()
-                        .find(|u| u.app == h.record.name)
-                        .map_or(0, |u| u.wanted - u.placed);
-                    (h.record.name.clone(), missing)
-                })
-                .collect::<Vec<_>>(),
-        );
+        let encoded = tokio::time::Instant::now();
         let mut revision = 0;
         if !txn.ops.is_empty() {
             revision = match self.store.commit(txn).await {
@@ -629,19 +765,13 @@ impl<S: Store> Core<S> {
                 }
             };
         }
-        *self
-            .placed_states
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
-        if !events.is_empty() {
-            self.events.append(events).await?;
-        }
+        let committed = tokio::time::Instant::now();
+        // the long-polls first: everything below is bookkeeping
+        let mut versions = Vec::with_capacity(written.len());
         if !written.is_empty() {
-            let at = tokio::time::Instant::now();
             let mut cache = self.cache();
             for (host, assignment, json) in written {
-                self.metrics
-                    .assignment_written(&host, assignment.version, at);
+                versions.push((host.clone(), assignment.version));
                 cache.hosts.insert(
                     host,
                     Arc::new(CachedAssignment {
@@ -654,13 +784,51 @@ impl<S: Store> Core<S> {
             drop(cache);
             self.assignments.send_modify(|g| *g += 1);
         }
-        let total_s = started.elapsed().as_secs_f64();
+        let woken = tokio::time::Instant::now();
+        for (host, version) in &versions {
+            self.metrics.assignment_written(host, *version, committed);
+        }
+        // every app's series, 0 when it fits
+        let unplaced_instances = placed
+            .unplaced
+            .iter()
+            .map(|u| u64::from(u.wanted.saturating_sub(u.placed)))
+            .sum::<u64>();
+        self.metrics.set_unplaced(
+            &histories
+                .values()
+                .filter(|(h, _)| h.record.in_git)
+                .map(|(h, _)| {
+                    let missing = placed
+                        .unplaced
+                        .iter()
+                        .find(|u| u.app == h.record.name)
+                        .map_or(0, |u| u.wanted - u.placed);
+                    (h.record.name.clone(), missing)
+                })
+                .collect::<Vec<_>>(),
+        );
+        *self
+            .placed_states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
+        let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        };
+        let total_s = woken.duration_since(loaded).as_secs_f64();
         tracing::info!(
+            cause,
             apps = app_count,
             hosts = hosts.len(),
             placements,
+            unplaced = unplaced_instances,
             changed,
+            json_bytes,
+            load_ms = ms(started, loaded),
             place_ms = place_s * 1e3,
+            diff_encode_ms = ms(place_done, encoded),
+            commit_ms = ms(encoded, committed),
+            wake_ms = ms(committed, woken),
             total_ms = total_s * 1e3,
             placements_per_s = if place_s > 0.0 {
                 placements as f64 / place_s
@@ -669,30 +837,32 @@ impl<S: Store> Core<S> {
             },
             "placed apps on hosts"
         );
-        Ok(())
+        Ok(events)
     }
 
     /// The liveness check (the leader runs it every grace/4, at most every second): marks
     /// hosts silent past their grace period down (`HostDown`), and places again when any
     /// host's state changed since the last placement (down, back, or given work again).
     pub async fn check_hosts(&self) -> Result<(), CoreError> {
-        let _write = self.write.lock().await;
+        let write = self.write.lock().await;
         let now = self.now_ms();
         let mut txn = Txn::new();
         let mut events = Vec::new();
         let mut states = BTreeMap::new();
-        for (key, entry) in self.store.list("hosts/").await? {
-            let mut record: HostRecord = decode(&key, &entry.value)?;
-            let state = self.host_state(&record, now);
-            if state == HostState::Down && record.down_since_ms.is_none() {
-                let name = record.registration.name.clone();
+        let mut marked = Vec::new();
+        for (name, (stored, version)) in self.host_entries().await? {
+            let state = self.host_state(&stored, now);
+            if state == HostState::Down && stored.down_since_ms.is_none() {
+                let key = host_key(&name);
+                let mut record = HostRecord::clone(&stored);
                 let silent = now.saturating_sub(record.last_seen_ms);
                 record.down_since_ms = Some(now);
                 record.returned_ms = None;
                 record.converging_since_ms = None;
                 txn = txn
-                    .when_version(key.clone(), Some(entry.version))
+                    .when_version(key.clone(), Some(version))
                     .put(key, encode(&record));
+                marked.push((name.clone(), record));
                 events.push(event(
                     now,
                     format!("host/{name}"),
@@ -704,10 +874,11 @@ impl<S: Store> Core<S> {
                     ),
                 ));
             }
-            states.insert(record.registration.name.clone(), state);
+            states.insert(name, state);
         }
         if !txn.ops.is_empty() {
-            self.commit(txn, "host liveness").await?;
+            let revision = self.commit_at(txn, "host liveness").await?;
+            self.cache_hosts_written(marked, revision);
             self.events.append(events).await?;
         }
         let changed = *self
@@ -715,8 +886,10 @@ impl<S: Store> Core<S> {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             != states;
+        drop(write);
         if changed {
-            self.reassign().await?;
+            let _assign = self.assign.lock().await;
+            self.reassign("liveness").await?;
         }
         self.set_host_gauges(&states);
         Ok(())
@@ -745,7 +918,7 @@ impl<S: Store> Core<S> {
         };
         for h in &hosts {
             let name = &h.registration.name;
-            let assigned = stored.get(name).map(|(a, _)| a);
+            let assigned = stored.get(name).map(|c| &c.assignment);
             view.hosts.push(HostPlacement {
                 name: name.clone(),
                 state: self.host_state(h, now).as_str().to_string(),
@@ -803,6 +976,7 @@ impl<S: Store> Core<S> {
         last_seen: &mut Option<(String, Vec<String>)>,
     ) -> Result<(SyncStatus, SyncResult), CoreError> {
         let now = self.now_ms();
+        let t_start = tokio::time::Instant::now();
         tracing::debug!("sync: fetching");
         let mut status = self.sync_status().await?;
         status.repo = self.source.url().to_string();
@@ -835,6 +1009,7 @@ impl<S: Store> Core<S> {
                 return Ok((status, SyncResult::Error));
             }
         };
+        let t_fetched = tokio::time::Instant::now();
         tracing::debug!(head = %head.short(), "sync: fetched");
         status.fetched_at_ms = now;
         status.head = Some(head.to_string());
@@ -863,6 +1038,7 @@ impl<S: Store> Core<S> {
         let snapshot = tokio::task::spawn_blocking(move || source.snapshot(&commit))
             .await
             .map_err(|e| CoreError::Invalid(format!("git task failed: {e}")))?;
+        let t_read = tokio::time::Instant::now();
         tracing::debug!("sync: read the commit's manifests");
         let outcome = match &snapshot {
             Ok(snapshot) => self.apply_snapshot(snapshot).await?,
@@ -870,7 +1046,17 @@ impl<S: Store> Core<S> {
         };
         let result = match outcome {
             Ok(()) => {
-                tracing::info!(commit = %head.short(), "applied the branch head");
+                let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+                    b.saturating_duration_since(a).as_secs_f64() * 1e3
+                };
+                let t_applied = tokio::time::Instant::now();
+                tracing::info!(
+                    commit = %head.short(),
+                    fetch_ms = ms(t_start, t_fetched),
+                    read_ms = ms(t_fetched, t_read),
+                    apply_ms = ms(t_read, t_applied),
+                    "applied the branch head"
+                );
                 status.commit = Some(head.to_string());
                 status.errors.clear();
                 status.app_errors.clear();
@@ -952,13 +1138,16 @@ impl<S: Store> Core<S> {
     ) -> Result<Result<(), Vec<String>>, CoreError> {
         // resolve new revisions' digests before taking the write lock (registries can be
         // slow); a failure refuses the whole commit
+        let t_start = tokio::time::Instant::now();
         let mut digests = BTreeMap::new();
         let (early, _) = plan_of(&self.histories().await?, apps);
         let errors = self.resolve_new(&early, &mut digests).await;
         if !errors.is_empty() {
             return Ok(Err(errors));
         }
-        let _write = self.write.lock().await;
+        let t_resolved = tokio::time::Instant::now();
+        let write = self.write.lock().await;
+        let t_locked = tokio::time::Instant::now();
         let now = self.now_ms();
         let stored = self.histories().await?;
         let (actions, removed) = plan_of(&stored, apps);
@@ -1034,7 +1223,7 @@ impl<S: Store> Core<S> {
         if !txn.ops.is_empty() {
             self.commit(txn, "apps").await?;
         }
-        tracing::debug!(apps = new_targets.len(), "sync: revisions stored");
+        let t_stored = tokio::time::Instant::now();
         for app in &new_targets {
             self.metrics.target_changed(app, TargetCause::Commit);
         }
@@ -1044,9 +1233,36 @@ impl<S: Store> Core<S> {
             "Synced",
             format!("applied {cause}"),
         ));
-        self.events.append(events).await?;
-        self.reassign().await?;
-        tracing::debug!("sync: assignments stored");
+        drop(write);
+        // the sync's events after the long-polls are woken (the event log may be busy with
+        // a report batch's), then placement's own, in that order
+        let assign = self.assign.lock().await;
+        let placed = self.reassign_quiet("sync").await;
+        drop(assign);
+        let t_woken = tokio::time::Instant::now();
+        match placed {
+            Ok(more) => {
+                events.extend(more);
+                self.events.append(events).await?;
+            }
+            Err(e) => {
+                self.events.append(events).await?;
+                return Err(e);
+            }
+        }
+        let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
+            b.saturating_duration_since(a).as_secs_f64() * 1e3
+        };
+        tracing::info!(
+            apps = apps.len(),
+            new_revisions = new_targets.len(),
+            resolve_ms = ms(t_start, t_resolved),
+            write_lock_wait_ms = ms(t_resolved, t_locked),
+            revisions_store_ms = ms(t_locked, t_stored),
+            reassign_ms = ms(t_stored, t_woken),
+            events_ms = ms(t_woken, tokio::time::Instant::now()),
+            "sync: stored revisions and assignments"
+        );
         Ok(Ok(()))
     }
 
@@ -1080,7 +1296,9 @@ impl<S: Store> Core<S> {
         errors
     }
 
-    /// Registers (or re-registers) a host; its assignment keeps its version.
+    /// Registers (or re-registers) a host; its assignment keeps its version. Registrations
+    /// that arrive while another write runs are stored together (one transaction, one
+    /// event append: a fleet restarting at once), and share one reassignment.
     pub async fn register(&self, reg: Registration) -> Result<Registered, CoreError> {
         if !berth_manifests::is_dns_label(&reg.name) {
             return Err(CoreError::Invalid(format!(
@@ -1088,54 +1306,89 @@ impl<S: Store> Core<S> {
                 reg.name
             )));
         }
-        let write = self.write.lock().await;
+        let name = reg.name.clone();
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.pending()
+            .registrations
+            .push(PendingRegistration { reg, reply });
+        self.drain_pending().await;
+        answer.await.unwrap_or_else(|_| {
+            Err(CoreError::Conflict {
+                what: format!("the registration of host {name} (its batch was interrupted)"),
+            })
+        })?;
+        self.reassign_coalesced().await?;
+        let version = self
+            .assignment_json(&name)
+            .await?
+            .map_or(0, |c| c.assignment.version);
+        Ok(Registered {
+            name,
+            assignment_version: version,
+        })
+    }
+
+    /// Stores a batch of registrations (with the write lock held) and answers each.
+    async fn apply_registrations(&self, batch: Vec<PendingRegistration>) {
         let now = self.now_ms();
-        let key = host_key(&reg.name);
-        let entry = self.store.get(&key).await?;
-        let old: Option<HostRecord> = match &entry {
-            Some(e) => Some(decode(&key, &e.value)?),
-            None => None,
-        };
-        let was_down = old
-            .as_ref()
-            .is_some_and(|o| self.host_state(o, now) == HostState::Down);
-        let record = HostRecord {
-            registered_ms: old.as_ref().map_or(now, |o| o.registered_ms),
-            last_report: old.as_ref().and_then(|o| o.last_report.clone()),
-            last_seen_ms: now,
-            registration: reg.clone(),
-            down_since_ms: None,
-            // back from down: work once it reported for a grace period (no flapping)
-            returned_ms: if was_down {
-                Some(now)
+        let mut hosts: BTreeMap<String, (Option<HostRecord>, Option<u64>)> = BTreeMap::new();
+        let wanted: std::collections::BTreeSet<&str> =
+            batch.iter().map(|p| p.reg.name.as_str()).collect();
+        let read = self.host_records(&wanted).await.map(|found| {
+            for name in &wanted {
+                hosts.insert(name.to_string(), (None, None));
+            }
+            for (name, (record, version)) in found {
+                hosts.insert(name, (Some(HostRecord::clone(&record)), Some(version)));
+            }
+        });
+        if let Err(e) = read {
+            for p in batch {
+                let _ = p.reply.send(Err(e.again()));
+            }
+            return;
+        }
+        let mut events = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        let mut new_records: BTreeMap<String, HostRecord> = BTreeMap::new();
+        for PendingRegistration { reg, reply } in batch {
+            // a host registering twice in one batch: the second sees the first
+            let old = new_records
+                .get(&reg.name)
+                .cloned()
+                .or_else(|| hosts.get(&reg.name).and_then(|(r, _)| r.clone()));
+            let was_down = old
+                .as_ref()
+                .is_some_and(|o| self.host_state(o, now) == HostState::Down);
+            let record = HostRecord {
+                registered_ms: old.as_ref().map_or(now, |o| o.registered_ms),
+                last_report: old.as_ref().and_then(|o| o.last_report.clone()),
+                last_seen_ms: now,
+                registration: reg.clone(),
+                down_since_ms: None,
+                // back from down: work once it reported for a grace period (no flapping)
+                returned_ms: if was_down {
+                    Some(now)
+                } else {
+                    old.as_ref().and_then(|o| o.returned_ms)
+                },
+                converging_since_ms: Some(now),
+                converged_in_ms: old.as_ref().and_then(|o| o.converged_in_ms),
+            };
+            let verb = if old.is_some() {
+                "re-registered"
             } else {
-                old.as_ref().and_then(|o| o.returned_ms)
-            },
-            converging_since_ms: Some(now),
-            converged_in_ms: old.as_ref().and_then(|o| o.converged_in_ms),
-        };
-        self.commit(
-            Txn::new()
-                .when_version(key.clone(), entry.map(|e| e.version))
-                .put(key, encode(&record)),
-            "host",
-        )
-        .await?;
-        let verb = if old.is_some() {
-            "re-registered"
-        } else {
-            "registered"
-        };
-        let back = if was_down {
-            format!(
-                "; it was down, so it gets work once it has reported for {:.1}s",
-                self.host_grace_ms as f64 / 1000.0
-            )
-        } else {
-            String::new()
-        };
-        self.events
-            .append(vec![event(
+                "registered"
+            };
+            let back = if was_down {
+                format!(
+                    "; it was down, so it gets work once it has reported for {:.1}s",
+                    self.host_grace_ms as f64 / 1000.0
+                )
+            } else {
+                String::new()
+            };
+            events.push(event(
                 now,
                 format!("host/{}", reg.name),
                 "HostRegistered",
@@ -1146,15 +1399,87 @@ impl<S: Store> Core<S> {
                     assign::show_cpu(reg.capacity.cpu_millis, reg.capacity.cpu_millis > 0),
                     assign::show_memory(reg.capacity.memory_bytes, reg.capacity.memory_bytes > 0),
                 ),
-            )])
-            .await?;
+            ));
+            new_records.insert(reg.name.clone(), record);
+            replies.push(reply);
+        }
+        let mut txn = Txn::new();
+        for (name, record) in &new_records {
+            let key = host_key(name);
+            let version = hosts.get(name).and_then(|(_, v)| *v);
+            txn = txn
+                .when_version(key.clone(), version)
+                .put(key, encode(record));
+        }
+        let result = async {
+            let revision = self.commit_at(txn, "host").await?;
+            self.cache_hosts_written(new_records, revision);
+            self.events.append(events).await?;
+            Ok::<(), CoreError>(())
+        }
+        .await;
+        for reply in replies {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.again()),
+            });
+        }
+    }
+
+    /// The stored records of `names` with their versions: one range read for many, a read
+    /// each for a few.
+    async fn host_records(
+        &self,
+        names: &std::collections::BTreeSet<&str>,
+    ) -> Result<BTreeMap<String, (Arc<HostRecord>, u64)>, CoreError> {
+        let mut out = BTreeMap::new();
+        let cached = self.cache().records.is_some();
+        if cached || names.len() > REPORT_BATCH_LIST {
+            let all = self.host_entries().await?;
+            for name in names {
+                if let Some(found) = all.get(*name) {
+                    out.insert(name.to_string(), found.clone());
+                }
+            }
+        } else {
+            for name in names {
+                let key = host_key(name);
+                if let Some(entry) = self.store.get(&key).await? {
+                    let record: HostRecord = decode(&key, &entry.value)?;
+                    out.insert(name.to_string(), (Arc::new(record), entry.version));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Applies the registrations and reports that wait, each kind as one group commit,
+    /// under the write lock (the caller's may be among them, or already applied by another
+    /// caller that held the lock first); then, when a report failed a rollout, places
+    /// again under the assignment lock alone.
+    async fn drain_pending(&self) {
+        let write = self.write.lock().await;
+        let Pending {
+            registrations,
+            reports,
+        } = std::mem::take(&mut *self.pending());
+        if !registrations.is_empty() {
+            self.apply_registrations(registrations).await;
+        }
+        let Some((replies, mut result, retarget)) = self.apply_reports(reports).await else {
+            return;
+        };
         drop(write);
-        self.reassign_coalesced().await?;
-        let version = self.assignment(&reg.name).await?.map_or(0, |a| a.version);
-        Ok(Registered {
-            name: reg.name,
-            assignment_version: version,
-        })
+        if retarget && result.is_ok() {
+            let _assign = self.assign.lock().await;
+            result = self.reassign("report").await;
+        }
+        for reply in replies {
+            let _ = reply.send(match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(e.again()),
+            });
+        }
     }
 
     /// Takes a host's report: heartbeat, instances, rollout outcomes, events. Reports that
@@ -1174,14 +1499,8 @@ impl<S: Store> Core<S> {
             )));
         }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.pending_reports().push(PendingReport { report, reply });
-        {
-            let _write = self.write.lock().await;
-            let batch = std::mem::take(&mut *self.pending_reports());
-            if !batch.is_empty() {
-                self.apply_reports(batch).await;
-            }
-        }
+        self.pending().reports.push(PendingReport { report, reply });
+        self.drain_pending().await;
         answer.await.unwrap_or_else(|_| {
             Err(CoreError::Conflict {
                 what: format!("the report of host {host} (its batch was interrupted)"),
@@ -1189,14 +1508,22 @@ impl<S: Store> Core<S> {
         })
     }
 
-    fn pending_reports(&self) -> std::sync::MutexGuard<'_, Vec<PendingReport>> {
-        self.reports
+    fn pending(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.pending
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Applies a batch of reports (with the write lock held) and answers each.
-    async fn apply_reports(&self, batch: Vec<PendingReport>) {
+    /// Applies a batch of reports (with the write lock held); returns the replies to send,
+    /// the outcome and whether placement must run again (a rollout failed), or `None` when
+    /// no report was accepted (each answered already).
+    async fn apply_reports(
+        &self,
+        batch: Vec<PendingReport>,
+    ) -> Option<(ReportReplies, Result<(), CoreError>, bool)> {
+        if batch.is_empty() {
+            return None;
+        }
         let now = self.now_ms();
         let mut hosts: BTreeMap<String, (HostRecord, u64)> = BTreeMap::new();
         let mut original = Histories::new();
@@ -1207,26 +1534,28 @@ impl<S: Store> Core<S> {
         let mut returned = false;
         let mut converged = Vec::new();
         let mut accepted = Vec::new();
-        if batch.len() > REPORT_BATCH_LIST {
-            // one range read for a large batch instead of a store read per host (each a
-            // trip to the blocking pool): only the batch's hosts are decoded
+        {
+            // the batch's hosts at once (from the cache, or one range read for many)
             let wanted: std::collections::BTreeSet<&str> =
                 batch.iter().map(|p| p.report.host.as_str()).collect();
-            match self.store.list("hosts/").await {
-                Ok(all) => {
-                    for (key, entry) in all {
-                        let Some(name) = key.strip_prefix("hosts/") else {
-                            continue;
-                        };
-                        if !wanted.contains(name) {
-                            continue;
-                        }
-                        if let Ok(record) = decode::<HostRecord>(&key, &entry.value) {
-                            hosts.insert(name.to_string(), (record, entry.version));
-                        }
+            match self.host_records(&wanted).await {
+                Ok(found) => {
+                    for (name, (record, version)) in found {
+                        hosts.insert(name, (HostRecord::clone(&record), version));
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "reading the hosts of a report batch"),
+            }
+            // the histories of the apps the batch reports: one range read for many
+            let apps: std::collections::BTreeSet<&str> = batch
+                .iter()
+                .flat_map(|p| p.report.apps.iter().map(|a| a.app.as_str()))
+                .collect();
+            if apps.len() > REPORT_BATCH_LIST {
+                match self.histories().await {
+                    Ok(all) => original = all,
+                    Err(e) => tracing::warn!(error = %e, "reading the apps of a report batch"),
+                }
             }
         }
         for PendingReport { mut report, reply } in batch {
@@ -1245,9 +1574,16 @@ impl<S: Store> Core<S> {
                     continue;
                 }
             };
-            let assigned = assigned.map(|c| c.assignment.clone());
+            let assigned: Option<HostAssignment> = assigned.map(|c| c.assignment.clone());
             events.append(&mut report.events);
             for app in &report.apps {
+                // a host speaks only for the apps assigned to it
+                let mine = assigned
+                    .as_ref()
+                    .is_some_and(|a| a.apps.iter().any(|x| x.target.app == app.app));
+                if !mine {
+                    continue;
+                }
                 let Some(old) = current
                     .get(&app.app)
                     .cloned()
@@ -1343,7 +1679,7 @@ impl<S: Store> Core<S> {
             accepted.push(reply);
         }
         if accepted.is_empty() {
-            return;
+            return None;
         }
         let mut txn = Txn::new();
         for (host, (record, version)) in &hosts {
@@ -1355,8 +1691,13 @@ impl<S: Store> Core<S> {
         for (app, new) in &current {
             txn = Self::save(txn, original.get(app), new);
         }
+        let written: Vec<(String, HostRecord)> = hosts
+            .into_iter()
+            .map(|(name, (record, _))| (name, record))
+            .collect();
         let result = async {
-            self.commit(txn, "report").await?;
+            let revision = self.commit_at(txn, "report").await?;
+            self.cache_hosts_written(written, revision);
             for ms in converged {
                 self.metrics.host_converged(ms as f64 / 1000.0);
             }
@@ -1367,9 +1708,6 @@ impl<S: Store> Core<S> {
                 }
             }
             self.events.append(events).await?;
-            if retarget {
-                self.reassign().await?;
-            }
             // the host gauges are recomputed at every scrape; here only when a host
             // came back (cheap otherwise: a batch may hold thousands of heartbeats)
             if returned {
@@ -1378,12 +1716,7 @@ impl<S: Store> Core<S> {
             Ok::<(), CoreError>(())
         }
         .await;
-        for reply in accepted {
-            let _ = reply.send(match &result {
-                Ok(()) => Ok(()),
-                Err(e) => Err(e.again()),
-            });
-        }
+        Some((accepted, result, retarget))
     }
 
     /// Loads what `report` needs into the batch's maps: its host record (`None`: the host is
@@ -1431,7 +1764,7 @@ impl<S: Store> Core<S> {
 
     /// Pins `app` to revision `to` (default: the previous good one).
     pub async fn rollback(&self, app: &str, to: Option<u64>) -> Result<RevisionInfo, CoreError> {
-        let _write = self.write.lock().await;
+        let write = self.write.lock().await;
         let now = self.now_ms();
         let old = self.history(app).await?;
         let from = old.0.record.target;
@@ -1452,7 +1785,9 @@ impl<S: Store> Core<S> {
                 ),
             )])
             .await?;
-        self.reassign().await?;
+        drop(write);
+        let _assign = self.assign.lock().await;
+        self.reassign("rollback").await?;
         let info = new
             .target()
             .map(|r| r.to_info(true))
@@ -1478,8 +1813,8 @@ impl<S: Store> Core<S> {
         let hosts = self.hosts().await?;
         let mut assignments = BTreeMap::new();
         for h in &hosts {
-            if let Some(a) = self.assignment(&h.registration.name).await? {
-                assignments.insert(h.registration.name.clone(), a);
+            if let Some(a) = self.assignment_json(&h.registration.name).await? {
+                assignments.insert(h.registration.name.clone(), a.assignment.clone());
             }
         }
         let sync = self.sync_status().await?;
@@ -1597,7 +1932,11 @@ impl<S: Store> Core<S> {
         let mut per_host = Vec::new();
         for host in &hosts {
             let name = &host.registration.name;
-            let Some(a) = self.assignment(name).await? else {
+            let Some(a) = self
+                .assignment_json(name)
+                .await?
+                .map(|c| c.assignment.clone())
+            else {
                 continue;
             };
             if a.apps.iter().any(|x| x.target.app == app) {
@@ -1721,7 +2060,7 @@ fn app_names(bytes: &[u8]) -> Vec<String> {
 }
 
 /// What the instances of an assignment request.
-fn allocated(assignment: Option<&Assignment>) -> Capacity {
+fn allocated(assignment: Option<&HostAssignment>) -> Capacity {
     let mut out = Capacity::default();
     for x in assignment.iter().flat_map(|a| &a.apps) {
         let need = assign::need_of(&x.target.spec);
@@ -1740,7 +2079,11 @@ fn allocated(assignment: Option<&Assignment>) -> Capacity {
 /// assignment's version and every assigned app reports its target with at least its share
 /// (autoscale: its min) ready. An empty assignment counts only on a `ready` host (a
 /// returning host gets its work later).
-fn converged_on(assignment: Option<&Assignment>, report: &HostReport, ready_host: bool) -> bool {
+fn converged_on(
+    assignment: Option<&HostAssignment>,
+    report: &HostReport,
+    ready_host: bool,
+) -> bool {
     let Some(a) = assignment.filter(|a| !a.apps.is_empty()) else {
         return ready_host;
     };
@@ -1767,8 +2110,8 @@ const RETRY_MARK: &str = "\u{1}retry:";
 fn app_counts(
     h: &AppHistory,
     number: u64,
-    hosts: &[HostRecord],
-    assignments: &BTreeMap<String, Assignment>,
+    hosts: &[Arc<HostRecord>],
+    assignments: &BTreeMap<String, HostAssignment>,
 ) -> (u32, u32) {
     let mut desired = 0u32;
     let mut ready = 0u32;

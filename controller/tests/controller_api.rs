@@ -4,7 +4,6 @@
 //! Only the digest resolver is a fake (the registry resolver has its own real-registry test).
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,54 +13,33 @@ use berth_controller::{Config, Controller, ControllerHandle};
 use berth_manifests::wire::{
     AppReport, HostReport, Registration, RevisionState, RolloutPhase, RolloutState,
 };
-use berth_testkit::git;
+use berth_testkit::{GitRemote, git, registration};
 
 /// A bare "remote", a work clone that pushes to it, and a data dir; all removed on drop.
 struct Fixture {
     dir: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
+    repo: GitRemote,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Fixture { dir, bare, work }
+        let repo = GitRemote::init(dir.path());
+        Fixture { dir, repo }
     }
 
     fn push(&self, path: &str, text: &str, message: &str) -> String {
-        let full = self.work.join(path);
-        std::fs::create_dir_all(full.parent().unwrap()).unwrap();
-        std::fs::write(full, text).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "--quiet", "--allow-empty", "-m", message],
-        );
-        git(
-            &self.work,
-            &["push", "--quiet", "--force", "origin", "HEAD:main"],
-        );
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+        self.repo.push(path, text, message)
     }
 
     fn remove(&self, path: &str, message: &str) {
-        git(&self.work, &["rm", "--quiet", path]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        self.repo.commit(&[(path, None)], message);
     }
 
     async fn start(&self, resolver: Arc<FakeResolver>) -> (ControllerHandle, Client) {
         let mut config = Config::new(
             self.dir.path().join("data"),
-            format!("file://{}", self.bare.display()),
+            self.repo.url(),
             "main".into(),
             resolver,
         );
@@ -75,15 +53,6 @@ impl Fixture {
 
 fn web(image: &str) -> String {
     format!("app: web\nimage: {image}\nreplicas: 3\n")
-}
-
-fn host(name: &str) -> Registration {
-    Registration {
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Default::default(),
-        agent_version: "test".into(),
-    }
 }
 
 fn report(host: &str, version: u64, target: u64, rollout: RolloutState) -> HostReport {
@@ -122,9 +91,9 @@ async fn deploy_loop_through_the_api() {
 
     // two hosts register; 3 replicas are divided 2 + 1: h2 came first and keeps its even
     // share, h1 takes the excess
-    let r = client.register(&host("h2")).await.unwrap();
+    let r = client.register(&registration("h2")).await.unwrap();
     assert!(r.assignment_version >= 1);
-    client.register(&host("h1")).await.unwrap();
+    client.register(&registration("h1")).await.unwrap();
     let a1 = client.assignment("h1", None, Duration::ZERO).await.unwrap();
     let a2 = client.assignment("h2", None, Duration::ZERO).await.unwrap();
     assert_eq!(a1.apps[0].target.number, 1);
@@ -355,7 +324,10 @@ async fn wrong_token_is_401_and_oversized_body_is_413() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 404, .. }), "{err}");
-    let err = client.register(&host("Not_A_Label")).await.unwrap_err();
+    let err = client
+        .register(&registration("Not_A_Label"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 400, .. }), "{err}");
     handle.shutdown().await.unwrap();
 }
@@ -367,7 +339,7 @@ async fn state_survives_a_controller_restart_and_shutdown_ends_long_polls() {
     let resolver = Arc::new(FakeResolver::new());
     let (handle, client) = fx.start(resolver.clone()).await;
     client.sync().await.unwrap();
-    client.register(&host("h1")).await.unwrap();
+    client.register(&registration("h1")).await.unwrap();
     let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
     let token = handle.token().to_string();
     let poller = {
@@ -410,7 +382,7 @@ async fn a_silent_host_is_marked_down_its_apps_move_and_it_gets_work_back_after_
     let now = Arc::new(AtomicU64::new(1_000_000));
     let mut config = Config::new(
         fx.dir.path().join("data"),
-        format!("file://{}", fx.bare.display()),
+        fx.repo.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );
@@ -422,8 +394,8 @@ async fn a_silent_host_is_marked_down_its_apps_move_and_it_gets_work_back_after_
     let handle = Controller::start(config).await.unwrap();
     let client = Client::new(&handle.url(), handle.token()).unwrap();
     client.sync().await.unwrap();
-    client.register(&host("h1")).await.unwrap();
-    client.register(&host("h2")).await.unwrap();
+    client.register(&registration("h1")).await.unwrap();
+    client.register(&registration("h2")).await.unwrap();
     let share = |a: &berth_manifests::wire::Assignment| {
         a.apps
             .iter()
@@ -532,7 +504,7 @@ async fn apps_that_do_not_fit_are_reported_and_what_runs_stays() {
     );
     let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
     client.sync().await.unwrap();
-    let mut small = host("h1");
+    let mut small = registration("h1");
     small.capacity = berth_manifests::wire::Capacity {
         cpu_millis: 2000,
         memory_bytes: 8 << 30,
@@ -555,7 +527,7 @@ async fn apps_that_do_not_fit_are_reported_and_what_runs_stays() {
     assert_eq!((view.unplaced[0].wanted, view.unplaced[0].placed), (3, 2));
     assert_eq!(view.hosts[0].apps[0].instances, 2);
     // a second host with room takes the third; h1 keeps its two
-    let mut big = host("h2");
+    let mut big = registration("h2");
     big.capacity = berth_manifests::wire::Capacity {
         cpu_millis: 4000,
         memory_bytes: 8 << 30,
@@ -687,7 +659,11 @@ async fn an_unresolvable_image_refuses_the_whole_commit() {
     let (handle, client) = fx.start(resolver).await;
     client.sync().await.unwrap();
     // one commit adds api and moves web to a tag that does not exist
-    std::fs::write(fx.work.join("api.yaml"), "app: api\nimage: busybox:2\n").unwrap();
+    std::fs::write(
+        fx.repo.work().join("api.yaml"),
+        "app: api\nimage: busybox:2\n",
+    )
+    .unwrap();
     fx.push(
         "web.yaml",
         &web("busybox:9"),
@@ -727,7 +703,7 @@ async fn a_push_to_a_local_repository_is_applied_without_poll_or_webhook() {
     }
     assert!(applied, "the first sync at start did not apply the head");
     // packed refs are read too
-    git(&fx.bare, &["pack-refs", "--all"]);
+    git(fx.repo.bare(), &["pack-refs", "--all"]);
     fx.push("web.yaml", &web("busybox:2"), "web 2");
     let mut revision = 0;
     for _ in 0..100 {
@@ -739,14 +715,14 @@ async fn a_push_to_a_local_repository_is_applied_without_poll_or_webhook() {
     }
     assert_eq!(revision, 2, "the push was not noticed");
     let source = berth_controller::git::GitSource::new(
-        fx.bare.to_str().unwrap(),
+        fx.repo.bare().to_str().unwrap(),
         "main",
         &fx.dir.path().join("unused-mirror"),
     )
     .unwrap();
-    let head = git(&fx.work, &["rev-parse", "HEAD"]);
+    let head = git(fx.repo.work(), &["rev-parse", "HEAD"]);
     assert_eq!(source.local_head().as_deref(), Some(head.trim()));
-    git(&fx.bare, &["pack-refs", "--all", "--prune"]);
+    git(fx.repo.bare(), &["pack-refs", "--all", "--prune"]);
     assert_eq!(source.local_head().as_deref(), Some(head.trim()));
     handle.shutdown().await.unwrap();
 }
@@ -761,7 +737,7 @@ async fn a_host_cannot_fail_a_revision_of_an_app_it_does_not_run() {
     client.sync().await.unwrap();
     let labelled = |name: &str, role: &str| Registration {
         labels: [("role".to_string(), role.to_string())].into(),
-        ..host(name)
+        ..registration(name)
     };
     client.register(&labelled("db1", "db")).await.unwrap();
     client.register(&labelled("web1", "web")).await.unwrap();
@@ -807,7 +783,7 @@ async fn an_unreachable_repository_shows_in_status_until_it_is_back() {
     let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
     assert!(client.sync().await.unwrap().errors.is_empty());
     let moved = fx.dir.path().join("moved.git");
-    std::fs::rename(&fx.bare, &moved).unwrap();
+    std::fs::rename(fx.repo.bare(), &moved).unwrap();
     let sync = client.sync().await.unwrap();
     assert_eq!(sync.errors.len(), 1, "{:?}", sync.errors);
     assert!(
@@ -820,7 +796,7 @@ async fn an_unreachable_repository_shows_in_status_until_it_is_back() {
         1,
         "apps kept"
     );
-    std::fs::rename(&moved, &fx.bare).unwrap();
+    std::fs::rename(&moved, fx.repo.bare()).unwrap();
     let sync = client.sync().await.unwrap();
     assert!(sync.errors.is_empty(), "stale error: {:?}", sync.errors);
     handle.shutdown().await.unwrap();

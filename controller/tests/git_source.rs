@@ -3,11 +3,12 @@
 #![allow(clippy::unwrap_used, reason = "test helpers")]
 
 use berth_controller::git::{GitError, GitSource, TreeLimits, is_manifest_path};
-use berth_testkit::git;
+use berth_testkit::{GitRemote, git};
 
-/// A bare "remote" and a work clone that pushes to it.
+/// A bare "remote", a work clone that pushes to it, and the source's mirror dir.
 struct Repos {
     _dir: tempfile::TempDir,
+    git: GitRemote,
     bare: std::path::PathBuf,
     work: std::path::PathBuf,
     mirror: std::path::PathBuf,
@@ -16,19 +17,13 @@ struct Repos {
 impl Repos {
     fn new() -> Repos {
         let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        let mirror = dir.path().join("mirror");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        let git = GitRemote::init(dir.path());
         Repos {
+            bare: git.bare().to_path_buf(),
+            work: git.work().to_path_buf(),
+            mirror: dir.path().join("mirror"),
+            git,
             _dir: dir,
-            bare,
-            work,
-            mirror,
         }
     }
 
@@ -38,21 +33,13 @@ impl Repos {
         std::fs::write(full, text).unwrap();
     }
 
+    /// Commits what the work repository holds now and pushes it.
     fn commit_and_push(&self, message: &str) -> String {
-        git(&self.work, &["add", "-A"]);
-        git(
-            &self.work,
-            &["commit", "--quiet", "--allow-empty", "-m", message],
-        );
-        git(
-            &self.work,
-            &["push", "--quiet", "--force", "origin", "HEAD:main"],
-        );
-        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+        self.git.commit(&[], message)
     }
 
     fn source(&self) -> GitSource {
-        let url = format!("file://{}", self.bare.display());
+        let url = self.git.url();
         GitSource::new(&url, "main", &self.mirror).unwrap()
     }
 }

@@ -10,15 +10,13 @@ use std::time::Duration;
 
 use berth_controller::resolve::FakeResolver;
 use berth_controller::{Config, Controller, ControllerHandle};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 async fn start(dir: &std::path::Path, max_per_peer: usize) -> ControllerHandle {
-    let bare = dir.join("remote.git");
-    std::fs::create_dir_all(&bare).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
+    let repo = GitRemote::init(dir);
     let mut config = Config::new(
         dir.join("data"),
-        format!("file://{}", bare.display()),
+        repo.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );

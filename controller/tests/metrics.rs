@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,39 +12,29 @@ use berth_controller::client::Client;
 use berth_controller::resolve::FakeResolver;
 use berth_controller::{Config, Controller, ControllerHandle};
 use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 /// A bare "remote", a work clone pushing to it, a data dir; all removed on drop.
 struct Fixture {
     dir: tempfile::TempDir,
-    bare: PathBuf,
-    work: PathBuf,
+    repo: GitRemote,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        Fixture { dir, bare, work }
+        let repo = GitRemote::init(dir.path());
+        Fixture { dir, repo }
     }
 
     fn push(&self, text: &str, message: &str) {
-        std::fs::write(self.work.join("web.yaml"), text).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        self.repo.push("web.yaml", text, message);
     }
 
     async fn start(&self, token_required: bool) -> (ControllerHandle, Client) {
         let mut config = Config::new(
             self.dir.path().join("data"),
-            format!("file://{}", self.bare.display()),
+            self.repo.url(),
             "main".into(),
             Arc::new(FakeResolver::new()),
         );
@@ -213,9 +202,9 @@ async fn every_family_is_updated_by_its_code_path() {
     fx.push("app: web\nimage: [\n", "broken");
     assert!(!client.sync().await.unwrap().errors.is_empty());
     let moved = fx.dir.path().join("moved.git");
-    std::fs::rename(&fx.bare, &moved).unwrap();
+    std::fs::rename(fx.repo.bare(), &moved).unwrap();
     assert!(!client.sync().await.unwrap().errors.is_empty());
-    std::fs::rename(&moved, &fx.bare).unwrap();
+    std::fs::rename(&moved, fx.repo.bare()).unwrap();
     // a route with a path parameter, an unknown path, a wrong token
     client.revisions("web").await.unwrap();
     let unknown = reqwest::get(format!("{}/v1/nope", handle.url()))

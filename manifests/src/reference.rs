@@ -1,7 +1,15 @@
 //! Image references (`busybox`, `host:5000/a/b:tag`, `name@sha256:<64 hex>`), parsed by the
 //! grammar of the distribution project and normalized by Docker's rules: no registry means
 //! `docker.io`, a single-component name on Docker Hub gets `library/`, no tag and no digest
-//! means `:latest`. The agent uses [`ImageRef`] to pull; this module never touches a network.
+//! means `:latest`. The one parser of image references: the controller resolves and the agent
+//! pulls with it (the agent's `image::Reference` wraps it with a checked sha256 digest). This
+//! module never touches a network.
+//!
+//! Where Docker's CLI and the distribution grammar differ from what one might expect:
+//! only `index.docker.io` is an alias of `docker.io` (`registry-1.docker.io` is a registry of
+//! its own, as in `distribution/reference`'s `normalize.go`); a first component with an
+//! uppercase letter is a registry (`Foo/bar`); `registry/repository` is at most 255
+//! characters.
 
 use std::fmt;
 use std::str::FromStr;
@@ -197,6 +205,19 @@ impl ImageRef {
             registry: registry.to_owned(),
             ..self.clone()
         })
+    }
+
+    /// `registry/repository:tag` when the reference has a tag (the key a tag is stored under).
+    pub fn tagged_name(&self) -> Option<String> {
+        self.tag.as_ref().map(|t| format!("{}:{t}", self.name()))
+    }
+
+    /// The same image pinned to `digest` alone: the tag is dropped, so the reference names
+    /// exactly one manifest (an image store pulls a platform's manifest of an index so).
+    pub fn pinned(&self, digest: &str) -> Result<Self, ReferenceError> {
+        let mut r = self.with_digest(digest)?;
+        r.tag = None;
+        Ok(r)
     }
 
     /// The same reference pinned to `digest` (the controller resolves tags once).
@@ -406,10 +427,12 @@ mod tests {
 
     #[test]
     fn separators_follow_the_distribution_grammar() {
-        for ok in ["a_b", "a__b", "a.b", "a-b", "a---b", "a1/b2"] {
+        for ok in ["a_b", "a__b", "a.b", "a-b", "a---b", "a1/b2", "a0"] {
             assert!(ok.parse::<ImageRef>().is_ok(), "{ok}");
         }
-        for bad in ["a___b", "a._b", "_a", "a.", ".a"] {
+        for bad in [
+            "a___b", "a._b", "_a", "a.", ".a", "a..b", "a-", "..", "a_-b",
+        ] {
             assert!(bad.parse::<ImageRef>().is_err(), "{bad}");
         }
     }
@@ -427,6 +450,69 @@ mod tests {
             pinned.to_string(),
             format!("docker.io/berth-test/hello:latest@sha256:{HEX}")
         );
+    }
+
+    #[test]
+    fn parts_of_registry_port_and_localhost_references() {
+        let r: ImageRef = "127.0.0.1:5000/berth-test/hello".parse().unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag(), r.digest()),
+            ("127.0.0.1:5000", "berth-test/hello", Some("latest"), None)
+        );
+        let r: ImageRef = "localhost/app:v2".parse().unwrap();
+        assert_eq!(
+            (r.registry(), r.repository(), r.tag()),
+            ("localhost", "app", Some("v2"))
+        );
+        assert_eq!(norm("user/app"), "docker.io/user/app:latest");
+        assert_eq!(r.tagged_name().as_deref(), Some("localhost/app:v2"));
+        let d: ImageRef = format!("localhost/app@sha256:{HEX}").parse().unwrap();
+        assert_eq!(d.tagged_name(), None);
+    }
+
+    #[test]
+    fn only_index_docker_io_is_an_alias_of_docker_hub() {
+        // distribution/reference normalizes `index.docker.io` only (legacyDefaultDomain);
+        // `registry-1.docker.io` is a registry name like any other.
+        assert_eq!(
+            norm("registry-1.docker.io/x"),
+            "registry-1.docker.io/x:latest"
+        );
+        assert_eq!(norm("index.docker.io/x"), "docker.io/library/x:latest");
+    }
+
+    #[test]
+    fn malformed_references_are_refused() {
+        for bad in [
+            "",
+            "Busybox",
+            "a//b",
+            "app:",
+            "app:-x",
+            "app@sha256:12",
+            "@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            ":tag",
+            "/app",
+            "app/",
+            "a/../b",
+            "reg.io/a b",
+            "app:tag/with/slash:x",
+            "a/b@",
+        ] {
+            assert!(bad.parse::<ImageRef>().is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn pinning_alone_drops_the_tag() {
+        let r: ImageRef = "app:1".parse().unwrap();
+        let pinned = r.pinned(&format!("sha256:{HEX}")).unwrap();
+        assert_eq!(
+            pinned.to_string(),
+            format!("docker.io/library/app@sha256:{HEX}")
+        );
+        assert_eq!(pinned.tag(), None);
+        assert!(r.pinned("sha256:12").is_err());
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! simulated agents in one process, against a real controller over real HTTP. Each speaks
 //! the agent protocol with the agent's own client ([`HttpController`]): register, long-poll
 //! its assignment (`after=V&wait=S`), report after every new assignment (its apps complete,
-//! as a healthy host would) and every `--report-interval`. Nothing runs containers.
+//! as a healthy host would) and every `--report-interval`. Nothing runs containers. Every
+//! host declares `--cpu-millis` and `--memory-mib` (default 1024 cores and 1 TiB: room for
+//! every instance of the benchmark, which measures placement, not capacity refusals).
 //!
 //! Once every agent is registered and holds a long-poll, each `--trigger` command (a shell
 //! line: a `git push` and the webhook) runs in turn; the harness measures, per agent, the
@@ -65,6 +67,14 @@ pub struct Args {
     /// Send no report at all (register and long-poll only)
     #[arg(long)]
     pub no_reports: bool,
+    /// CPU every simulated host declares, in millicores (default 1024 cores: every
+    /// instance of the benchmark fits, so placement is measured, not capacity refusals;
+    /// 0: not limited)
+    #[arg(long, default_value_t = 1_024_000)]
+    pub cpu_millis: u64,
+    /// Memory every simulated host declares, in MiB (default 1 TiB; 0: not limited)
+    #[arg(long, default_value_t = 1 << 20)]
+    pub memory_mib: u64,
     /// Registrations in flight at once
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
@@ -134,6 +144,10 @@ async fn simulate(
             index,
             name: format!("{}-{:05}", args.prefix, index + 1),
             client: clients[index % clients.len()].clone(),
+            capacity: berth_manifests::wire::Capacity {
+                cpu_millis: args.cpu_millis,
+                memory_bytes: args.memory_mib.saturating_mul(1 << 20),
+            },
             labels: {
                 let mut labels = labels.clone();
                 if args.zones > 0 {
@@ -280,6 +294,7 @@ struct SimAgent {
     name: String,
     client: HttpController,
     labels: std::collections::BTreeMap<String, String>,
+    capacity: berth_manifests::wire::Capacity,
     wait: Duration,
     report_interval: Option<Duration>,
     reports: bool,
@@ -303,10 +318,7 @@ impl SimAgent {
         let registration = Registration {
             name: self.name.clone(),
             labels: self.labels.clone(),
-            capacity: berth_manifests::wire::Capacity {
-                cpu_millis: 4000,
-                memory_bytes: 8 << 30,
-            },
+            capacity: self.capacity,
             agent_version: concat!(env!("CARGO_PKG_VERSION"), "-sim").to_string(),
         };
         let mut pause = Duration::from_millis(200);

@@ -10,6 +10,11 @@
 //! - [`HostileRegistry`]: a registry on loopback that lies in one chosen way ([`Misbehave`]):
 //!   wrong media types, huge or endless manifests, wrong sizes, slow bodies, bad redirects.
 //! - [`busybox_rootfs`]: a minimal root filesystem from Debian's busybox-static.
+//! - [`GitRemote`]: a bare repository and a work repository pushing to it (what a controller
+//!   follows); [`git`] runs the CLI with a fixed identity.
+//! - [`run_ok`], [`wait_for`]: run a command that must succeed; poll until something holds.
+//! - [`promtool_check`]: `promtool check metrics` (Debian's prometheus) on an exposition.
+//! - [`registration`], [`empty_report`]: a host's registration and a report of nothing.
 //!
 //! It must not touch anything it did not create. Panics are allowed here: it is test code.
 #![allow(clippy::panic)]
@@ -366,6 +371,172 @@ pub fn http_get(addr: &str, path: &str) -> std::io::Result<String> {
         .unwrap_or_default())
 }
 
+/// Runs `c` and returns its output; panics with the command and its stdout and stderr unless
+/// it exits 0.
+pub fn run_ok(c: &mut Command) -> std::process::Output {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Polls `f` every 100 ms until it returns a value, for at most `secs` seconds; then panics
+/// with `timed out after {secs}s waiting for {what}` and what `context` says (the daemons'
+/// logs, a status: whatever explains the wait).
+#[allow(
+    clippy::disallowed_methods,
+    reason = "tests wait on real processes in real time"
+)]
+pub fn wait_for<T>(
+    what: &str,
+    secs: u64,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if std::time::Instant::now() >= deadline {
+            panic!("timed out after {secs}s waiting for {what}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The registration of host `name`: no labels, no declared capacity, agent version `test`.
+pub fn registration(name: &str) -> berth_manifests::wire::Registration {
+    berth_manifests::wire::Registration {
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        agent_version: "test".into(),
+    }
+}
+
+/// A report from `host` of no instances and no apps (assignment version 0).
+pub fn empty_report(host: &str) -> berth_manifests::wire::HostReport {
+    berth_manifests::wire::HostReport {
+        host: host.into(),
+        assignment_version: 0,
+        instances: Vec::new(),
+        apps: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
+/// Runs `promtool check metrics` on `text` (a Prometheus exposition); panics with promtool's
+/// findings and the text unless it accepts it (lint warnings included, as promtool exits 1).
+pub fn promtool_check(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e} (Debian package prometheus; scripts/install-deps.sh)")
+        });
+    if let Some(mut stdin) = promtool.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to promtool: {e}"));
+    }
+    let out = promtool
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the text:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A bare git repository (the "remote" a controller follows) and a work repository that
+/// pushes to its `main` branch: `ROOT/remote.git` and `ROOT/work`. The caller owns `ROOT`
+/// (usually a temp dir, removed on drop).
+#[derive(Debug, Clone)]
+pub struct GitRemote {
+    bare: PathBuf,
+    work: PathBuf,
+}
+
+impl GitRemote {
+    /// Creates both repositories under `root`; panics (with git's error) when git cannot.
+    pub fn init(root: &Path) -> GitRemote {
+        let bare = root.join("remote.git");
+        let work = root.join("work");
+        for dir in [&bare, &work] {
+            std::fs::create_dir_all(dir)
+                .unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        }
+        git(&bare, &["init", "--quiet", "--bare"]);
+        git(&work, &["init", "--quiet"]);
+        git(&work, &["remote", "add", "origin", &bare.to_string_lossy()]);
+        GitRemote { bare, work }
+    }
+
+    /// The bare repository.
+    pub fn bare(&self) -> &Path {
+        &self.bare
+    }
+
+    /// The work repository.
+    pub fn work(&self) -> &Path {
+        &self.work
+    }
+
+    /// `file://` URL of the bare repository (what a controller is given).
+    pub fn url(&self) -> String {
+        format!("file://{}", self.bare.display())
+    }
+
+    /// Writes each `(path, Some(text))` and removes each `(path, None)` in the work
+    /// repository (paths relative to it, parent dirs created), commits everything with
+    /// `message` (even nothing: a new commit each time) and pushes it to `main` (forced). Returns the new commit's id.
+    pub fn commit(&self, files: &[(&str, Option<&str>)], message: &str) -> String {
+        for (path, text) in files {
+            let full = self.work.join(path);
+            match text {
+                Some(text) => {
+                    if let Some(parent) = full.parent() {
+                        std::fs::create_dir_all(parent)
+                            .unwrap_or_else(|e| panic!("create {}: {e}", parent.display()));
+                    }
+                    std::fs::write(&full, text)
+                        .unwrap_or_else(|e| panic!("write {}: {e}", full.display()));
+                }
+                None => {
+                    let _ = std::fs::remove_file(&full);
+                }
+            }
+        }
+        git(&self.work, &["add", "-A"]);
+        git(
+            &self.work,
+            &["commit", "--quiet", "--allow-empty", "-m", message],
+        );
+        git(
+            &self.work,
+            &["push", "--quiet", "--force", "origin", "HEAD:main"],
+        );
+        git(&self.work, &["rev-parse", "HEAD"]).trim().to_string()
+    }
+
+    /// [`GitRemote::commit`] of one file.
+    pub fn push(&self, path: &str, text: &str, message: &str) -> String {
+        self.commit(&[(path, Some(text))], message)
+    }
+}
+
 /// Runs the `git` CLI in `dir` with a fixed identity, `main` as the default branch and no
 /// user or system config; panics with git's stderr on failure. Returns stdout.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -390,4 +561,36 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promtool_check_accepts_a_valid_exposition() {
+        promtool_check("# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "promtool check metrics refused the text")]
+    fn promtool_check_refuses_a_malformed_exposition() {
+        promtool_check("x_total{ 1\n");
+    }
+
+    #[test]
+    fn git_remote_commits_and_pushes_files_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = GitRemote::init(dir.path());
+        let first = repo.commit(
+            &[("a/b.yaml", Some("one\n")), ("c.yaml", Some("two\n"))],
+            "add",
+        );
+        let second = repo.commit(&[("c.yaml", None)], "remove c");
+        assert_ne!(first, second);
+        assert_eq!(git(repo.bare(), &["rev-parse", "main"]).trim(), second);
+        let files = git(repo.bare(), &["ls-tree", "-r", "--name-only", "main"]);
+        assert_eq!(files, "a/b.yaml\n");
+        assert!(repo.url().starts_with("file:///"));
+    }
 }

@@ -533,7 +533,7 @@ impl ImageStore {
                     },
                 });
             };
-            let pinned = reference.with_digest(chosen.digest.clone());
+            let pinned = reference.with_digest(chosen.digest.clone())?;
             let (mbytes, mdigest) = client.manifest(&pinned).await?;
             parsed = parse_manifest(&mbytes, reference, &mdigest)?;
             if let Parsed::Index(_) = parsed {

@@ -333,10 +333,8 @@ impl Traffic for ProxyTraffic {
                 k.backends.remove(id);
             }
         }
-        if timeout.is_zero() {
-            return Ok(());
-        }
-        // Out of rotation now; wait for its requests on a connection of our own.
+        // Out of rotation now; wait for its requests on a connection of our own (with a zero
+        // timeout — a kill — this only makes the proxy forget it).
         let mut c = ProxyClient::connect(&self.socket())
             .await
             .map_err(|e| effect("drain", id, e))?;

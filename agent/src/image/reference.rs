@@ -1,42 +1,38 @@
-//! Docker-style image references: `busybox` → `docker.io/library/busybox:latest`,
-//! `ghcr.io/o/app:1.4`, `127.0.0.1:5000/app@sha256:…`, `app:1.4@sha256:…` (the digest wins).
-//!
-//! The grammar follows the distribution project's reference rules: the first path component is
-//! a registry when it contains `.` or `:` or is `localhost`; otherwise the registry is
-//! `docker.io` and one-component names get the `library/` prefix.
+//! The image store's reference: a [`berth_manifests::ImageRef`] (the one parser of image
+//! references, Docker's normalization: `busybox` → `docker.io/library/busybox:latest`) whose
+//! digest, when it pins one, is a checked [`Digest`] (sha256, the only algorithm the store
+//! verifies).
 
 use std::fmt;
 use std::str::FromStr;
 
+use berth_manifests::ImageRef;
+
 use super::digest::Digest;
 
-/// The registry that names without one refer to.
-pub const DEFAULT_REGISTRY: &str = "docker.io";
-/// The tag of names that carry neither a tag nor a digest.
-pub const DEFAULT_TAG: &str = "latest";
+pub use berth_manifests::reference::{DEFAULT_REGISTRY, DEFAULT_TAG};
 
-/// A parsed, normalised image reference.
+/// A parsed, normalised image reference with a checked digest.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reference {
-    registry: String,
-    repository: String,
-    tag: Option<String>,
+    image: ImageRef,
     digest: Option<Digest>,
 }
 
 /// Why a reference was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReferenceError {
-    /// The text is empty or has characters no reference may hold.
-    #[error("invalid image reference {reference:?}: {reason}")]
+    /// The text does not follow the reference grammar.
+    #[error("invalid image reference {reference:?}: {source}")]
     Invalid {
         /// The text as given.
         reference: String,
-        /// What is wrong with it.
-        reason: &'static str,
+        /// The grammar rule it breaks.
+        #[source]
+        source: berth_manifests::ReferenceError,
     },
-    /// The part after `@` is not a sha256 digest.
-    #[error("invalid image reference {reference:?}")]
+    /// The digest is not one the store can verify (sha256).
+    #[error("invalid image reference {reference:?}: the image store verifies sha256 digests only")]
     Digest {
         /// The text as given.
         reference: String,
@@ -49,17 +45,17 @@ pub enum ReferenceError {
 impl Reference {
     /// The registry host (and port), e.g. `docker.io` or `127.0.0.1:5000`.
     pub fn registry(&self) -> &str {
-        &self.registry
+        self.image.registry()
     }
 
     /// The repository path inside the registry, e.g. `library/busybox`.
     pub fn repository(&self) -> &str {
-        &self.repository
+        self.image.repository()
     }
 
     /// The tag, when the reference has one (`latest` was filled in when it had neither).
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        self.image.tag()
     }
 
     /// The digest, when the reference pins one.
@@ -69,177 +65,65 @@ impl Reference {
 
     /// `registry/repository` without tag or digest: the name `berth images` shows.
     pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
+        self.image.name()
     }
 
     /// The same image pinned to `digest` (the tag is dropped).
-    pub fn with_digest(&self, digest: Digest) -> Self {
-        Self {
-            registry: self.registry.clone(),
-            repository: self.repository.clone(),
-            tag: None,
+    pub fn with_digest(&self, digest: Digest) -> Result<Self, ReferenceError> {
+        let image =
+            self.image
+                .pinned(&digest.to_string())
+                .map_err(|source| ReferenceError::Invalid {
+                    reference: format!("{}@{digest}", self.name()),
+                    source,
+                })?;
+        Ok(Self {
+            image,
             digest: Some(digest),
-        }
+        })
     }
 
     /// `name:tag` when the reference has a tag: the key a tag record is stored under.
     pub fn tagged_name(&self) -> Option<String> {
-        self.tag.as_ref().map(|t| format!("{}:{t}", self.name()))
+        self.image.tagged_name()
+    }
+
+    /// The reference as the manifests parse it.
+    pub fn image_ref(&self) -> &ImageRef {
+        &self.image
+    }
+}
+
+impl TryFrom<ImageRef> for Reference {
+    type Error = ReferenceError;
+
+    fn try_from(image: ImageRef) -> Result<Self, ReferenceError> {
+        let digest = match image.digest() {
+            None => None,
+            Some(d) => Some(d.parse().map_err(|source| ReferenceError::Digest {
+                reference: image.to_string(),
+                source,
+            })?),
+        };
+        Ok(Self { image, digest })
     }
 }
 
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
+        self.image.fmt(f)
     }
-}
-
-fn invalid(reference: &str, reason: &'static str) -> ReferenceError {
-    ReferenceError::Invalid {
-        reference: reference.to_owned(),
-        reason,
-    }
-}
-
-fn is_registry(component: &str) -> bool {
-    component.contains('.') || component.contains(':') || component == "localhost"
-}
-
-fn valid_registry(host: &str) -> bool {
-    let (name, port) = match host.rsplit_once(':') {
-        Some((name, port)) if !name.ends_with(']') || name.starts_with('[') => (name, Some(port)),
-        _ => (host, None),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 255
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'[' | b']' | b':'));
-    let port_ok =
-        port.is_none_or(|p| !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()));
-    name_ok && port_ok
-}
-
-/// One path component: lower-case alphanumerics, separated by `.`, `_`, `__` or runs of `-`.
-fn valid_component(c: &str) -> bool {
-    let bytes = c.as_bytes();
-    let (Some(first), Some(last)) = (bytes.first(), bytes.last()) else {
-        return false;
-    };
-    let alnum = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    if !alnum(first) || !alnum(last) {
-        return false;
-    }
-    let mut prev_sep: Option<u8> = None;
-    let mut sep_len = 0;
-    for b in bytes {
-        if alnum(b) {
-            prev_sep = None;
-            sep_len = 0;
-            continue;
-        }
-        match (b, prev_sep) {
-            (b'-', None | Some(b'-')) => {}
-            (b'_', None) => {}
-            (b'_', Some(b'_')) if sep_len == 1 => {}
-            (b'.', None) => {}
-            _ => return false,
-        }
-        prev_sep = Some(*b);
-        sep_len += 1;
-    }
-    true
-}
-
-fn valid_tag(t: &str) -> bool {
-    let bytes = t.as_bytes();
-    match bytes.first() {
-        Some(b) if b.is_ascii_alphanumeric() || *b == b'_' => {}
-        _ => return false,
-    }
-    bytes.len() <= 128
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
 }
 
 impl FromStr for Reference {
     type Err = ReferenceError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        if s.is_empty() || s.len() > 4096 {
-            return Err(invalid(s, "empty or longer than 4096 characters"));
-        }
-        let (rest, digest) = match s.split_once('@') {
-            Some((rest, d)) => {
-                let digest = d.parse().map_err(|source| ReferenceError::Digest {
-                    reference: s.to_owned(),
-                    source,
-                })?;
-                (rest, Some(digest))
-            }
-            None => (s, None),
-        };
-        // A tag is a `:` after the last `/` (a `:` before it belongs to the registry's port).
-        let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
-        let (path, tag) = match rest[last_slash..].rfind(':') {
-            Some(i) => {
-                let tag = &rest[last_slash + i + 1..];
-                if !valid_tag(tag) {
-                    return Err(invalid(
-                        s,
-                        "the tag must match [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}",
-                    ));
-                }
-                (&rest[..last_slash + i], Some(tag.to_owned()))
-            }
-            None => (rest, None),
-        };
-        let (registry, repository) = match path.split_once('/') {
-            Some((first, remainder)) if is_registry(first) => {
-                (first.to_owned(), remainder.to_owned())
-            }
-            _ => (DEFAULT_REGISTRY.to_owned(), path.to_owned()),
-        };
-        let registry = if registry == "index.docker.io" || registry == "registry-1.docker.io" {
-            DEFAULT_REGISTRY.to_owned()
-        } else {
-            registry
-        };
-        if !valid_registry(&registry) {
-            return Err(invalid(
-                s,
-                "the registry must be a host name with an optional port",
-            ));
-        }
-        if repository.len() > 255 || !repository.split('/').all(valid_component) {
-            return Err(invalid(
-                s,
-                "repository path components must be lower-case letters and digits separated by '.', '_', '__' or '-'",
-            ));
-        }
-        let repository = if registry == DEFAULT_REGISTRY && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        let tag = match (tag, &digest) {
-            (None, None) => Some(DEFAULT_TAG.to_owned()),
-            (tag, _) => tag,
-        };
-        Ok(Self {
-            registry,
-            repository,
-            tag,
-            digest,
-        })
+        let image: ImageRef = s.parse().map_err(|source| ReferenceError::Invalid {
+            reference: s.to_owned(),
+            source,
+        })?;
+        Self::try_from(image)
     }
 }
 
@@ -253,72 +137,41 @@ mod tests {
         s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
     }
 
-    #[test]
-    fn short_names_are_docker_hub_library_latest() {
-        assert_eq!(
-            parse("busybox").to_string(),
-            "docker.io/library/busybox:latest"
-        );
-        assert_eq!(
-            parse("busybox:1.36").to_string(),
-            "docker.io/library/busybox:1.36"
-        );
-        assert_eq!(parse("user/app").to_string(), "docker.io/user/app:latest");
-        assert_eq!(
-            parse("index.docker.io/library/busybox").to_string(),
-            "docker.io/library/busybox:latest"
-        );
-    }
+    // The grammar's own tests are in berth-manifests (`reference.rs`); these are the store's.
 
     #[test]
-    fn registry_with_port_is_not_mistaken_for_a_tag() {
-        let r = parse("127.0.0.1:5000/berth-test/hello");
-        assert_eq!(r.registry(), "127.0.0.1:5000");
-        assert_eq!(r.repository(), "berth-test/hello");
-        assert_eq!(r.tag(), Some("latest"));
-        let r = parse("localhost/app:v2");
-        assert_eq!(
-            (r.registry(), r.repository(), r.tag()),
-            ("localhost", "app", Some("v2"))
-        );
-    }
-
-    #[test]
-    fn digest_references_have_no_default_tag() {
+    fn digests_are_checked_and_pinning_drops_the_tag() {
         let r = parse(&format!("ghcr.io/o/app@{D}"));
         assert_eq!(r.tag(), None);
         assert_eq!(r.digest().map(|d| d.to_string()).as_deref(), Some(D));
         let r = parse(&format!("app:1@{D}"));
         assert_eq!(r.tag(), Some("1"));
         assert_eq!(r.to_string(), format!("docker.io/library/app:1@{D}"));
+        let pinned = parse("busybox:1.36")
+            .with_digest(D.parse().unwrap())
+            .unwrap();
+        assert_eq!(pinned.to_string(), format!("docker.io/library/busybox@{D}"));
+        assert_eq!(pinned.tagged_name(), None);
+        assert_eq!(pinned.digest().map(|d| d.to_string()).as_deref(), Some(D));
     }
 
     #[test]
-    fn rejects_malformed_references() {
-        for bad in [
-            "",
-            "Busybox",
-            "a//b",
-            "app:",
-            "app:-x",
-            "app@sha256:12",
-            "/app",
-            "app/",
-            "a/../b",
-            "reg.io/a b",
-            "app:tag/with/slash:x",
-        ] {
-            assert!(bad.parse::<Reference>().is_err(), "{bad:?} was accepted");
-        }
+    fn sha512_parses_in_manifests_but_the_store_refuses_it() {
+        let text = format!("app@sha512:{}", "a".repeat(128));
+        assert!(text.parse::<ImageRef>().is_ok());
+        let err = text.parse::<Reference>().unwrap_err();
+        assert!(matches!(err, ReferenceError::Digest { .. }), "{err}");
+        assert!(err.to_string().contains("sha256"), "{err}");
     }
 
     #[test]
-    fn component_separators_follow_the_distribution_grammar() {
-        for ok in ["a_b", "a__b", "a-b", "a---b", "a.b", "a0"] {
-            assert!(valid_component(ok), "{ok} refused");
-        }
-        for bad in ["a___b", "a..b", "a._b", "_a", "a-", ".."] {
-            assert!(!valid_component(bad), "{bad} accepted");
-        }
+    fn errors_name_the_reference_and_the_rule() {
+        let err = "Busybox".parse::<Reference>().unwrap_err();
+        assert!(err.to_string().contains("\"Busybox\""), "{err}");
+        assert!(err.to_string().contains("lowercase"), "{err}");
+        assert_eq!(
+            parse("busybox").tagged_name().as_deref(),
+            Some("docker.io/library/busybox:latest")
+        );
     }
 }

@@ -3,8 +3,8 @@
 //! new request can pick it, and [`drain`] then waits for the requests it still serves.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -17,9 +17,65 @@ pub struct Backend {
     in_flight: AtomicUsize,
     served: AtomicU64,
     idle: Notify,
+    /// HTTP mode: the pooled keep-alive client to this backend alone. One pool per backend,
+    /// not one per app keyed by `ip:port`: an instance's address is reused by the IPAM once
+    /// it is gone, and a pooled connection to the old instance (whose FIN may never have
+    /// arrived, its veth being removed with it) must never carry a request to the new one.
+    /// Dropped when the backend leaves the rotation, which closes its idle connections.
+    http: Mutex<Option<crate::proxy::l7::Client>>,
+    retired: AtomicBool,
 }
 
 impl Backend {
+    fn new(id: &str, addr: SocketAddr) -> Self {
+        Self {
+            id: id.to_owned(),
+            addr,
+            in_flight: AtomicUsize::new(0),
+            served: AtomicU64::new(0),
+            idle: Notify::new(),
+            http: Mutex::new(None),
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    /// The HTTP client of this backend: its own pool, made on first use. Once the backend
+    /// has left the rotation (a request that picked it just before still goes there), a
+    /// fresh client that is not kept: no pooled connection of a removed backend is reused.
+    pub(crate) fn http_client(
+        &self,
+        make: impl FnOnce() -> crate::proxy::l7::Client,
+    ) -> crate::proxy::l7::Client {
+        let mut slot = self
+            .http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if self.retired.load(Ordering::Acquire) {
+            return make();
+        }
+        slot.get_or_insert_with(make).clone()
+    }
+
+    /// Out of rotation: drops the pool (its idle connections close; requests in flight keep
+    /// theirs until they end, then those close too).
+    fn retire(&self) {
+        let mut slot = self
+            .http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.retired.store(true, Ordering::Release);
+        slot.take();
+    }
+
+    /// Whether the HTTP mode holds a pool for this backend (tests).
+    #[cfg(test)]
+    pub(crate) fn has_pool(&self) -> bool {
+        self.http
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
     /// The instance id.
     pub fn id(&self) -> &str {
         &self.id
@@ -84,14 +140,14 @@ impl Pool {
         if let Some(b) = list.iter().find(|b| b.id == id && b.addr == addr) {
             return Arc::clone(b);
         }
-        list.retain(|b| b.id != id);
-        let b = Arc::new(Backend {
-            id: id.to_owned(),
-            addr,
-            in_flight: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
-            idle: Notify::new(),
+        list.retain(|b| {
+            let keep = b.id != id;
+            if !keep {
+                b.retire();
+            }
+            keep
         });
+        let b = Arc::new(Backend::new(id, addr));
         list.push(Arc::clone(&b));
         drop(list);
         self.added.notify_waiters();
@@ -103,7 +159,10 @@ impl Pool {
     pub fn remove(&self, id: &str) -> Option<Arc<Backend>> {
         let mut list = self.write();
         let pos = list.iter().position(|b| b.id == id)?;
-        Some(list.remove(pos))
+        let b = list.remove(pos);
+        drop(list);
+        b.retire();
+        Some(b)
     }
 
     /// The backend with an id, if in rotation.
@@ -250,6 +309,27 @@ mod tests {
         for _ in 0..5 {
             assert_eq!(pool.pick(Some("a")).unwrap().backend().id(), "b");
         }
+    }
+
+    #[tokio::test]
+    async fn a_removed_backend_keeps_no_pool() {
+        let pool = Pool::default();
+        let a = pool.add("a", addr(1));
+        let make = || crate::proxy::l7::client(Duration::from_secs(1));
+        let _c = a.http_client(make);
+        assert!(a.has_pool());
+        pool.remove("a").unwrap();
+        assert!(!a.has_pool(), "leaving the rotation drops the pool");
+        // A request that picked it before the removal gets a client that is not kept.
+        let _late = a.http_client(make);
+        assert!(!a.has_pool());
+        // Re-added (same id and address, e.g. a reused IP): a new backend, a new pool.
+        let again = pool.add("a", addr(1));
+        assert!(!Arc::ptr_eq(&a, &again) && !again.has_pool());
+        // Re-added with another address: the old one is retired too.
+        let _c = again.http_client(make);
+        let moved = pool.add("a", addr(2));
+        assert!(!again.has_pool() && !moved.has_pool());
     }
 
     #[tokio::test(start_paused = true)]

@@ -15,8 +15,20 @@
 //! and the others are dropped (closed; the app may see a connection that closes without a
 //! request). A constant interval, not a doubling one: under a full queue, the slot that
 //! frees goes to whichever SYN arrives next, so a request that has waited longest keeps the
-//! same chance as a new one instead of falling behind (the tail is what this is about). An attempt that fails (refused, unreachable) ends the connect with its
-//! error at once, so the caller can try another backend.
+//! same chance as a new one instead of falling behind (the tail is what this is about). An
+//! attempt that fails (refused, unreachable) ends the connect with its error at once, so the
+//! caller can try another backend.
+//!
+//! A connected backend socket never waits silently on a peer that is gone. An instance's
+//! network namespace and veth are removed with it; a FIN or RST it sent while that happened
+//! can be lost, and then the proxy's side of the connection stays ESTABLISHED: a request
+//! written into it is retransmitted for ~15 minutes (`tcp_retries2`), and a request whose
+//! response is awaited waits forever. So every backend socket gets TCP keepalive (first probe
+//! after [`KEEPALIVE_IDLE`] of silence, then every second) and `TCP_USER_TIMEOUT`
+//! ([`DEAD_PEER_AFTER`]): the kernel aborts the connection (`ETIMEDOUT`) once sent data or
+//! keepalive probes stay unacknowledged that long. A live backend's kernel acknowledges at
+//! once (it is on this host), however slow the app itself is, so this never cuts a slow
+//! response; it only bounds how long a vanished peer can hold a request.
 
 use std::future::Future;
 use std::io;
@@ -38,8 +50,27 @@ pub(crate) const RESYN_AFTER: Duration = Duration::from_millis(100);
 /// that never answers costs while its connect timeout runs.
 pub(crate) const MAX_ATTEMPTS: u32 = 8;
 
+/// Silence on a backend connection after which the kernel sends keepalive probes.
+pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(1);
+
+/// Unacknowledged data or keepalive probes for this long abort a backend connection.
+pub(crate) const DEAD_PEER_AFTER: Duration = Duration::from_secs(3);
+
+/// Keepalive and `TCP_USER_TIMEOUT` on a backend socket (see the module comment).
+fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
+    use rustix::net::sockopt;
+    sockopt::set_socket_keepalive(stream, true)?;
+    sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
+    sockopt::set_tcp_keepintvl(stream, Duration::from_secs(1))?;
+    sockopt::set_tcp_keepcnt(stream, 3)?;
+    let ms = u32::try_from(DEAD_PEER_AFTER.as_millis()).unwrap_or(u32::MAX);
+    sockopt::set_tcp_user_timeout(stream, ms)?;
+    Ok(())
+}
+
 /// Connects to `addr` within `timeout`, racing a fresh attempt against the pending ones
-/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY` is set on the result.
+/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY`, keepalive and
+/// `TCP_USER_TIMEOUT` are set on the result.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -52,6 +83,7 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
             done = attempts.join_next() => match done {
                 Some(Ok(Ok(stream))) => {
                     stream.set_nodelay(true)?;
+                    detect_dead_peer(&stream)?;
                     return Ok(stream);
                 }
                 Some(Ok(Err(e))) => return Err(e),

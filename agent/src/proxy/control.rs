@@ -520,6 +520,21 @@ fn unexpected(r: &Response) -> ProxyError {
     }
 }
 
+/// A proxy log larger than this is started afresh when the next proxy process starts.
+pub const LOG_KEEP_BYTES: u64 = 8 << 20;
+
+fn open_log(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let big = std::fs::metadata(path).is_ok_and(|m| m.len() > LOG_KEEP_BYTES);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(!big)
+        .write(true)
+        .truncate(big)
+        .mode(0o600)
+        .open(path)
+}
+
 /// The proxy process this agent started (see [`connect_or_spawn`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Spawned {
@@ -532,6 +547,9 @@ pub struct Spawned {
 /// does not reach it) and waits up to `wait` for its socket. A proxy left by a previous agent
 /// is adopted as it is (then `None` is returned with the client). While this agent lives, a
 /// task reaps the child if it exits; after the agent is gone the proxy is re-parented.
+/// The proxy's log (its failures: every 502/503/504 it answers, with the backend and the
+/// cause, and retried requests) goes to `proxy.log` beside the socket (0600; started afresh
+/// when it has grown past [`LOG_KEEP_BYTES`]).
 pub async fn connect_or_spawn(
     exe: &Path,
     socket: &Path,
@@ -545,13 +563,20 @@ pub async fn connect_or_spawn(
         op: "start berth proxy",
         source,
     };
+    let log = match open_log(&socket.with_file_name("proxy.log")) {
+        Ok(f) => std::process::Stdio::from(f),
+        Err(e) => {
+            tracing::warn!(socket = %socket.display(), error = %e, "cannot open the proxy's log: it logs nowhere");
+            std::process::Stdio::null()
+        }
+    };
     let mut child = tokio::process::Command::new(exe)
         .arg("proxy")
         .arg("--socket")
         .arg(socket)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log)
         .process_group(0)
         .kill_on_drop(false)
         .spawn()

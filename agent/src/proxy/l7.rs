@@ -1,7 +1,17 @@
 //! HTTP/1.1 mode: hyper's server per client connection, the request forwarded through a
 //! pooled keep-alive client to the picked backend, bodies streamed frame by frame both ways,
 //! `Upgrade` (websocket) tunnelled, hop-by-hop headers dropped, `X-Forwarded-For`/`-Proto`
-//! added. A bodiless request whose backend refuses the connection is retried once elsewhere.
+//! added.
+//!
+//! Failures are answered fast and logged (app, backend, address, cause), never by a hang:
+//! - a bodiless request whose connect fails, and a bodiless idempotent request (GET, HEAD,
+//!   OPTIONS, …; RFC 9110 §9.2.2) that fails before the response head — reset, closed, or a
+//!   vanished backend aborted by the socket's dead-peer timeout (`connect.rs`) — is retried
+//!   once on another backend;
+//! - otherwise 502; no response head within `Timeouts::response_head`: 504.
+//!
+//! Each backend has its own connection pool (`Backend::http_client`), dropped when it leaves
+//! the rotation.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,7 +36,7 @@ use tokio::time::Instant;
 
 use super::balance::InFlight;
 use super::connect::Connector;
-use super::server::{App, Timeouts};
+use super::server::App;
 
 /// Bodies in both directions.
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
@@ -34,8 +44,11 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 /// The pooled client to backends.
 pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Body>;
 
-pub(crate) fn client(t: &Timeouts) -> Client {
-    let conn = Connector { timeout: t.connect };
+/// A pooled client (one per backend, see `Backend::http_client`).
+pub(crate) fn client(connect_timeout: Duration) -> Client {
+    let conn = Connector {
+        timeout: connect_timeout,
+    };
     hyper_util::client::legacy::Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_max_idle_per_host(256)
@@ -225,16 +238,24 @@ async fn handle(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
+    // Safe to send again after a failure before the response head: the backend may have
+    // processed it, but an idempotent request may be repeated (RFC 9110 §9.2.2).
+    let repeatable = bodiless && !upgrade && parts.method.is_idempotent();
     let mut body = Some(body.boxed_unsync());
     let mut failed_on: Option<String> = None;
+    let t = app.cfg.timeouts;
     loop {
+        // No backend (none yet, or the one that failed has left the rotation meanwhile):
+        // held for one, as a first attempt is.
         let picked = match app.pool.pick(failed_on.as_deref()) {
             Some(p) => Some(p),
-            None if failed_on.is_none() => app.hold_for_backend().await,
-            None => None,
+            None => app.hold_for_backend().await,
         };
         let Some(picked) = picked else {
             app.metrics.no_backend();
+            if let Some(id) = &failed_on {
+                tracing::warn!(app = %app.cfg.name, backend = %id, method = %parts.method, "no backend left to retry on: answering 503");
+            }
             let mut r = reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 format!("no ready instance of app {}\n", app.cfg.name),
@@ -248,14 +269,23 @@ async fn handle(
         };
         let addr = picked.backend().addr();
         let id = picked.backend().id().to_owned();
+        let client = picked.backend().http_client(|| client(t.connect));
         guard.backend = Some(picked);
-        let out = match upstream_request(
-            &parts,
-            addr,
-            peer,
-            upgrade,
-            body.take().unwrap_or_else(empty),
-        ) {
+        // The response-head clock starts once the request body has been sent (at once for
+        // a bodiless request): a slow upload is not cut, only a wait after it.
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let upstream_body = match body.take() {
+            Some(b) if !bodiless => SignalEnd {
+                inner: b,
+                ended: Some(sent_tx),
+            }
+            .boxed_unsync(),
+            other => {
+                let _ = sent_tx.send(());
+                other.unwrap_or_else(empty)
+            }
+        };
+        let out = match upstream_request(&parts, addr, peer, upgrade, upstream_body) {
             Some(r) => r,
             None => {
                 return Ok(reply(
@@ -265,24 +295,100 @@ async fn handle(
                 ));
             }
         };
-        match app.client.request(out).await {
-            Ok(resp) => return Ok(respond(resp, guard, client_upgrade)),
-            Err(e) if e.is_connect() && bodiless && failed_on.is_none() => {
-                tracing::debug!(app = %app.cfg.name, backend = %id, error = %e, "retrying elsewhere");
-                guard.backend = None;
-                failed_on = Some(id);
+        let sent = Instant::now();
+        let head_deadline = async {
+            // A body that is dropped unfinished fails the request itself.
+            if sent_rx.await.is_ok() {
+                tokio::time::sleep(t.response_head).await;
+            } else {
+                std::future::pending::<()>().await;
             }
-            Err(e) => {
-                tracing::debug!(app = %app.cfg.name, backend = %id, error = %e, "backend failed");
+        };
+        let res = tokio::select! {
+            r = client.request(out) => Some(r),
+            () = head_deadline => None,
+        };
+        let err = match res {
+            Some(Ok(resp)) => return Ok(respond(resp, guard, client_upgrade)),
+            Some(Err(e)) => e,
+            None => {
                 app.metrics.upstream_error();
+                tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), timeout = ?t.response_head, "no response head in time: answering 504");
                 return Ok(reply(
-                    StatusCode::BAD_GATEWAY,
-                    format!("backend {id} failed\n"),
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "backend {id} sent no response within {:?}\n",
+                        t.response_head
+                    ),
                     guard,
                 ));
             }
+        };
+        let cause = error_chain(&err);
+        let after_ms = sent.elapsed().as_millis();
+        if failed_on.is_none() && (repeatable || (bodiless && err.is_connect())) {
+            tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: retrying on another backend");
+            guard.backend = None;
+            failed_on = Some(id);
+            continue;
         }
+        app.metrics.upstream_error();
+        tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: answering 502");
+        return Ok(reply(
+            StatusCode::BAD_GATEWAY,
+            // The cause (addresses, errors) goes to the log, not to the client.
+            format!("backend {id} failed\n"),
+            guard,
+        ));
     }
+}
+
+/// A request body that reports when its last frame has been taken (sent upstream).
+struct SignalEnd {
+    inner: Body,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl hyper::body::Body for SignalEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        // hyper stops polling once `is_end_stream` says so, so the end is also signalled
+        // after the last frame, not only on `None`.
+        if (matches!(r, Poll::Ready(None)) || (r.is_ready() && this.inner.is_end_stream()))
+            && let Some(tx) = this.ended.take()
+        {
+            let _ = tx.send(());
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// An error and its causes, `: `-separated (hyper-util's own message is only "client error
+/// (SendRequest)").
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }
 
 fn upstream_request(

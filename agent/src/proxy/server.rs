@@ -107,6 +107,12 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// A keep-alive client connection with no request in flight is closed after this (HTTP).
     pub idle: Duration,
+    /// Waiting for a backend's response head (HTTP), counted from the end of the request
+    /// body (an upload may take longer): then 504. Long-polling apps need it
+    /// above their longest poll. A backend that is gone is detected well before (its
+    /// connection's dead-peer timeout, `connect.rs`), so this bounds only a live app that
+    /// does not answer.
+    pub response_head: Duration,
 }
 
 impl Default for Timeouts {
@@ -115,6 +121,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(2),
             header_read: Duration::from_secs(10),
             idle: Duration::from_secs(60),
+            response_head: Duration::from_secs(60),
         }
     }
 }
@@ -181,7 +188,6 @@ pub(crate) struct App {
     /// The hold and Retry-After of the current config (old connections follow changes).
     pub(crate) live: Arc<Live>,
     pub(crate) hook: Option<NoBackendHook>,
-    pub(crate) client: l7::Client,
     listener: Arc<tokio::net::TcpListener>,
     local_addr: SocketAddr,
     stop: watch::Sender<bool>,
@@ -333,7 +339,6 @@ impl Proxy {
         live.set(&cfg);
         let app = Arc::new(App {
             listener: Arc::clone(&listener),
-            client: l7::client(&cfg.timeouts),
             cfg,
             pool,
             draining,

@@ -169,7 +169,7 @@ impl EtcdStore {
         let ops: Vec<TxnOp> = last_op_per_key(txn.ops)
             .into_iter()
             .map(|op| match op {
-                Op::Put(key, value) => TxnOp::put(self.full_key(&key), value, None),
+                Op::Put(key, value) => TxnOp::put(self.full_key(&key), Vec::from(value), None),
                 Op::Delete(key) => TxnOp::delete(self.full_key(&key), None),
             })
             .collect();
@@ -318,13 +318,16 @@ mod tests {
     #[test]
     fn later_ops_on_a_key_replace_earlier_ones() {
         let ops = vec![
-            Op::Put("a".into(), b"1".to_vec()),
-            Op::Put("b".into(), b"2".to_vec()),
+            Op::Put("a".into(), bytes::Bytes::from_static(b"1")),
+            Op::Put("b".into(), bytes::Bytes::from_static(b"2")),
             Op::Delete("a".into()),
         ];
         assert_eq!(
             last_op_per_key(ops),
-            [Op::Put("b".into(), b"2".to_vec()), Op::Delete("a".into())]
+            [
+                Op::Put("b".into(), bytes::Bytes::from_static(b"2")),
+                Op::Delete("a".into())
+            ]
         );
     }
 

@@ -36,7 +36,7 @@ pub enum Condition {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
     /// Sets a key.
-    Put(String, Vec<u8>),
+    Put(String, bytes::Bytes),
     /// Removes a key (no error if absent).
     Delete(String),
 }
@@ -64,7 +64,7 @@ impl Txn {
     }
 
     /// Sets `key` to `value`.
-    pub fn put(mut self, key: impl Into<String>, value: impl Into<Vec<u8>>) -> Txn {
+    pub fn put(mut self, key: impl Into<String>, value: impl Into<bytes::Bytes>) -> Txn {
         self.ops.push(Op::Put(key.into(), value.into()));
         self
     }

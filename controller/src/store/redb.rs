@@ -104,7 +104,7 @@ fn apply(db: &Database, txn: Txn) -> Result<Outcome, StoreError> {
         for op in &txn.ops {
             match op {
                 Op::Put(key, value) => {
-                    kv.insert(key.as_str(), (revision, value.as_slice()))
+                    kv.insert(key.as_str(), (revision, value.as_ref()))
                         .map_err(backend)?;
                 }
                 Op::Delete(key) => {

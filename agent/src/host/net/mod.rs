@@ -200,8 +200,11 @@ impl Network {
     fn ensure_bridge(&self) -> Result<(), NetError> {
         let br = &self.cfg.bridge;
         let gw = format!("{}/{}", self.cfg.subnet.gateway(), self.cfg.subnet.prefix());
+        // Looked at under the lock: two first attaches at once (two apps starting their first
+        // instances) would otherwise both see no bridge, and the second `link add` would fail
+        // with "File exists" (a failed start, and a replaced instance id, under load).
+        let lock = self.state.lock()?;
         if ip::ip(&self.host, &["link", "show", "dev", br]).is_err() {
-            let lock = self.state.lock()?;
             // Recorded before it exists, so a crash in between cannot leak an unrecorded one.
             self.state.write(
                 &lock,
@@ -212,6 +215,7 @@ impl Network {
             )?;
             ip::ip(&self.host, &["link", "add", br, "type", "bridge"])?;
         }
+        drop(lock);
         ip::ip_batch_host(
             &self.host,
             &[
