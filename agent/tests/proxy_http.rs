@@ -430,3 +430,66 @@ async fn proxy_overhead_against_direct_on_loopback() {
         times[0], times[2], times[1], times[3]
     );
 }
+
+/// A request body of `frames` frames of 1 KiB, one every 100 ms.
+struct SlowUpload {
+    frames: u32,
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl hyper::body::Body for SlowUpload {
+    type Data = bytes::Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, hyper::Error>>> {
+        if self.frames == 0 {
+            return std::task::Poll::Ready(None);
+        }
+        std::task::ready!(std::future::Future::poll(self.sleep.as_mut(), cx));
+        self.frames -= 1;
+        let next = tokio::time::Instant::now() + Duration::from_millis(100);
+        self.sleep.as_mut().reset(next);
+        std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(bytes::Bytes::from(
+            vec![b'u'; 1024],
+        )))))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backend_that_does_not_answer_gets_504_but_a_slow_upload_is_not_cut() {
+    let proxy = Proxy::new();
+    let cfg = AppConfig {
+        timeouts: Timeouts {
+            response_head: Duration::from_millis(300),
+            ..Timeouts::default()
+        },
+        ..AppConfig::http("web", local())
+    };
+    let addr = proxy.set_app(cfg).await.unwrap();
+    let be = TestBackend::start("slow").await;
+    proxy.add_backend("web", "slow", be.addr).unwrap();
+    let c = client();
+    // No response head within 300 ms: 504, fast, counted.
+    let t = tokio::time::Instant::now();
+    let (status, body) = get(&c, addr, "/slow?ms=3000").await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{body}");
+    assert!(body.contains("slow"), "names the backend: {body}");
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+    assert_eq!(proxy.snapshot()["web"].upstream_errors_total, 1);
+    // An upload of 600 ms: the clock starts when its body has been sent.
+    let upload = SlowUpload {
+        frames: 6,
+        sleep: Box::pin(tokio::time::sleep(Duration::from_millis(100))),
+    };
+    let req = Request::post(format!("http://{addr}/count"))
+        .body(upload.boxed_unsync())
+        .unwrap();
+    let resp = c.request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let n = resp.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&n[..], b"6144");
+}

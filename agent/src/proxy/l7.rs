@@ -271,13 +271,21 @@ async fn handle(
         let id = picked.backend().id().to_owned();
         let client = picked.backend().http_client(|| client(t.connect));
         guard.backend = Some(picked);
-        let out = match upstream_request(
-            &parts,
-            addr,
-            peer,
-            upgrade,
-            body.take().unwrap_or_else(empty),
-        ) {
+        // The response-head clock starts once the request body has been sent (at once for
+        // a bodiless request): a slow upload is not cut, only a wait after it.
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let upstream_body = match body.take() {
+            Some(b) if !bodiless => SignalEnd {
+                inner: b,
+                ended: Some(sent_tx),
+            }
+            .boxed_unsync(),
+            other => {
+                let _ = sent_tx.send(());
+                other.unwrap_or_else(empty)
+            }
+        };
+        let out = match upstream_request(&parts, addr, peer, upgrade, upstream_body) {
             Some(r) => r,
             None => {
                 return Ok(reply(
@@ -288,10 +296,22 @@ async fn handle(
             }
         };
         let sent = Instant::now();
-        let err = match tokio::time::timeout(t.response_head, client.request(out)).await {
-            Ok(Ok(resp)) => return Ok(respond(resp, guard, client_upgrade)),
-            Ok(Err(e)) => e,
-            Err(_) => {
+        let head_deadline = async {
+            // A body that is dropped unfinished fails the request itself.
+            if sent_rx.await.is_ok() {
+                tokio::time::sleep(t.response_head).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let res = tokio::select! {
+            r = client.request(out) => Some(r),
+            () = head_deadline => None,
+        };
+        let err = match res {
+            Some(Ok(resp)) => return Ok(respond(resp, guard, client_upgrade)),
+            Some(Err(e)) => e,
+            None => {
                 app.metrics.upstream_error();
                 tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), timeout = ?t.response_head, "no response head in time: answering 504");
                 return Ok(reply(
@@ -316,9 +336,45 @@ async fn handle(
         tracing::warn!(app = %app.cfg.name, backend = %id, %addr, method = %parts.method, path = parts.uri.path(), after_ms, error = %cause, "backend failed: answering 502");
         return Ok(reply(
             StatusCode::BAD_GATEWAY,
-            format!("backend {id} failed: {cause}\n"),
+            // The cause (addresses, errors) goes to the log, not to the client.
+            format!("backend {id} failed\n"),
             guard,
         ));
+    }
+}
+
+/// A request body that reports when its last frame has been taken (sent upstream).
+struct SignalEnd {
+    inner: Body,
+    ended: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl hyper::body::Body for SignalEnd {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.inner).poll_frame(cx);
+        // hyper stops polling once `is_end_stream` says so, so the end is also signalled
+        // after the last frame, not only on `None`.
+        if (matches!(r, Poll::Ready(None)) || (r.is_ready() && this.inner.is_end_stream()))
+            && let Some(tx) = this.ended.take()
+        {
+            let _ = tx.send(());
+        }
+        r
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 

@@ -107,7 +107,8 @@ pub struct Timeouts {
     pub header_read: Duration,
     /// A keep-alive client connection with no request in flight is closed after this (HTTP).
     pub idle: Duration,
-    /// Waiting for a backend's response head (HTTP): then 504. Long-polling apps need it
+    /// Waiting for a backend's response head (HTTP), counted from the end of the request
+    /// body (an upload may take longer): then 504. Long-polling apps need it
     /// above their longest poll. A backend that is gone is detected well before (its
     /// connection's dead-peer timeout, `connect.rs`), so this bounds only a live app that
     /// does not answer.
