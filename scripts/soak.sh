@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Soak (issue 9; not in CI): N containers on this host under one `berth up` (sleepers in apps
 # of 10 replicas, plus one web app), every app rolled to a new revision every ROUND seconds,
-# for M minutes. Samples every 10 s into a CSV: the agent's (berth up's) RSS and open fds, the
-# running containers, the host mounts under the data dir, the cgroups under our parent (all
+# for M minutes. Samples every 10 s into a CSV: the agent's (berth up's) RSS (and its anonymous
+# part, without the binary's file pages) and open fds, its C heap in use (berth_process_heap_bytes
+# from /metrics), the running containers, the host mounts under the data dir, the cgroups under our parent (all
 # controllers), the links (veths) in our network namespace, the network namespaces of
 # processes in our cgroups, the files under the data dir (but its git repositories), the sum
-# of the apps' revisions and of their ready instances. Prints first/last/min/max of each, then checks `berth down` left
-# no mount, cgroup, process or link behind. Stop it early by killing this script's pid (the
+# of the apps' revisions and of their ready instances. Prints first/last/min/max of each and
+# the RSS at rest (all N running and ready) at the end of every round, then the verdict: the
+# RSS at rest of the last round minus that of the middle round must be at most SOAK_FLAT_KIB
+# (default 2048) or the script fails. Then checks `berth down` left no mount, cgroup, process
+# or link behind. Stop it early by killing this script's pid (the
 # EXIT trap runs `berth down`); watch `free -g` on small machines.
 #
 #   scripts/soak.sh [N=200] [MINUTES=10]    (root; env: ROUND=60, SOAK_NETWORK=private|host,
@@ -65,7 +69,7 @@ done
 echo "$n running after $((SECONDS - start)) s"
 
 csv=${SOAK_CSV:-/tmp/berth-soak-$$.csv}
-echo "t_s,rss_kib,fds,running,mounts,cgroups,links,netns,files,round,revisions,ready" >"$csv"
+echo "t_s,rss_kib,anon_kib,heap_kib,fds,running,mounts,cgroups,links,netns,files,round,revisions,ready" >"$csv"
 pid=$(up_pid)
 end=$((SECONDS + minutes * 60))
 next_round=$((SECONDS + round_secs))
@@ -78,6 +82,9 @@ while ((SECONDS < end)); do
     next_round=$((SECONDS + round_secs))
   fi
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$pid/status")
+  anon=$(awk '/^RssAnon:/ {print $2}' "/proc/$pid/status")
+  heap=$({ in_ns curl -fsS --max-time 5 http://127.0.0.1:7070/metrics 2>/dev/null || true; } |
+    awk '/^berth_process_heap_bytes\{state="in_use"\}/ {printf "%d", $2 / 1024}')
   fds=$(find "/proc/$pid/fd" -mindepth 1 -maxdepth 1 | wc -l)
   mounts=$(grep -cF "$SB_DATA" /proc/self/mountinfo || true)
   # (find fails on the hierarchies without our parent: `|| true` keeps `set -e -o pipefail`.)
@@ -94,19 +101,42 @@ while ((SECONDS < end)); do
 import json, sys
 a = json.load(sys.stdin)["apps"]
 print(sum(x["revision"] for x in a), sum(x["ready"] for x in a), sep=",")' || echo 0,0)
-  echo "$((SECONDS - t0)),$rss,$fds,$(running),$mounts,$cgroups,$links,$netns,$files,$round,$revs" >>"$csv"
+  echo "$((SECONDS - t0)),$rss,$anon,${heap:-0},$fds,$(running),$mounts,$cgroups,$links,$netns,$files,$round,$revs" >>"$csv"
   sleep 10
 done
 echo "samples in $csv"
-python3 - "$csv" <<'EOF'
+verdict=0
+python3 - "$csv" "$n" "${SOAK_FLAT_KIB:-2048}" <<'EOF' || verdict=1
 import csv, sys
 rows = list(csv.DictReader(open(sys.argv[1])))
-for key in ("rss_kib", "fds", "running", "mounts", "cgroups", "links", "netns", "files", "revisions", "ready"):
+n, bound = int(sys.argv[2]), int(sys.argv[3])
+for key in ("rss_kib", "anon_kib", "heap_kib", "fds", "running", "mounts", "cgroups", "links",
+            "netns", "files", "revisions", "ready"):
     v = [int(r[key]) for r in rows]
-    print(f"{key:8} first {v[0]:>8} last {v[-1]:>8} min {min(v):>8} max {max(v):>8}")
+    print(f"{key:9} first {v[0]:>8} last {v[-1]:>8} min {min(v):>8} max {max(v):>8}")
 print(f"rounds of rolling updates: {rows[-1]['round']}")
+# At rest: every container running and ready; a round's figure is its last such sample.
+rest = {}
+for r in rows:
+    if int(r["running"]) == n and int(r["ready"]) == n:
+        rest[int(r["round"])] = r
+rounds = sorted(rest)
+print("at rest per round (round: rss anon heap KiB, fds):")
+for k in rounds:
+    r = rest[k]
+    print(f"  {k:>3}: {r['rss_kib']:>7} {r['anon_kib']:>7} {r['heap_kib']:>7}  {r['fds']}")
+if len(rounds) < 3:
+    sys.exit("VERDICT: too few rounds at rest to judge growth")
+mid, last = rest[rounds[len(rounds) // 2]], rest[rounds[-1]]
+growth = {k: int(last[k]) - int(mid[k]) for k in ("rss_kib", "anon_kib", "heap_kib", "fds")}
+print(f"second half (round {mid['round']} -> {last['round']}): rss {growth['rss_kib']:+} KiB, "
+      f"anon {growth['anon_kib']:+} KiB, heap {growth['heap_kib']:+} KiB, fds {growth['fds']:+}")
+if growth["rss_kib"] > bound:
+    sys.exit(f"VERDICT: RSS at rest grew {growth['rss_kib']} KiB > {bound} KiB over the second half")
+print(f"VERDICT: flat (RSS at rest grew {growth['rss_kib']} KiB <= {bound} KiB over the second half)")
 EOF
 t=$SECONDS
 berth down --timeout 10s
 echo "down took $((SECONDS - t)) s"
 check_nothing_left && echo "nothing left after down"
+exit $verdict

@@ -127,6 +127,14 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    // The daemons cap the C allocator's arenas before their runtimes start threads
+    // (agent/src/host/alloc.rs: memory stays flat under container churn).
+    if matches!(
+        cli.command,
+        Command::Up(_) | Command::Controller(_) | Command::Agent(_) | Command::Proxy(_)
+    ) {
+        berth_agent::host::alloc::limit_arenas();
+    }
     // Verbs that print end quietly when their reader goes away (`berth status | head`);
     // the daemons keep SIGPIPE ignored, so a closed socket or pipe is an error they handle.
     if !matches!(

@@ -15,49 +15,20 @@ use berth_controller::client::Client;
 use berth_controller::resolve::FakeResolver;
 use berth_controller::{Config, Controller};
 use berth_manifests::ErrorKind;
-use berth_manifests::wire::{HostReport, Registration};
-use berth_testkit::git;
-
-fn registration(name: &str) -> Registration {
-    Registration {
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Default::default(),
-        agent_version: "test".into(),
-    }
-}
-
-fn report(host: &str) -> HostReport {
-    HostReport {
-        host: host.into(),
-        assignment_version: 0,
-        instances: Vec::new(),
-        apps: Vec::new(),
-        events: Vec::new(),
-    }
-}
+use berth_testkit::{GitRemote, empty_report, registration};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_with_a_join_token_speaks_only_for_its_own_host() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(
-        work.join("web.yaml"),
+    let repo = GitRemote::init(dir.path());
+    repo.push(
+        "web.yaml",
         "app: web\nimage: busybox:1\nreplicas: 2\n",
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "add web"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        "add web",
+    );
     let mut config = Config::new(
         dir.path().join("data"),
-        format!("file://{}", bare.display()),
+        repo.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );
@@ -90,7 +61,7 @@ async fn an_agent_with_a_join_token_speaks_only_for_its_own_host() {
         .await
         .unwrap();
     assert_eq!(a.apps.len(), 1, "web is placed on host-a: {a:?}");
-    agent_a.report(&report("host-a")).await.unwrap();
+    agent_a.report(&empty_report("host-a")).await.unwrap();
 
     // A reading B's assignment, reporting for B, registering as B: refused, not retried
     let err = agent_a
@@ -99,7 +70,7 @@ async fn an_agent_with_a_join_token_speaks_only_for_its_own_host() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(format!("{err:?}").contains("403"), "{err:?}");
-    let err = agent_a.report(&report("host-b")).await.unwrap_err();
+    let err = agent_a.report(&empty_report("host-b")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     let err = agent_a.register(&registration("host-b")).await.unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);

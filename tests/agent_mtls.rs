@@ -14,12 +14,12 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_agent::daemon::client::HttpController;
 use berth_agent::host::node_cert;
 use berth_agent::reconcile::traits::ControllerClient;
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 use serde_json::Value;
 
 /// A daemon, stopped (by its pid) on drop.
@@ -125,26 +125,24 @@ impl Cluster {
     }
 }
 
-fn wait_for<T>(what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+    berth_testkit::wait_for(what, secs, String::new, f)
 }
 
 fn now_ms() -> u64 {
     node_cert::now_ms()
 }
 
-/// A client of the controller with `data`'s stored node certificate.
+/// A client of the controller with `data`'s stored node certificate. The agent renews its
+/// certificate and key as two files, each replaced atomically: read between the two writes
+/// they do not match and no client can be built from them, so this reads them again.
 fn node_client(url: &str, data: &Path) -> (HttpController, node_cert::NodeCert) {
-    let cert = node_cert::load(&node_cert::dir(data)).unwrap().unwrap();
-    let client = HttpController::with_node_cert(url, &cert.ca_pem, &cert.identity_pem()).unwrap();
-    (client, cert)
+    wait_for("a matching node certificate and key", 5, || {
+        let cert = node_cert::load(&node_cert::dir(data)).ok()??;
+        let client =
+            HttpController::with_node_cert(url, &cert.ca_pem, &cert.identity_pem()).ok()?;
+        Some((client, cert))
+    })
 }
 
 fn block_on<F: std::future::Future>(f: F) -> F::Output {
@@ -158,17 +156,8 @@ fn block_on<F: std::future::Future>(f: F) -> F::Output {
 #[test]
 fn agents_join_with_tokens_then_speak_mtls_for_their_own_host_only() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(work.join("README.md"), "no apps\n").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "empty"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    let repo = GitRemote::init(dir.path());
+    repo.push("README.md", "no apps\n", "empty");
     let cdata = dir.path().join("controller");
     let port = berth_testkit::free_port().unwrap();
     let c = Cluster {
@@ -180,7 +169,7 @@ fn agents_join_with_tokens_then_speak_mtls_for_their_own_host_only() {
     let _controller = Daemon(
         Command::new(assert_cmd::cargo::cargo_bin("berth"))
             .args(["controller", "--repo"])
-            .arg(format!("file://{}", bare.display()))
+            .arg(repo.url())
             .args(["--listen", &format!("127.0.0.1:{port}"), "--tls"])
             .args(["--node-cert-lifetime", "6s", "--poll-interval", "200ms"])
             .args(["--log", "info", "--data-dir"])

@@ -20,7 +20,7 @@ use berth_agent::reconcile::traits::ControllerClient;
 use berth_controller::access::{TokenRequest, TokenRole};
 use berth_controller::client::Client;
 use berth_manifests::wire::{HostReport, Registration};
-use berth_testkit::{Etcd, git};
+use berth_testkit::{Etcd, GitRemote};
 
 const TOKEN: &str = "mtls-ha-test-token";
 
@@ -63,17 +63,9 @@ fn ca_of(data: &Path) -> Option<String> {
 async fn controllers_on_etcd_share_the_ca_and_forward_agents_certificates() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(work.join("README.md"), "no apps\n").unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "empty"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    let repo = GitRemote::init(dir.path());
+    let bare = repo.bare().to_path_buf();
+    repo.push("README.md", "no apps\n", "empty");
     let datas = [dir.path().join("c1"), dir.path().join("c2")];
     let controllers: Vec<(Daemon, String)> = datas
         .iter()

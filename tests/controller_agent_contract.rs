@@ -3,8 +3,6 @@
 //! (in-process, real redb store, real git repository). Only the digest resolver is a fake.
 #![allow(clippy::unwrap_used, clippy::panic, reason = "test helpers")]
 
-use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,56 +14,21 @@ use berth_manifests::ErrorKind;
 use berth_manifests::wire::{
     AppReport, HostReport, Registration, RevisionState, RolloutState, Scale,
 };
-
-fn git(dir: &Path, args: &[&str]) {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(["-c", "user.name=Test", "-c", "user.email=test@example.com"])
-        .args([
-            "-c",
-            "init.defaultBranch=main",
-            "-c",
-            "commit.gpgsign=false",
-        ])
-        .args(args)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn push(work: &Path, text: &str, message: &str) {
-    std::fs::write(work.join("web.yaml"), text).unwrap();
-    git(work, &["add", "-A"]);
-    git(work, &["commit", "--quiet", "-m", message]);
-    git(work, &["push", "--quiet", "origin", "HEAD:main"]);
-}
+use berth_testkit::GitRemote;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agents_client_speaks_the_controllers_api() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    push(
-        &work,
+    let repo = GitRemote::init(dir.path());
+    repo.push(
+        "web.yaml",
         "app: web\nimage: busybox:1\nreplicas: 2\n",
         "add web",
     );
 
     let mut config = Config::new(
         dir.path().join("data"),
-        format!("file://{}", bare.display()),
+        repo.url(),
         "main".into(),
         Arc::new(FakeResolver::new()),
     );
@@ -100,7 +63,11 @@ async fn the_agents_client_speaks_the_controllers_api() {
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!waiting.is_finished());
-    push(&work, "app: web\nimage: busybox:2\nreplicas: 2\n", "web 2");
+    repo.push(
+        "web.yaml",
+        "app: web\nimage: busybox:2\nreplicas: 2\n",
+        "web 2",
+    );
     handle.core().sync().await.unwrap();
     let second = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use berth_controller::client::Client;
 use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 /// The controller process, stopped (by its pid) on drop.
 struct Daemon(Child);
@@ -24,7 +24,7 @@ impl Drop for Daemon {
 
 struct Env {
     dir: tempfile::TempDir,
-    work: PathBuf,
+    repo: GitRemote,
     url: String,
 }
 
@@ -34,10 +34,7 @@ impl Env {
     }
 
     fn push(&self, text: &str, message: &str) {
-        std::fs::write(self.work.join("web.yaml"), text).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        self.repo.push("web.yaml", text, message);
     }
 
     fn berth(&self, args: &[&str]) -> Output {
@@ -91,16 +88,10 @@ fn image(n: u8) -> String {
 #[test]
 fn controller_binary_serves_status_revisions_rollback_and_rollout() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let repo = GitRemote::init(dir.path());
     let port = berth_testkit::free_port().unwrap();
     let env = Env {
-        work,
+        repo,
         url: format!("http://127.0.0.1:{port}"),
         dir,
     };
@@ -112,7 +103,7 @@ fn controller_binary_serves_status_revisions_rollback_and_rollout() {
     let _daemon = Daemon(
         Command::new(assert_cmd::cargo::cargo_bin("berth"))
             .args(["controller", "--repo"])
-            .arg(format!("file://{}", bare.display()))
+            .arg(env.repo.url())
             .args(["--branch", "main", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--poll-interval", "200ms", "--data-dir"])
             .arg(env.data())

@@ -17,10 +17,8 @@ use std::time::{Duration, Instant};
 
 use berth_controller::access::{TokenRequest, TokenRole};
 use berth_controller::client::Client;
-use berth_manifests::wire::{
-    AppReport, HostReport, Registration, RevisionState, RolloutState, Scale,
-};
-use berth_testkit::{Etcd, git};
+use berth_manifests::wire::{AppReport, HostReport, RevisionState, RolloutState, Scale};
+use berth_testkit::{Etcd, GitRemote, registration};
 
 const TOKEN: &str = "ha-test-token";
 const LEASE_TTL: Duration = Duration::from_secs(2);
@@ -73,15 +71,6 @@ fn start_controller(etcd: &Etcd, repo: &Path, data: &Path) -> Daemon {
         child: Some(child),
         url: format!("http://{listen}"),
         log,
-    }
-}
-
-fn host(name: &str) -> Registration {
-    Registration {
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Default::default(),
-        agent_version: "test".into(),
     }
 }
 
@@ -199,22 +188,14 @@ fn assert_history(revs: &[berth_manifests::wire::RevisionInfo], images: &[String
 fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
     let etcd = Etcd::start().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let repo = GitRemote::init(dir.path());
+    let bare = repo.bare().to_path_buf();
     let push = |n: u8| {
-        std::fs::write(
-            work.join("web.yaml"),
-            format!("app: web\nimage: {}\nreplicas: 2\n", image(n)),
-        )
-        .unwrap();
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "--quiet", "-m", &format!("web {n}")]);
-        git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        repo.push(
+            "web.yaml",
+            &format!("app: web\nimage: {}\nreplicas: 2\n", image(n)),
+            &format!("web {n}"),
+        );
     };
     push(1);
     let mut daemons: Vec<Daemon> = ["a", "b", "c"]
@@ -269,7 +250,7 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
         // halves h1's share of web
         let other = (first + 2) % daemons.len();
         let via_follower = Client::new(&daemons[follower].url, TOKEN).unwrap();
-        let registered = via_follower.register(&host("h1")).await.unwrap();
+        let registered = via_follower.register(&registration("h1")).await.unwrap();
         let h1 = Client::new(&daemons[other].url, TOKEN).unwrap();
         let before = h1.assignment("h1", None, Duration::ZERO).await.unwrap();
         assert_eq!(before.version, registered.assignment_version);
@@ -284,7 +265,7 @@ fn killing_the_leader_during_a_sync_loses_no_revision_and_makes_none_twice() {
             "the long-poll answered without a change"
         );
         let started = Instant::now();
-        via_follower.register(&host("h2")).await.unwrap();
+        via_follower.register(&registration("h2")).await.unwrap();
         let after = poll.await.unwrap().unwrap();
         eprintln!(
             "a follower answered its long-poll {:?} after the leader's change",

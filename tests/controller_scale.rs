@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use berth_testkit::git;
+use berth_testkit::{GitRemote, git};
 
 const TOKEN: &str = "scale-test-token-0123456789abcdef";
 const AGENTS: usize = 300;
@@ -29,13 +29,8 @@ fn manifest(work: &Path, text: &str) {
 #[test]
 fn every_simulated_agent_gets_each_change() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let repo = GitRemote::init(dir.path());
+    let work = repo.work().to_path_buf();
     let digest = |n: u32| format!("sha256:{n:064}");
     // at first the app matches no host
     manifest(
@@ -54,7 +49,7 @@ fn every_simulated_agent_gets_each_change() {
     let _controller = Running(
         Command::new(&berth)
             .args(["controller", "--repo"])
-            .arg(format!("file://{}", bare.display()))
+            .arg(repo.url())
             .args(["--branch", "main", "--listen", &format!("127.0.0.1:{port}")])
             .args([
                 "--poll-interval",

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use berth_controller::client::Client;
 use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 /// The controller process, stopped (by its pid) on drop.
 struct Daemon(Child);
@@ -70,33 +70,24 @@ fn image(n: u8) -> String {
 #[test]
 fn the_dashboard_shows_apps_hosts_events_and_refuses_a_wrong_token() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(
-        work.join("apps.yaml"),
-        format!(
+    let repo = GitRemote::init(dir.path());
+    repo.push(
+        "apps.yaml",
+        &format!(
             "app: web\nimage: {}\nreplicas: 2\n---\napp: api\nimage: {}\nreplicas: 1\n",
             image(1),
             image(2)
         ),
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "web and api"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        "web and api",
+    );
 
     let port = berth_testkit::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let _daemon = Daemon(
         Command::new(assert_cmd::cargo::cargo_bin("berth"))
             .args(["controller", "--repo"])
-            .arg(format!("file://{}", bare.display()))
+            .arg(repo.url())
             .args(["--branch", "main", "--listen", &format!("127.0.0.1:{port}")])
             .args(["--poll-interval", "200ms", "--data-dir"])
             .arg(&data)

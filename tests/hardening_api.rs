@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 const TOKEN: &str = "hardening-test-token-0123456789";
 
@@ -37,27 +37,18 @@ impl Controller {
     /// Starts `berth controller` with `extra` arguments and waits until it answers.
     fn start(extra: &[&str]) -> Controller {
         let dir = tempfile::tempdir().unwrap();
-        let bare = dir.path().join("remote.git");
-        let work = dir.path().join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-        std::fs::write(
-            work.join("web.yaml"),
-            format!("app: web\nimage: busybox@sha256:{}\n", "a".repeat(64)),
-        )
-        .unwrap();
-        git(&work, &["add", "-A"]);
-        git(&work, &["commit", "--quiet", "-m", "web"]);
-        git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        let repo = GitRemote::init(dir.path());
+        repo.push(
+            "web.yaml",
+            &format!("app: web\nimage: busybox@sha256:{}\n", "a".repeat(64)),
+            "web",
+        );
         let port = berth_testkit::free_port().unwrap();
         let addr = format!("127.0.0.1:{port}");
         let data: PathBuf = dir.path().join("data");
         let child = Command::new(assert_cmd::cargo::cargo_bin("berth"))
             .args(["controller", "--repo"])
-            .arg(format!("file://{}", bare.display()))
+            .arg(repo.url())
             .args(["--branch", "main", "--listen", &addr])
             .args(["--poll-interval", "1s", "--token", TOKEN])
             .args(extra)

@@ -11,10 +11,10 @@
 #![allow(clippy::disallowed_methods, reason = "tests time their own waits")]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use berth_testkit::Registry;
+use berth_testkit::{Registry, run_ok};
 
 struct Sandbox {
     netns: berth_testkit::Netns,
@@ -189,32 +189,19 @@ const REGISTRY_FLAGS: [&str; 4] = [
     "docker.io=127.0.0.1:5000",
 ];
 
-fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}; status: {}\nup.log:\n{}",
+fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, f: impl FnMut() -> Option<T>) -> T {
+    berth_testkit::wait_for(
+        what,
+        secs,
+        || {
+            format!(
+                "status: {}\nup.log:\n{}",
                 sandbox.status(),
                 log_tail(sandbox)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            )
+        },
+        f,
+    )
 }
 
 fn log_tail(sandbox: &Sandbox) -> String {

@@ -9,14 +9,13 @@
     reason = "test helpers"
 )]
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use berth_controller::client::Client;
 use berth_manifests::wire::{AppReport, HostReport, Registration, RolloutState};
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 /// The controller process, stopped (by its pid) on drop.
 struct Daemon(Child);
@@ -31,24 +30,16 @@ impl Drop for Daemon {
 /// A bare repository with one valid app, in a tempdir removed on drop.
 fn repo() -> (tempfile::TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
-    std::fs::write(
-        work.join("web.yaml"),
-        format!(
+    let repo = GitRemote::init(dir.path());
+    let bare = repo.bare().to_path_buf();
+    repo.push(
+        "web.yaml",
+        &format!(
             "app: web\nimage: busybox@sha256:{}\nreplicas: 1\n",
             "1".repeat(64)
         ),
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "add web"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+        "add web",
+    );
     (dir, bare)
 }
 
@@ -152,26 +143,7 @@ fn controller_metrics_pass_promtool_check_metrics() {
     }
     assert!(text.contains("berth_controller_api_requests_total{route=\"/metrics\",code=\"200\"}"));
 
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus; scripts/install-deps.sh)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics refused the text:\n{}{}\n---\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    berth_testkit::promtool_check(&text);
 }
 
 #[test]

@@ -25,7 +25,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
-use berth_testkit::{Netns, Registry, git};
+use berth_testkit::{GitRemote, Netns, Registry};
 use runtime_support::{CgroupParent, is_root};
 use serde_json::Value;
 
@@ -55,8 +55,7 @@ struct Hub {
     netns: Netns,
     data: PathBuf,
     clog: PathBuf,
-    bare: PathBuf,
-    work: PathBuf,
+    repo: GitRemote,
     controller: Option<Child>,
     hosts: Vec<Host>,
     tmp: tempfile::TempDir,
@@ -79,16 +78,8 @@ impl Hub {
             .prefix("berth-test-multi-")
             .tempdir()
             .unwrap();
-        let (bare, work, data) = (
-            tmp.path().join("remote.git"),
-            tmp.path().join("work"),
-            tmp.path().join("controller"),
-        );
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        let repo = GitRemote::init(tmp.path());
+        let data = tmp.path().join("controller");
         let netns = Netns::new(&format!("mh{n}")).expect("hub namespace");
         let inside = reg.serve_in(&netns, 5000).expect("registry in the hub");
         let mut hub = Hub {
@@ -97,8 +88,7 @@ impl Hub {
             netns,
             clog: tmp.path().join("controller.log"),
             data,
-            bare,
-            work,
+            repo,
             controller: None,
             hosts: Vec::new(),
             tmp,
@@ -206,7 +196,7 @@ impl Hub {
     }
 
     fn start_controller(&mut self) {
-        let repo = format!("file://{}", self.bare.display());
+        let repo = self.repo.url();
         let grace = format!("{}ms", GRACE.as_millis());
         let log = std::fs::File::create(&self.clog).unwrap();
         let child = self
@@ -305,10 +295,7 @@ impl Hub {
     }
 
     fn commit(&self, path: &str, content: &str) {
-        std::fs::write(self.work.join(path), content).unwrap();
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "--quiet", "-m", path]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        self.repo.push(path, content, path);
     }
 
     /// Ready instances per (app, host), through the controller.
@@ -345,19 +332,8 @@ impl Hub {
         s
     }
 
-    fn wait_for<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out after {secs}s waiting for {what}\n{}",
-                self.logs()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    fn wait_for<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        berth_testkit::wait_for(what, secs, || self.logs(), f)
     }
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use berth_testkit::git;
+use berth_testkit::GitRemote;
 
 /// The controller process, stopped (by its pid) on drop.
 struct Daemon(Child);
@@ -36,29 +36,20 @@ fn berth(data: &Path, url: &str, token: Option<&str>, args: &[&str]) -> Output {
 #[test]
 fn token_create_issues_role_tokens_that_the_controller_enforces() {
     let dir = tempfile::tempdir().unwrap();
-    let bare = dir.path().join("remote.git");
-    let work = dir.path().join("work");
-    std::fs::create_dir_all(&bare).unwrap();
-    std::fs::create_dir_all(&work).unwrap();
-    git(&bare, &["init", "--quiet", "--bare"]);
-    git(&work, &["init", "--quiet"]);
-    git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+    let repo = GitRemote::init(dir.path());
     let digest = "1".repeat(64);
-    std::fs::write(
-        work.join("web.yaml"),
-        format!("app: web\nimage: busybox@sha256:{digest}\nreplicas: 1\n"),
-    )
-    .unwrap();
-    git(&work, &["add", "-A"]);
-    git(&work, &["commit", "--quiet", "-m", "add web"]);
-    git(&work, &["push", "--quiet", "origin", "HEAD:main"]);
+    repo.push(
+        "web.yaml",
+        &format!("app: web\nimage: busybox@sha256:{digest}\nreplicas: 1\n"),
+        "add web",
+    );
     let data = dir.path().join("data");
     let port = berth_testkit::free_port().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     let _daemon = Daemon(
         Command::new(assert_cmd::cargo::cargo_bin("berth"))
             .args(["controller", "--repo"])
-            .arg(format!("file://{}", bare.display()))
+            .arg(repo.url())
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--poll-interval", "200ms", "--data-dir"])
             .arg(&data)

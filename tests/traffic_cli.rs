@@ -16,12 +16,12 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use berth_testkit::Registry;
+use berth_testkit::{Registry, run_ok};
 
 /// A network namespace of this test, with `lo` up; `berth down` and removed on drop.
 struct Sandbox {
@@ -123,32 +123,13 @@ impl Drop for Sandbox {
     }
 }
 
-fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "timed out waiting for {what}; status: {}\nup.log:\n{}",
-                sandbox.status(),
-                sandbox.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, f: impl FnMut() -> Option<T>) -> T {
+    berth_testkit::wait_for(
+        what,
+        secs,
+        || format!("status: {}\nup.log:\n{}", sandbox.status(), sandbox.log()),
+        f,
+    )
 }
 
 /// One `GET path` on 127.0.0.1:port of the current thread's namespace: status and body.

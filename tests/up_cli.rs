@@ -15,10 +15,9 @@
 #![allow(clippy::disallowed_methods, reason = "tests time their own waits")]
 
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use berth_testkit::Registry;
+use berth_testkit::{Registry, run_ok};
 
 /// A test network namespace with a data dir and a cgroup parent of its own; `berth down`
 /// and the removal of our (empty) parent cgroups on drop.
@@ -78,32 +77,16 @@ impl Drop for Sandbox {
     }
 }
 
-fn run_ok(c: &mut Command) -> Output {
-    let out = c.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{c:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
-
-fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
+fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, f: impl FnMut() -> Option<T>) -> T {
+    berth_testkit::wait_for(
+        what,
+        secs,
+        || {
             let log = std::fs::read_to_string(sandbox.data().join("up/up.log")).unwrap_or_default();
-            panic!(
-                "timed out waiting for {what}; status: {}\nup.log:\n{log}",
-                sandbox.status()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+            format!("status: {}\nup.log:\n{log}", sandbox.status())
+        },
+        f,
+    )
 }
 
 fn manifest(digest_ref: &str, extra: &str) -> String {
@@ -250,27 +233,7 @@ fn check_metrics(sandbox: &Sandbox, app: &str) {
         let text = sandbox.http(7070, "/metrics")?;
         families.iter().all(|f| sampled(&text, f)).then_some(text)
     });
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    berth_testkit::promtool_check(&text);
     let value = |series: &str| -> f64 {
         text.lines()
             .filter_map(|l| l.strip_prefix(series))

@@ -86,17 +86,19 @@ pub struct AgentMetrics {
     pull_bytes: Counter,
     pull_duration: Histogram,
     reconcile_duration: Family<AppLabel, Histogram>,
-    /// Restart counts last seen per instance, to count only increases.
-    seen_restarts: Mutex<BTreeMap<String, u32>>,
-    /// Instance states last published per app, to zero the states that went away.
+    /// Restart counts last seen per app and instance, to count only increases.
+    seen_restarts: Mutex<BTreeMap<String, BTreeMap<String, u32>>>,
+    /// Instance states published per app, to zero the states that went away.
     seen_states: Mutex<BTreeMap<String, Vec<String>>>,
     usage: Arc<UsageCollector>,
     desired_replicas: Family<AppLabel, Gauge>,
     decisions: Family<Decision, Counter>,
+    /// The decision series made, so an app's can be removed with it.
+    seen_decisions: Mutex<std::collections::BTreeSet<Decision>>,
     proxy: Arc<ProxyCollector>,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 struct Decision {
     app: String,
     direction: &'static str,
@@ -206,6 +208,34 @@ impl Collector for ProxyCollector {
 impl std::fmt::Debug for AgentMetrics {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AgentMetrics").finish_non_exhaustive()
+    }
+}
+
+/// The C allocator's totals of the whole process, read at scrape time.
+#[derive(Debug, Default)]
+struct HeapCollector;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HeapState {
+    state: &'static str,
+}
+
+impl Collector for HeapCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(heap) = crate::host::alloc::heap() else {
+            return Ok(());
+        };
+        let mut family = encoder.encode_descriptor(
+            "berth_process_heap",
+            "The process's C allocator: bytes in use by the program, and bytes freed but held",
+            Some(&Unit::Bytes),
+            MetricType::Gauge,
+        )?;
+        for (state, bytes) in [("in_use", heap.in_use), ("free", heap.free)] {
+            let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
+            ConstGauge::new(bytes).encode(family.encode_family(&HeapState { state })?)?;
+        }
+        Ok(())
     }
 }
 
@@ -368,6 +398,8 @@ impl AgentMetrics {
             ]
             .map(String::from),
         );
+        registry.register_collector(Box::new(HeapCollector));
+        names.push("berth_process_heap_bytes".into());
         for result in ["ok", "error"] {
             let _ = pulls.get_or_create(&ResultLabel { result });
         }
@@ -386,6 +418,7 @@ impl AgentMetrics {
             usage,
             desired_replicas,
             decisions,
+            seen_decisions: Mutex::default(),
             proxy,
         }
     }
@@ -411,14 +444,15 @@ impl AgentMetrics {
             *counts.entry(state.as_str()).or_default() += 1;
         }
         {
+            // Every state this app has had stays known (at 0 once empty) until the app goes.
             let mut seen = lock(&self.seen_states);
-            let before = seen.remove(app).unwrap_or_default();
-            for state in before {
+            let known = seen.entry(app.into()).or_default();
+            for state in known.iter() {
                 if !counts.contains_key(state.as_str()) {
                     self.instances
                         .get_or_create(&AppState {
                             app: app.into(),
-                            state,
+                            state: state.clone(),
                         })
                         .set(0);
                 }
@@ -430,23 +464,26 @@ impl AgentMetrics {
                         state: (*state).into(),
                     })
                     .set(*n);
+                if !known.iter().any(|k| k == state) {
+                    known.push((*state).to_string());
+                }
             }
-            seen.insert(
-                app.into(),
-                counts.keys().map(|s| (*s).to_string()).collect(),
-            );
         }
+        // Restart counts of the app's current instances only: the gone ones are forgotten.
         let mut seen = lock(&self.seen_restarts);
+        let before = seen.remove(app).unwrap_or_default();
         let restarts = self.restarts.get_or_create(&AppLabel { app: app.into() });
+        let mut now = BTreeMap::new();
         for (id, _, n) in instances {
-            let before = seen.insert(id.clone(), *n).unwrap_or(0);
-            if *n > before {
-                restarts.inc_by(u64::from(*n - before));
+            let was = before.get(id).copied().unwrap_or(0);
+            if *n > was {
+                restarts.inc_by(u64::from(*n - was));
             }
+            now.insert(id.clone(), *n);
         }
-        // Forget instances of this app that are gone (their ids start with `<app>-`).
-        let prefix = format!("{app}-");
-        seen.retain(|id, _| !id.starts_with(&prefix) || instances.iter().any(|(i, ..)| i == id));
+        if !now.is_empty() {
+            seen.insert(app.into(), now);
+        }
     }
 
     /// A health probe of `app` ended.
@@ -482,13 +519,51 @@ impl AgentMetrics {
         self.desired_replicas
             .get_or_create(&AppLabel { app: app.into() })
             .set(i64::from(desired));
-        self.decisions
-            .get_or_create(&Decision {
+        let decision = Decision {
+            app: app.into(),
+            direction,
+            reason,
+        };
+        self.decisions.get_or_create(&decision).inc();
+        lock(&self.seen_decisions).insert(decision);
+    }
+
+    /// `app` left this host (unassigned, nothing of it left): its series go, so an agent
+    /// that sees many apps come and go keeps only the series of the apps it runs.
+    pub fn app_gone(&self, app: &str) {
+        let label = AppLabel { app: app.into() };
+        self.reconcile_duration.remove(&label);
+        self.restarts.remove(&label);
+        self.desired_replicas.remove(&label);
+        for result in ["success", "failure"] {
+            self.probes.remove(&AppResult {
                 app: app.into(),
-                direction,
-                reason,
-            })
-            .inc();
+                result,
+            });
+        }
+        for state in lock(&self.seen_states).remove(app).unwrap_or_default() {
+            self.instances.remove(&AppState {
+                app: app.into(),
+                state,
+            });
+        }
+        lock(&self.seen_decisions).retain(|d| {
+            let gone = d.app == app;
+            if gone {
+                self.decisions.remove(d);
+            }
+            !gone
+        });
+        lock(&self.seen_restarts).remove(app);
+    }
+
+    /// What the metrics keep about `app` besides its series: the states it has had and the
+    /// instances whose restart counts are known (tests: the current ones only, none once
+    /// the app is gone).
+    pub fn remembered(&self, app: &str) -> (usize, usize) {
+        let states = lock(&self.seen_states).get(app).map_or(0, Vec::len);
+        let instances = lock(&self.seen_restarts).get(app).map_or(0, BTreeMap::len);
+        (states, instances)
     }
 
     /// An app left autoscaling (or this host): its desired-replicas series goes.
@@ -650,6 +725,58 @@ mod tests {
         );
         m.not_autoscaled("web");
         assert!(!m.encode().contains("berth_autoscaler_desired_replicas{"));
+    }
+
+    #[test]
+    fn a_removed_app_takes_its_series_and_memory_along() {
+        let m = AgentMetrics::new();
+        let inst = |id: &str, state: &str, r: u32| (id.to_string(), state.to_string(), r);
+        m.reconciled("gone", 0.01, &[inst("gone-1-0", "starting", 0)]);
+        m.reconciled("gone", 0.01, &[inst("gone-1-0", "ready", 1)]);
+        m.probe("gone", true);
+        m.probe("gone", false);
+        m.autoscaled("gone", 2, "up", "above_target");
+        m.reconciled("stays", 0.01, &[inst("stays-1-0", "ready", 0)]);
+        assert_eq!(m.remembered("gone"), (2, 1));
+        // its last pass: no instance left
+        m.reconciled("gone", 0.01, &[]);
+        assert_eq!(m.remembered("gone"), (2, 0));
+        assert_eq!(
+            value(&m.encode(), r#"berth_instances{app="gone",state="ready"}"#),
+            Some(0.0)
+        );
+        m.app_gone("gone");
+        let text = m.encode();
+        assert!(!text.contains(r#"app="gone""#), "{text}");
+        assert!(text.contains(r#"berth_instances{app="stays",state="ready"} 1"#));
+        assert_eq!(m.remembered("gone"), (0, 0));
+    }
+
+    #[test]
+    fn restarts_of_apps_sharing_a_name_prefix_are_counted_once() {
+        // `web`'s instances are `web-<rev>-<n>`, and so would start those of `web-api`: a
+        // pass of one app must not forget the other's counts (and count them again).
+        let m = AgentMetrics::new();
+        let inst = |id: &str, r: u32| (id.to_string(), "ready".to_string(), r);
+        m.reconciled("web-api", 0.01, &[inst("web-api-1-0", 2)]);
+        m.reconciled("web", 0.01, &[inst("web-1-0", 0)]);
+        m.reconciled("web-api", 0.01, &[inst("web-api-1-0", 2)]);
+        assert_eq!(
+            value(
+                &m.encode(),
+                r#"berth_instance_restarts_total{app="web-api"}"#
+            ),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn heap_totals_are_read_at_scrape_time() {
+        let m = AgentMetrics::new();
+        let text = m.encode();
+        let in_use = value(&text, r#"berth_process_heap_bytes{state="in_use"}"#).unwrap();
+        assert!(in_use > 0.0, "{text}");
+        assert!(value(&text, r#"berth_process_heap_bytes{state="free"}"#).is_some());
     }
 
     #[test]

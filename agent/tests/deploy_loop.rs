@@ -254,3 +254,84 @@ async fn an_unassigned_app_is_stopped_and_forgotten() {
     assert!(report.instances.iter().all(|i| i.app == "api"));
     task.abort();
 }
+
+/// The soak's question in virtual time: rolling an app through revisions leaves nothing of
+/// the replaced instances (history, report, metrics' memory), and unassigning it leaves
+/// nothing of the app, its metric series included.
+#[tokio::test(start_paused = true)]
+async fn replaced_instances_and_removed_apps_leave_nothing_behind() {
+    let app = "churn-leak";
+    let rev = |n: u64| revision(app, n, &format!("env: {{ V: '{n}' }}\n"));
+    let keep = revision("churn-keep", 1, "");
+    let host = Host::new(assignment(
+        1,
+        vec![assigned(rev(1), None, 3), assigned(keep.clone(), None, 1)],
+    ));
+    let (handle, task) = host.start();
+    let converged = |n: u64| {
+        let of_app: Vec<_> = host
+            .runtime
+            .instances()
+            .into_iter()
+            .filter(|i| i.app == app)
+            .collect();
+        of_app.len() == 3
+            && of_app
+                .iter()
+                .all(|i| i.revision == n && i.state == RunState::Running)
+            && handle
+                .report()
+                .apps
+                .iter()
+                .any(|a| a.app == app && a.target == n && a.rollout == RolloutState::Complete)
+    };
+    for n in 1..=6u64 {
+        if n > 1 {
+            host.controller.set(assignment(
+                n,
+                vec![
+                    assigned(rev(n), Some(rev(n - 1)), 3),
+                    assigned(keep.clone(), None, 1),
+                ],
+            ));
+        }
+        wait_for(Duration::from_secs(120), || converged(n)).await;
+        // one more pass after the last stop, so every structure has seen the end state
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let history = host.state.load_history().unwrap();
+        assert_eq!(history.apps[app].instances.len(), 3, "history of round {n}");
+        let report = handle.report();
+        assert_eq!(
+            report.instances.iter().filter(|i| i.app == app).count(),
+            3,
+            "report of round {n}"
+        );
+        let (_, known) = berth_agent::metrics::global().remembered(app);
+        assert_eq!(known, 3, "restart counts known in round {n}");
+    }
+    let text = berth_agent::metrics::global().encode();
+    assert!(text.contains(&format!("app=\"{app}\"")), "{text}");
+
+    host.controller
+        .set(assignment(7, vec![assigned(keep, None, 1)]));
+    wait_for(Duration::from_secs(60), || {
+        host.runtime.instances().iter().all(|i| i.app != app)
+            && !host.state.load_history().unwrap().apps.contains_key(app)
+            && handle.report().apps.iter().all(|a| a.app != app)
+    })
+    .await;
+    wait_for(Duration::from_secs(10), || {
+        berth_agent::metrics::global().remembered(app) == (0, 0)
+    })
+    .await;
+    let text = berth_agent::metrics::global().encode();
+    assert!(
+        !text.contains(&format!("app=\"{app}\"")),
+        "series of the removed app remain:\n{text}"
+    );
+    assert!(
+        text.contains("app=\"churn-keep\""),
+        "the other app keeps its series"
+    );
+    task.abort();
+}

@@ -7,8 +7,7 @@
     reason = "test"
 )]
 
-use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 fn get(addr: std::net::SocketAddr, path: &str, accept: Option<&str>) -> (String, String) {
     let mut c = Command::new("curl");
@@ -40,26 +39,7 @@ async fn serves_both_formats_and_promtool_accepts_the_classic_one() {
         "{head}"
     );
     assert!(body.contains(r#"berth_probe_total{app="metrics-server-test",result="success"} 1"#));
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus)");
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = promtool.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "promtool: {}{}\n{body}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    berth_testkit::promtool_check(&body);
 
     let (head, body) = tokio::task::spawn_blocking(move || {
         get(

@@ -3,10 +3,15 @@
 //! the pure modules ([`revisions`](crate::revisions), [`assign`](crate::assign)); this module
 //! loads, persists (transactions with version conditions) and emits events.
 //!
-//! Writers are serialized by one lock (one controller process writes: with etcd, the elected
+//! Writers of apps and hosts are serialized by one lock, reassignments (the only writer of
+//! `assignments/`) by another, so ten thousand assignments being stored do not hold up
+//! reports and registrations (one controller process writes: with etcd, the elected
 //! leader, whose writes are fenced, see [`leader`](crate::leader)); the transactions'
 //! version conditions still guard against a second writer on the same store (a conflict is
-//! reported, never a lost write). It owns no sockets: [`api`](crate::api) serves it.
+//! reported, never a lost write). Reports and registrations that arrive together are group
+//! committed. The leader keeps every host record and assignment in memory once read (its
+//! own writes keep them current; followers drop them when the store's revision moves). It
+//! owns no sockets: [`api`](crate::api) serves it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -669,8 +674,18 @@ impl<S: Store> Core<S> {
     /// writes the changed ones with version + 1 in one transaction and wakes long-polls as
     /// soon as it committed; then emits `AppUnplaced` and `AppPlaced` when what does not fit
     /// changed. `cause` names the caller in the log line (with each phase's time). Call with
-    /// the write lock held.
+    /// the assignment lock held.
     async fn reassign(&self, cause: &'static str) -> Result<(), CoreError> {
+        let events = self.reassign_quiet(cause).await?;
+        if !events.is_empty() {
+            self.events.append(events).await?;
+        }
+        Ok(())
+    }
+
+    /// [`Core::reassign`] that returns its events instead of appending them (a sync appends
+    /// them after its own, once the long-polls are woken).
+    async fn reassign_quiet(&self, cause: &'static str) -> Result<Vec<Event>, CoreError> {
         let now = self.now_ms();
         let started = tokio::time::Instant::now();
         let histories = self.histories().await?;
@@ -797,9 +812,6 @@ impl<S: Store> Core<S> {
             .placed_states
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = states;
-        if !events.is_empty() {
-            self.events.append(events).await?;
-        }
         let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
             b.saturating_duration_since(a).as_secs_f64() * 1e3
         };
@@ -825,7 +837,7 @@ impl<S: Store> Core<S> {
             },
             "placed apps on hosts"
         );
-        Ok(())
+        Ok(events)
     }
 
     /// The liveness check (the leader runs it every grace/4, at most every second): marks
@@ -1221,11 +1233,23 @@ impl<S: Store> Core<S> {
             "Synced",
             format!("applied {cause}"),
         ));
-        self.events.append(events).await?;
         drop(write);
+        // the sync's events after the long-polls are woken (the event log may be busy with
+        // a report batch's), then placement's own, in that order
         let assign = self.assign.lock().await;
-        self.reassign("sync").await?;
+        let placed = self.reassign_quiet("sync").await;
         drop(assign);
+        let t_woken = tokio::time::Instant::now();
+        match placed {
+            Ok(more) => {
+                events.extend(more);
+                self.events.append(events).await?;
+            }
+            Err(e) => {
+                self.events.append(events).await?;
+                return Err(e);
+            }
+        }
         let ms = |a: tokio::time::Instant, b: tokio::time::Instant| {
             b.saturating_duration_since(a).as_secs_f64() * 1e3
         };
@@ -1235,7 +1259,8 @@ impl<S: Store> Core<S> {
             resolve_ms = ms(t_start, t_resolved),
             write_lock_wait_ms = ms(t_resolved, t_locked),
             revisions_store_ms = ms(t_locked, t_stored),
-            events_and_reassign_ms = ms(t_stored, tokio::time::Instant::now()),
+            reassign_ms = ms(t_stored, t_woken),
+            events_ms = ms(t_woken, tokio::time::Instant::now()),
             "sync: stored revisions and assignments"
         );
         Ok(Ok(()))

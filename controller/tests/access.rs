@@ -11,27 +11,7 @@ use berth_controller::access::{TokenRequest, TokenRole};
 use berth_controller::client::{Client, ClientError};
 use berth_controller::resolve::FakeResolver;
 use berth_controller::{Config, Controller};
-use berth_manifests::wire::{HostReport, Registration};
-use berth_testkit::GitRemote;
-
-fn host(name: &str) -> Registration {
-    Registration {
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Default::default(),
-        agent_version: "test".into(),
-    }
-}
-
-fn empty_report(host: &str) -> HostReport {
-    HostReport {
-        host: host.into(),
-        assignment_version: 0,
-        instances: Vec::new(),
-        apps: Vec::new(),
-        events: Vec::new(),
-    }
-}
+use berth_testkit::{GitRemote, empty_report, registration};
 
 fn status_of(err: ClientError) -> u16 {
     match err {
@@ -94,7 +74,7 @@ async fn roles_limit_what_each_token_may_do() {
         403
     );
     assert_eq!(
-        status_of(reader.register(&host("ha")).await.unwrap_err()),
+        status_of(reader.register(&registration("ha")).await.unwrap_err()),
         403
     );
     // deploy: sync and rollback, no tokens
@@ -118,7 +98,7 @@ async fn roles_limit_what_each_token_may_do() {
         .await
         .unwrap_err();
     assert_eq!(status_of(err), 403, "an unbound join token reads nothing");
-    agent_a.register(&host("ha")).await.unwrap();
+    agent_a.register(&registration("ha")).await.unwrap();
     let assignment = agent_a
         .assignment("ha", None, Duration::ZERO)
         .await
@@ -128,9 +108,9 @@ async fn roles_limit_what_each_token_may_do() {
     assert_eq!(status_of(agent_a.status().await.unwrap_err()), 403);
     // join B was bound to hb at creation; it cannot register as ha
     let agent_b = as_(&join_b.token);
-    let err = agent_b.register(&host("ha")).await.unwrap_err();
+    let err = agent_b.register(&registration("ha")).await.unwrap_err();
     assert!(err.to_string().contains("hb"), "{err}");
-    agent_b.register(&host("hb")).await.unwrap();
+    agent_b.register(&registration("hb")).await.unwrap();
     // agent A reading or reporting for B: 403; re-registering as B: 403
     let err = agent_a
         .assignment("hb", None, Duration::ZERO)
@@ -143,7 +123,7 @@ async fn roles_limit_what_each_token_may_do() {
         403
     );
     assert_eq!(
-        status_of(agent_a.register(&host("hb")).await.unwrap_err()),
+        status_of(agent_a.register(&registration("hb")).await.unwrap_err()),
         403
     );
     // the controller's own token (admin) may act for any host

@@ -13,7 +13,7 @@ use berth_controller::{Config, Controller, ControllerHandle};
 use berth_manifests::wire::{
     AppReport, HostReport, Registration, RevisionState, RolloutPhase, RolloutState,
 };
-use berth_testkit::{GitRemote, git};
+use berth_testkit::{GitRemote, git, registration};
 
 /// A bare "remote", a work clone that pushes to it, and a data dir; all removed on drop.
 struct Fixture {
@@ -55,15 +55,6 @@ fn web(image: &str) -> String {
     format!("app: web\nimage: {image}\nreplicas: 3\n")
 }
 
-fn host(name: &str) -> Registration {
-    Registration {
-        name: name.into(),
-        labels: Default::default(),
-        capacity: Default::default(),
-        agent_version: "test".into(),
-    }
-}
-
 fn report(host: &str, version: u64, target: u64, rollout: RolloutState) -> HostReport {
     HostReport {
         host: host.into(),
@@ -100,9 +91,9 @@ async fn deploy_loop_through_the_api() {
 
     // two hosts register; 3 replicas are divided 2 + 1: h2 came first and keeps its even
     // share, h1 takes the excess
-    let r = client.register(&host("h2")).await.unwrap();
+    let r = client.register(&registration("h2")).await.unwrap();
     assert!(r.assignment_version >= 1);
-    client.register(&host("h1")).await.unwrap();
+    client.register(&registration("h1")).await.unwrap();
     let a1 = client.assignment("h1", None, Duration::ZERO).await.unwrap();
     let a2 = client.assignment("h2", None, Duration::ZERO).await.unwrap();
     assert_eq!(a1.apps[0].target.number, 1);
@@ -333,7 +324,10 @@ async fn wrong_token_is_401_and_oversized_body_is_413() {
         .await
         .unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 404, .. }), "{err}");
-    let err = client.register(&host("Not_A_Label")).await.unwrap_err();
+    let err = client
+        .register(&registration("Not_A_Label"))
+        .await
+        .unwrap_err();
     assert!(matches!(err, ClientError::Api { status: 400, .. }), "{err}");
     handle.shutdown().await.unwrap();
 }
@@ -345,7 +339,7 @@ async fn state_survives_a_controller_restart_and_shutdown_ends_long_polls() {
     let resolver = Arc::new(FakeResolver::new());
     let (handle, client) = fx.start(resolver.clone()).await;
     client.sync().await.unwrap();
-    client.register(&host("h1")).await.unwrap();
+    client.register(&registration("h1")).await.unwrap();
     let a = client.assignment("h1", None, Duration::ZERO).await.unwrap();
     let token = handle.token().to_string();
     let poller = {
@@ -400,8 +394,8 @@ async fn a_silent_host_is_marked_down_its_apps_move_and_it_gets_work_back_after_
     let handle = Controller::start(config).await.unwrap();
     let client = Client::new(&handle.url(), handle.token()).unwrap();
     client.sync().await.unwrap();
-    client.register(&host("h1")).await.unwrap();
-    client.register(&host("h2")).await.unwrap();
+    client.register(&registration("h1")).await.unwrap();
+    client.register(&registration("h2")).await.unwrap();
     let share = |a: &berth_manifests::wire::Assignment| {
         a.apps
             .iter()
@@ -510,7 +504,7 @@ async fn apps_that_do_not_fit_are_reported_and_what_runs_stays() {
     );
     let (handle, client) = fx.start(Arc::new(FakeResolver::new())).await;
     client.sync().await.unwrap();
-    let mut small = host("h1");
+    let mut small = registration("h1");
     small.capacity = berth_manifests::wire::Capacity {
         cpu_millis: 2000,
         memory_bytes: 8 << 30,
@@ -533,7 +527,7 @@ async fn apps_that_do_not_fit_are_reported_and_what_runs_stays() {
     assert_eq!((view.unplaced[0].wanted, view.unplaced[0].placed), (3, 2));
     assert_eq!(view.hosts[0].apps[0].instances, 2);
     // a second host with room takes the third; h1 keeps its two
-    let mut big = host("h2");
+    let mut big = registration("h2");
     big.capacity = berth_manifests::wire::Capacity {
         cpu_millis: 4000,
         memory_bytes: 8 << 30,
@@ -743,7 +737,7 @@ async fn a_host_cannot_fail_a_revision_of_an_app_it_does_not_run() {
     client.sync().await.unwrap();
     let labelled = |name: &str, role: &str| Registration {
         labels: [("role".to_string(), role.to_string())].into(),
-        ..host(name)
+        ..registration(name)
     };
     client.register(&labelled("db1", "db")).await.unwrap();
     client.register(&labelled("web1", "web")).await.unwrap();

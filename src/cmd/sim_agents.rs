@@ -2,7 +2,9 @@
 //! simulated agents in one process, against a real controller over real HTTP. Each speaks
 //! the agent protocol with the agent's own client ([`HttpController`]): register, long-poll
 //! its assignment (`after=V&wait=S`), report after every new assignment (its apps complete,
-//! as a healthy host would) and every `--report-interval`. Nothing runs containers.
+//! as a healthy host would) and every `--report-interval`. Nothing runs containers. Every
+//! host declares `--cpu-millis` and `--memory-mib` (default 1024 cores and 1 TiB: room for
+//! every instance of the benchmark, which measures placement, not capacity refusals).
 //!
 //! Once every agent is registered and holds a long-poll, each `--trigger` command (a shell
 //! line: a `git push` and the webhook) runs in turn; the harness measures, per agent, the

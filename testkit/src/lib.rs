@@ -13,6 +13,8 @@
 //! - [`GitRemote`]: a bare repository and a work repository pushing to it (what a controller
 //!   follows); [`git`] runs the CLI with a fixed identity.
 //! - [`run_ok`], [`wait_for`]: run a command that must succeed; poll until something holds.
+//! - [`promtool_check`]: `promtool check metrics` (Debian's prometheus) on an exposition.
+//! - [`registration`], [`empty_report`]: a host's registration and a report of nothing.
 //!
 //! It must not touch anything it did not create. Panics are allowed here: it is test code.
 #![allow(clippy::panic)]
@@ -409,6 +411,55 @@ pub fn wait_for<T>(
     }
 }
 
+/// The registration of host `name`: no labels, no declared capacity, agent version `test`.
+pub fn registration(name: &str) -> berth_manifests::wire::Registration {
+    berth_manifests::wire::Registration {
+        name: name.into(),
+        labels: Default::default(),
+        capacity: Default::default(),
+        agent_version: "test".into(),
+    }
+}
+
+/// A report from `host` of no instances and no apps (assignment version 0).
+pub fn empty_report(host: &str) -> berth_manifests::wire::HostReport {
+    berth_manifests::wire::HostReport {
+        host: host.into(),
+        assignment_version: 0,
+        instances: Vec::new(),
+        apps: Vec::new(),
+        events: Vec::new(),
+    }
+}
+
+/// Runs `promtool check metrics` on `text` (a Prometheus exposition); panics with promtool's
+/// findings and the text unless it accepts it (lint warnings included, as promtool exits 1).
+pub fn promtool_check(text: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!("promtool: {e} (Debian package prometheus; scripts/install-deps.sh)")
+        });
+    if let Some(mut stdin) = promtool.stdin.take() {
+        stdin
+            .write_all(text.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to promtool: {e}"));
+    }
+    let out = promtool
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("promtool: {e}"));
+    assert!(
+        out.status.success(),
+        "promtool check metrics refused the text:\n{}{}\n---\n{text}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// A bare git repository (the "remote" a controller follows) and a work repository that
 /// pushes to its `main` branch: `ROOT/remote.git` and `ROOT/work`. The caller owns `ROOT`
 /// (usually a temp dir, removed on drop).
@@ -510,4 +561,36 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn promtool_check_accepts_a_valid_exposition() {
+        promtool_check("# HELP x_total Things.\n# TYPE x_total counter\nx_total 1\n");
+    }
+
+    #[test]
+    #[should_panic(expected = "promtool check metrics refused the text")]
+    fn promtool_check_refuses_a_malformed_exposition() {
+        promtool_check("x_total{ 1\n");
+    }
+
+    #[test]
+    fn git_remote_commits_and_pushes_files_and_removals() {
+        let dir = tempfile::tempdir().unwrap();
+        let repo = GitRemote::init(dir.path());
+        let first = repo.commit(
+            &[("a/b.yaml", Some("one\n")), ("c.yaml", Some("two\n"))],
+            "add",
+        );
+        let second = repo.commit(&[("c.yaml", None)], "remove c");
+        assert_ne!(first, second);
+        assert_eq!(git(repo.bare(), &["rev-parse", "main"]).trim(), second);
+        let files = git(repo.bare(), &["ls-tree", "-r", "--name-only", "main"]);
+        assert_eq!(files, "a/b.yaml\n");
+        assert!(repo.url().starts_with("file:///"));
+    }
 }

@@ -17,11 +17,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use berth_agent::host::container::{self, Cgroups, HostCgroups, NoCgroups, Store};
 use berth_agent::runtime::state::Status;
-use berth_testkit::{Netns, Registry, git};
+use berth_testkit::{GitRemote, Netns, Registry};
 use serde_json::Value;
 
 use crate::runtime_support::{CgroupParent, is_root};
@@ -66,10 +66,8 @@ pub struct Cluster {
     pub reg: Registry,
     /// The same storage served inside the namespace at [`REGISTRY`].
     inside: Registry,
-    /// The bare repository the controller follows.
-    pub bare: PathBuf,
-    /// The clone the test commits in.
-    pub work: PathBuf,
+    /// The bare repository the controller follows and the clone the test commits in.
+    pub repo: GitRemote,
     listen: String,
     /// The instances' cgroup parent.
     pub cgroup: CgroupParent,
@@ -103,16 +101,8 @@ impl Cluster {
             .prefix("berth-test-deploy-")
             .tempdir()
             .unwrap();
-        let (bare, work, data) = (
-            tmp.path().join("remote.git"),
-            tmp.path().join("work"),
-            tmp.path().join("data"),
-        );
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "--quiet", "--bare"]);
-        git(&work, &["init", "--quiet"]);
-        git(&work, &["remote", "add", "origin", bare.to_str().unwrap()]);
+        let repo = GitRemote::init(tmp.path());
+        let data = tmp.path().join("data");
         let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
         let cgroup = CgroupParent(format!("berth-test-{pid}-deploy{n}"));
@@ -146,8 +136,7 @@ impl Cluster {
             },
             reg,
             inside,
-            bare,
-            work,
+            repo,
             listen,
             cgroup,
             controller: None,
@@ -182,7 +171,7 @@ impl Cluster {
     /// the local repository is seen within 200 ms anyway).
     pub fn start_controller(&mut self) {
         assert!(self.controller.is_none(), "controller already running");
-        let repo = format!("file://{}", self.bare.display());
+        let repo = self.repo.url();
         let child = self
             .daemon(
                 &[
@@ -248,18 +237,7 @@ impl Cluster {
 
     /// Writes `files` (path, content; `None` deletes) into the work tree, commits and pushes.
     pub fn commit(&self, files: &[(&str, Option<&str>)], message: &str) {
-        for (path, content) in files {
-            let p = self.work.join(path);
-            match content {
-                Some(c) => std::fs::write(&p, c).unwrap(),
-                None => {
-                    let _ = std::fs::remove_file(&p);
-                }
-            }
-        }
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "--quiet", "-m", message]);
-        git(&self.work, &["push", "--quiet", "origin", "HEAD:main"]);
+        self.repo.commit(files, message);
     }
 }
 
@@ -343,20 +321,8 @@ impl Cli {
     }
 
     /// Polls `f` every 100 ms for up to `secs`; panics with the daemons' logs on timeout.
-    pub fn wait_for<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        loop {
-            if let Some(v) = f() {
-                return v;
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "timed out after {secs}s waiting for {what}\n{}",
-                    self.logs()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+    pub fn wait_for<T>(&self, what: &str, secs: u64, f: impl FnMut() -> Option<T>) -> T {
+        berth_testkit::wait_for(what, secs, || self.logs(), f)
     }
 
     /// `berth rollout status APP --wait` for `revision`: (exit code, stdout + stderr).

@@ -496,6 +496,12 @@ async fn worker<R: Runtime, I: Images, P: Prober, T: Traffic, S: StateStore>(
         }
         publish(&shared, &name, &out, finished);
         if finished {
+            crate::metrics::global().app_gone(&name);
+        }
+        // Instances came or went: let the allocator return what the churn freed (throttled;
+        // host/alloc.rs says why).
+        crate::host::alloc::after_pass(clock.now_ms(), out.steps > 0 || finished);
+        if finished {
             return name;
         }
         tokio::select! {

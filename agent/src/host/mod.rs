@@ -4,6 +4,7 @@
 //! fake tree. `unsafe` is allowed only here, each block with a `// SAFETY:` comment.
 
 pub mod agentstate;
+pub mod alloc;
 pub mod capacity;
 pub mod caps;
 pub mod cgroup;

@@ -37,6 +37,9 @@ fn backend(err: impl std::fmt::Display) -> StoreError {
     }
 }
 
+/// The most pages redb keeps in memory (read cache and write buffer).
+pub const CACHE_BYTES: usize = 32 << 20;
+
 impl RedbStore {
     /// Opens (or creates) the store file at `path`. One process at a time may hold it.
     pub fn open(path: &Path) -> Result<RedbStore, StoreError> {
@@ -47,7 +50,13 @@ impl RedbStore {
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| open_err(e.to_string()))?;
         }
-        let db = Database::create(path).map_err(|e| open_err(e.to_string()))?;
+        // redb caches pages in the process up to 1 GiB by default, so the controller's (and
+        // `berth up`'s) memory would follow the store's size; 32 MiB holds a store of
+        // thousands of apps, and a miss is a read from the kernel's page cache.
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
+            .map_err(|e| open_err(e.to_string()))?;
         let txn = db.begin_write().map_err(|e| open_err(e.to_string()))?;
         txn.open_table(KV).map_err(|e| open_err(e.to_string()))?;
         txn.open_table(META).map_err(|e| open_err(e.to_string()))?;
