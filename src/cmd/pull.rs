@@ -129,10 +129,19 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()
         .context("starting the async runtime")
 }
+
+/// How long an idle thread of the blocking pool (container starts and stops, runtime lists,
+/// store writes) lives: tokio's default is 10 s, and with the pool handing work round the
+/// idle threads, a burst's threads never idled that long at the daemons' background rate,
+/// so the pool kept its peak size, each thread with its stack and its allocator cache
+/// (agent/src/host/alloc.rs). One second lets the pool shrink after a rollout; a thread
+/// costs tens of microseconds to start again.
+pub const BLOCKING_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Pull progress: a bar per layer on a terminal, plain lines otherwise (or nothing for -o json).
 pub struct Progress {

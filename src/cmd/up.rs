@@ -250,6 +250,7 @@ fn foreground(global: &Global, args: Args, name: String) -> anyhow::Result<ExitC
     agent_config.labels = super::agent::labels(&args.labels)?;
 
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .thread_keep_alive(super::pull::BLOCKING_KEEP_ALIVE)
         .enable_all()
         .build()?;
     let result = rt.block_on(async {

@@ -15,9 +15,15 @@
 //!   `MALLOC_ARENA_MAX` wins (glibc reads it at start; we leave it alone when it is set).
 //! - [`Trimmer`]: after reconcile passes that changed something (instances started or
 //!   stopped, the churn that fragments), `malloc_trim(0)`, at most once per
-//!   [`TRIM_EVERY_MS`]. It returns the free pages inside the arenas to the kernel
-//!   (`MADV_DONTNEED`), not only the top of the heap, so RSS follows what is in use. It walks
-//!   the free lists under the arena locks: well under a millisecond for heaps of this size.
+//!   [`TRIM_EVERY_MS`], and once more when the churn has settled. It returns the free pages
+//!   inside the arenas to the kernel (`MADV_DONTNEED`), not only the top of the heap, so RSS
+//!   follows what is in use. It walks the free lists under the arena locks: well under a
+//!   millisecond for heaps of this size.
+//!
+//! Each thread also caches freed chunks (glibc's tcache, counted as in use by `mallinfo2`, up
+//! to ~236 KiB a thread): the daemons' runtimes let idle blocking threads end after 1 s
+//! (`src/cmd/pull.rs`, `BLOCKING_KEEP_ALIVE`), so the pool and its caches shrink after a
+//! rollout instead of staying at their peak.
 //!
 //! Other C libraries (musl) have none of these knobs: the functions do nothing there.
 
@@ -52,35 +58,41 @@ pub fn trim() {
     }
 }
 
-/// Trims after changes, at most once per [`TRIM_EVERY_MS`] (by the caller's clock); a change
-/// that came too soon after the last trim is trimmed at the first pass after the interval, so
-/// the end of a burst of churn is always followed by a trim.
+/// Trims after changes, at most once per [`TRIM_EVERY_MS`] (by the caller's clock), and
+/// once more at least [`TRIM_EVERY_MS`] after the last change: what is freed after a burst
+/// of churn (the blocking pool's idle threads ending and handing back their caches, the
+/// last stops) is returned too.
 #[derive(Debug, Default)]
 pub struct Trimmer {
-    /// When the last trim ran (Unix ms), and whether something changed since.
-    state: Mutex<(Option<u64>, bool)>,
+    /// When the last trim ran and when something last changed (Unix ms).
+    state: Mutex<(Option<u64>, Option<u64>)>,
 }
 
 impl Trimmer {
     /// A trimmer that has not trimmed yet.
     pub const fn new() -> Trimmer {
         Trimmer {
-            state: Mutex::new((None, false)),
+            state: Mutex::new((None, None)),
         }
     }
 
-    /// A pass ended at `now_ms`, having `changed` something or not: trims when a change is
-    /// pending and the last trim is [`TRIM_EVERY_MS`] old. Returns whether it trimmed.
+    /// A pass ended at `now_ms`, having `changed` something or not. Returns whether it
+    /// trimmed.
     pub fn pass(&self, now_ms: u64, changed: bool) -> bool {
         let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (last, pending) = &mut *state;
-        *pending |= changed;
-        let due = last.is_none_or(|l| now_ms.saturating_sub(l) >= TRIM_EVERY_MS);
-        if !(*pending && due) {
+        let (last_trim, last_change) = &mut *state;
+        if changed {
+            *last_change = Some(now_ms);
+        }
+        let Some(change) = *last_change else {
+            return false;
+        };
+        let due = last_trim.is_none_or(|t| now_ms.saturating_sub(t) >= TRIM_EVERY_MS);
+        let settled = last_trim.is_some_and(|t| t >= change.saturating_add(TRIM_EVERY_MS));
+        if !due || settled {
             return false;
         }
-        *last = Some(now_ms);
-        *pending = false;
+        *last_trim = Some(now_ms);
         drop(state);
         trim();
         true
@@ -154,13 +166,21 @@ mod tests {
     use super::*;
 
     #[test]
-    fn trims_after_changes_at_most_once_per_interval() {
+    fn trims_after_changes_and_once_after_they_settle() {
         let t = Trimmer::new();
         assert!(!t.pass(500, false), "nothing changed yet");
         assert!(t.pass(1_000, true));
         assert!(!t.pass(1_000 + TRIM_EVERY_MS - 1, true), "too soon");
         // the change that came too soon is trimmed by the next pass that is due
-        assert!(t.pass(1_000 + TRIM_EVERY_MS, false));
-        assert!(!t.pass(1_000 + 3 * TRIM_EVERY_MS, false), "nothing pending");
+        let second = 1_000 + TRIM_EVERY_MS;
+        assert!(t.pass(second, false));
+        // and once more when the interval has passed since the last change
+        assert!(!t.pass(second + 1, false), "too soon");
+        assert!(t.pass(second + TRIM_EVERY_MS, false));
+        assert!(
+            !t.pass(second + 3 * TRIM_EVERY_MS, false),
+            "settled and trimmed"
+        );
+        assert!(t.pass(second + 4 * TRIM_EVERY_MS, true), "a new change");
     }
 }
