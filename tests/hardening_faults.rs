@@ -16,11 +16,8 @@ use std::time::{Duration, Instant};
 
 use berth_testkit::{Registry, run_ok};
 
-struct Sandbox {
-    netns: berth_testkit::Netns,
-    data: tempfile::TempDir,
-    cgroup_parent: String,
-}
+mod up_support;
+use up_support::Sandbox;
 
 /// A tmpfs of `size` mounted on a temp dir; unmounted (lazily, ours only) on drop.
 struct Tmpfs(tempfile::TempDir);
@@ -52,43 +49,15 @@ impl Drop for Tmpfs {
     }
 }
 
-impl Sandbox {
-    fn new(tag: &str) -> Sandbox {
-        Sandbox::with_data(tag, tempfile::tempdir().unwrap())
-    }
+/// What these tests do with a sandbox beyond the shared one.
+trait Faults {
+    fn containers(&self) -> Vec<(String, u64, String, u64)>;
+    fn up_pid(&self) -> Option<i64>;
+    fn up(&self, dir: &Path);
+    fn down_and_check_nothing_left(&self);
+}
 
-    fn with_data(tag: &str, data: tempfile::TempDir) -> Sandbox {
-        Sandbox {
-            netns: berth_testkit::Netns::new(tag).unwrap(),
-            data,
-            cgroup_parent: format!("berth-t-{tag}-{}", std::process::id()),
-        }
-    }
-
-    fn data(&self) -> &Path {
-        self.data.path()
-    }
-
-    fn berth(&self, args: &[&str]) -> Command {
-        let mut c = self.netns.command(env!("CARGO_BIN_EXE_berth"));
-        c.arg("--data-dir")
-            .arg(self.data())
-            .args(args)
-            .env_remove("BERTH_CONTROLLER")
-            .env_remove("BERTH_TOKEN")
-            .env("BERTH_CGROUP_PARENT", &self.cgroup_parent);
-        c
-    }
-
-    fn http(&self, path: &str) -> Option<String> {
-        self.netns.http_get("127.0.0.1:8080", path)
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.berth(&["status", "-o", "json"]).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-    }
-
+impl Faults for Sandbox {
     /// The app's containers: (id, revision, state, pid).
     fn containers(&self) -> Vec<(String, u64, String, u64)> {
         let out = self
@@ -142,7 +111,7 @@ impl Sandbox {
         let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&data)).collect();
         assert!(left.is_empty(), "mounts left after down: {left:#?}");
         for c in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
-            let parent = c.path().join(&self.cgroup_parent);
+            let parent = c.path().join(self.cgroup_parent());
             if let Ok(children) = std::fs::read_dir(&parent) {
                 let dirs: Vec<_> = children
                     .flatten()
@@ -171,17 +140,6 @@ impl Sandbox {
     }
 }
 
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.berth(&["down", "--timeout", "5s"]).output();
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
-            }
-        }
-    }
-}
-
 const REGISTRY_FLAGS: [&str; 4] = [
     "--insecure-registry",
     "127.0.0.1:5000",
@@ -190,24 +148,7 @@ const REGISTRY_FLAGS: [&str; 4] = [
 ];
 
 fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, f: impl FnMut() -> Option<T>) -> T {
-    berth_testkit::wait_for(
-        what,
-        secs,
-        || {
-            format!(
-                "status: {}\nup.log:\n{}",
-                sandbox.status(),
-                log_tail(sandbox)
-            )
-        },
-        f,
-    )
-}
-
-fn log_tail(sandbox: &Sandbox) -> String {
-    let log = std::fs::read_to_string(sandbox.data().join("up/up.log")).unwrap_or_default();
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(60)..].join("\n")
+    sandbox.wait_for(what, secs, f)
 }
 
 fn manifest(image: &str, extra: &str) -> String {
@@ -301,7 +242,7 @@ fn a_registry_outage_during_a_rollout_keeps_the_old_revision_serving() {
     // for a while: the old instance keeps running (same pid) and answering
     let (mut answered, mut missed) = (0, Vec::new());
     while cut.elapsed() < Duration::from_secs(12) {
-        if sandbox.http("/up").is_some() {
+        if sandbox.http(8080, "/up").is_some() {
             answered += 1;
         } else {
             missed.push(cut.elapsed());
@@ -317,14 +258,14 @@ fn a_registry_outage_during_a_rollout_keeps_the_old_revision_serving() {
         running,
         serving,
         "the serving instance changed during the outage\nup.log:\n{}",
-        log_tail(&sandbox)
+        sandbox.log_tail()
     );
     assert!(
         missed.len() * 10 <= answered,
         "the old revision missed {} of {} requests during the outage, at {missed:?}\nup.log:\n{}",
         missed.len(),
         answered + missed.len(),
-        log_tail(&sandbox)
+        sandbox.log_tail()
     );
     eprintln!(
         "old revision answered {answered} requests during a 12 s registry outage, missed {}",
@@ -344,7 +285,9 @@ fn a_registry_outage_during_a_rollout_keeps_the_old_revision_serving() {
         "revision 2 ready {:?} after the registry returned",
         back.elapsed()
     );
-    wait_for("revision 2 to answer", 30, &sandbox, || sandbox.http("/up"));
+    wait_for("revision 2 to answer", 30, &sandbox, || {
+        sandbox.http(8080, "/up")
+    });
     wait_for("only revision 2 to run", 30, &sandbox, || {
         let running: Vec<_> = sandbox
             .containers()
@@ -414,7 +357,7 @@ fn kill_9_of_up_during_rollouts_leaves_no_duplicate_and_restarts_no_healthy_inst
                 b.3
             );
         }
-        assert!(sandbox.http("/up").is_some());
+        assert!(sandbox.http(8080, "/up").is_some());
     }
     sandbox.down_and_check_nothing_left();
 }
@@ -472,7 +415,7 @@ fn a_full_disk_is_a_clear_error_and_the_old_revision_keeps_serving() {
     let full = Instant::now();
     let (mut answered, mut missed) = (0, 0);
     while full.elapsed() < Duration::from_secs(10) {
-        if sandbox.http("/up").is_some() {
+        if sandbox.http(8080, "/up").is_some() {
             answered += 1;
         } else {
             missed += 1;
@@ -484,7 +427,7 @@ fn a_full_disk_is_a_clear_error_and_the_old_revision_keeps_serving() {
     eprintln!(
         "disk full for 10 s: old revision answered {answered}, missed {missed}; status: {st}\n\
          up.log:\n{}",
-        log_tail(&sandbox)
+        sandbox.log_tail()
     );
     let running: Vec<_> = sandbox
         .containers()
@@ -505,14 +448,14 @@ fn a_full_disk_is_a_clear_error_and_the_old_revision_keeps_serving() {
     assert!(
         said.contains("No space left on device") || said.contains("no space"),
         "no disk-full error reported:\n{}",
-        log_tail(&sandbox)
+        sandbox.log_tail()
     );
     assert!(
         said.lines()
             .any(|l| l.to_lowercase().contains("space")
                 && l.contains(tmpfs.0.path().to_str().unwrap())),
         "the disk-full error does not name the path:\n{}",
-        log_tail(&sandbox)
+        sandbox.log_tail()
     );
 
     // space returns: the rollout completes, nothing is corrupt

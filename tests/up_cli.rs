@@ -19,74 +19,11 @@ use std::process::Command;
 
 use berth_testkit::{Registry, run_ok};
 
-/// A test network namespace with a data dir and a cgroup parent of its own; `berth down`
-/// and the removal of our (empty) parent cgroups on drop.
-struct Sandbox {
-    netns: berth_testkit::Netns,
-    data: tempfile::TempDir,
-    cgroup_parent: String,
-}
-
-impl Sandbox {
-    fn new(tag: &str) -> Sandbox {
-        Sandbox {
-            netns: berth_testkit::Netns::new(tag).unwrap(),
-            data: tempfile::tempdir().unwrap(),
-            cgroup_parent: format!("berth-t-{tag}-{}", std::process::id()),
-        }
-    }
-
-    fn data(&self) -> &Path {
-        self.data.path()
-    }
-
-    /// `berth --data-dir … ARGS` inside the namespace.
-    fn berth(&self, args: &[&str]) -> Command {
-        let mut c = self.netns.command(env!("CARGO_BIN_EXE_berth"));
-        c.arg("--data-dir")
-            .arg(self.data())
-            .args(args)
-            .env_remove("BERTH_CONTROLLER")
-            .env_remove("BERTH_TOKEN")
-            .env("BERTH_CGROUP_PARENT", &self.cgroup_parent)
-            // /run/netns is shared by every namespace: instance names of our own.
-            .env("BERTH_NETNS_PREFIX", format!("{}-i-", self.netns.name()));
-        c
-    }
-
-    /// `GET http://127.0.0.1:PORT/PATH` from inside the namespace: the body, if 2xx.
-    fn http(&self, port: u16, path: &str) -> Option<String> {
-        self.netns.http_get(&format!("127.0.0.1:{port}"), path)
-    }
-
-    fn status(&self) -> serde_json::Value {
-        let out = self.berth(&["status", "-o", "json"]).output().unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
-    }
-}
-
-impl Drop for Sandbox {
-    fn drop(&mut self) {
-        let _ = self.berth(&["down", "--timeout", "5s"]).output();
-        // The agent leaves its (empty) parent cgroups: remove ours, only ours.
-        if let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") {
-            for c in controllers.flatten() {
-                let _ = std::fs::remove_dir(c.path().join(&self.cgroup_parent));
-            }
-        }
-    }
-}
+mod up_support;
+use up_support::Sandbox;
 
 fn wait_for<T>(what: &str, secs: u64, sandbox: &Sandbox, f: impl FnMut() -> Option<T>) -> T {
-    berth_testkit::wait_for(
-        what,
-        secs,
-        || {
-            let log = std::fs::read_to_string(sandbox.data().join("up/up.log")).unwrap_or_default();
-            format!("status: {}\nup.log:\n{log}", sandbox.status())
-        },
-        f,
-    )
+    sandbox.wait_for(what, secs, f)
 }
 
 fn manifest(digest_ref: &str, extra: &str) -> String {
@@ -207,7 +144,7 @@ fn up_deploys_a_directory_follows_its_edits_and_down_removes_everything() {
     assert!(sandbox.http(8080, "/up").is_none());
     assert!(
         !Path::new("/sys/fs/cgroup/memory")
-            .join(&sandbox.cgroup_parent)
+            .join(sandbox.cgroup_parent())
             .exists(),
         "down left the parent cgroup"
     );

@@ -1433,8 +1433,19 @@ impl<S: Store> Core<S> {
         names: &std::collections::BTreeSet<&str>,
     ) -> Result<BTreeMap<String, (Arc<HostRecord>, u64)>, CoreError> {
         let mut out = BTreeMap::new();
-        let cached = self.cache().records.is_some();
-        if cached || names.len() > REPORT_BATCH_LIST {
+        {
+            // from the cache: only the batch's entries (not a copy of all ten thousand)
+            let cache = self.cache();
+            if let Some(records) = &cache.records {
+                for name in names {
+                    if let Some(found) = records.get(*name) {
+                        out.insert(name.to_string(), found.clone());
+                    }
+                }
+                return Ok(out);
+            }
+        }
+        if names.len() > REPORT_BATCH_LIST {
             let all = self.host_entries().await?;
             for name in names {
                 if let Some(found) = all.get(*name) {
@@ -1454,10 +1465,14 @@ impl<S: Store> Core<S> {
     }
 
     /// Applies the registrations and reports that wait, each kind as one group commit,
-    /// under the write lock (the caller's may be among them, or already applied by another
-    /// caller that held the lock first); then, when a report failed a rollout, places
-    /// again under the assignment lock alone.
+    /// once no reassignment runs, under the write lock (the caller's may be among them, or
+    /// already applied by another caller that held the lock first); then, when a report
+    /// failed a rollout, places again under the assignment lock alone.
     async fn drain_pending(&self) {
+        // while a reassignment runs, what arrives only queues: its store commit (ten
+        // thousand assignments) then does not wait for a batch's behind the store's single
+        // writer, and the batch after it takes everything that queued meanwhile
+        drop(self.assign.lock().await);
         let write = self.write.lock().await;
         let Pending {
             registrations,

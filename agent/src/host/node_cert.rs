@@ -8,8 +8,11 @@
 //! leaves the host). From then on the agent speaks mTLS with the certificate, and renews it
 //! (a new key each time) when a third of its lifetime is left.
 //!
-//! Files (directory 0700, files 0600): `ca.pem`, `node.pem`, `node.key`, `node.json`
-//! (host, expiry, lifetime). Owns that directory.
+//! Files (directory 0700, files 0600): `node.json` holds everything (host, expiry, lifetime,
+//! CA, certificate and key) and is the one file read back: it is replaced in one atomic
+//! rename, so a crash during a renewal leaves the old identity or the new one, never a new
+//! key beside an old certificate. `ca.pem`, `node.pem` and `node.key` are copies written
+//! after it, for operators' tools (openssl, curl). Owns that directory.
 
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -44,6 +47,14 @@ struct Meta {
     host: String,
     not_after_ms: u64,
     lifetime_ms: u64,
+    /// The PEMs (absent in files written before they moved in here: then the PEM files are
+    /// read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ca_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cert_pem: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_pem: Option<String>,
 }
 
 impl NodeCert {
@@ -108,11 +119,15 @@ pub fn load(dir: &Path) -> Result<Option<NodeCert>, String> {
     };
     let meta: Meta = serde_json::from_slice(&meta)
         .map_err(|e| format!("{} is damaged: {e}", meta_path.display()))?;
+    let pem = |inline: Option<String>, name: &str| match inline {
+        Some(pem) => Ok(pem),
+        None => read(name),
+    };
     Ok(Some(NodeCert {
         host: meta.host,
-        ca_pem: read("ca.pem")?,
-        cert_pem: read("node.pem")?,
-        key_pem: read("node.key")?,
+        ca_pem: pem(meta.ca_pem, "ca.pem")?,
+        cert_pem: pem(meta.cert_pem, "node.pem")?,
+        key_pem: pem(meta.key_pem, "node.key")?,
         not_after_ms: meta.not_after_ms,
         lifetime_ms: meta.lifetime_ms,
     }))
@@ -131,22 +146,25 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::rename(&tmp, path)
 }
 
-/// Stores `cert` in `dir` (0700; files 0600, each replaced atomically, `node.json` last).
+/// Stores `cert` in `dir` (0700; files 0600): `node.json`, the one file read back, in one
+/// atomic replace (fsynced, then the directory), then the PEM copies.
 pub fn save(dir: &Path, cert: &NodeCert) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
-    write_private(&dir.join("ca.pem"), cert.ca_pem.as_bytes())?;
-    write_private(&dir.join("node.key"), cert.key_pem.as_bytes())?;
-    write_private(&dir.join("node.pem"), cert.cert_pem.as_bytes())?;
     let meta = Meta {
         host: cert.host.clone(),
         not_after_ms: cert.not_after_ms,
         lifetime_ms: cert.lifetime_ms,
+        ca_pem: Some(cert.ca_pem.clone()),
+        cert_pem: Some(cert.cert_pem.clone()),
+        key_pem: Some(cert.key_pem.clone()),
     };
-    write_private(
-        &dir.join("node.json"),
-        &serde_json::to_vec(&meta).unwrap_or_default(),
-    )
+    let json = serde_json::to_vec(&meta).map_err(std::io::Error::other)?;
+    write_private(&dir.join("node.json"), &json)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    write_private(&dir.join("ca.pem"), cert.ca_pem.as_bytes())?;
+    write_private(&dir.join("node.key"), cert.key_pem.as_bytes())?;
+    write_private(&dir.join("node.pem"), cert.cert_pem.as_bytes())
 }
 
 /// A new key (ECDSA P-256) and a CSR for `host`, both PEM.
@@ -380,6 +398,7 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&dir), 0o700);
         assert_eq!(mode(&dir.join("node.key")), 0o600);
+        assert_eq!(mode(&dir.join("node.json")), 0o600);
         assert_eq!(cert.renew_at_ms(), 8_000);
         assert!(cert.check_valid(8_999, &dir).is_ok());
         assert!(
@@ -387,5 +406,50 @@ mod tests {
                 .unwrap_err()
                 .contains("expired")
         );
+    }
+
+    fn sample(key: &str, cert: &str, not_after_ms: u64) -> NodeCert {
+        NodeCert {
+            host: "h1".into(),
+            ca_pem: "ca".into(),
+            cert_pem: cert.into(),
+            key_pem: key.into(),
+            not_after_ms,
+            lifetime_ms: 3_000,
+        }
+    }
+
+    #[test]
+    fn a_renewal_torn_after_any_file_reads_back_old_or_new_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        let old = sample("old key", "old cert", 9_000);
+        let new = sample("new key", "new cert", 12_000);
+        save(&dir, &old).unwrap();
+        // a crash after the new key's copy but before the new certificate's (the torn pair
+        // an earlier layout read back): node.json still holds the old identity whole
+        write_private(&dir.join("node.key"), new.key_pem.as_bytes()).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(old.clone()));
+        // a crash before the rename of node.json: the temp file is ignored
+        std::fs::write(dir.join("node.tmp"), b"{half").unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(old));
+        save(&dir, &new).unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(new));
+    }
+
+    #[test]
+    fn files_of_the_earlier_layout_are_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("tls");
+        std::fs::create_dir_all(&dir).unwrap();
+        for (name, text) in [("ca.pem", "ca"), ("node.pem", "cert"), ("node.key", "key")] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        std::fs::write(
+            dir.join("node.json"),
+            r#"{"host":"h1","not_after_ms":9000,"lifetime_ms":3000}"#,
+        )
+        .unwrap();
+        assert_eq!(load(&dir).unwrap(), Some(sample("key", "cert", 9_000)));
     }
 }
