@@ -315,7 +315,7 @@ mod tests {
     async fn a_removed_backend_keeps_no_pool() {
         let pool = Pool::default();
         let a = pool.add("a", addr(1));
-        let make = || crate::proxy::l7::client(Duration::from_secs(1));
+        let make = || crate::proxy::l7::Client::new(addr(1), Duration::from_secs(1));
         let _c = a.http_client(make);
         assert!(a.has_pool());
         pool.remove("a").unwrap();

@@ -30,15 +30,10 @@
 //! once (it is on this host), however slow the app itself is, so this never cuts a slow
 //! response; it only bounds how long a vanished peer can hold a request.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use http::Uri;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -68,24 +63,34 @@ fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
+/// A connected backend socket with its options set.
+fn ready(stream: TcpStream) -> io::Result<TcpStream> {
+    stream.set_nodelay(true)?;
+    detect_dead_peer(&stream)?;
+    Ok(stream)
+}
+
 /// Connects to `addr` within `timeout`, racing a fresh attempt against the pending ones
 /// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY`, keepalive and
 /// `TCP_USER_TIMEOUT` are set on the result.
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let start = Instant::now();
     let deadline = start + timeout;
+    // The first attempt runs in the caller's task; only one still pending after
+    // RESYN_AFTER moves to a set of racing tasks (the common connect costs no spawn).
+    let mut first = Box::pin(TcpStream::connect(addr));
+    tokio::select! {
+        r = &mut first => return ready(r?),
+        () = tokio::time::sleep_until((start + RESYN_AFTER).min(deadline)) => {}
+    }
     let mut attempts: JoinSet<io::Result<TcpStream>> = JoinSet::new();
-    attempts.spawn(TcpStream::connect(addr));
+    attempts.spawn(first);
     let mut started = 1;
     let mut next = start + RESYN_AFTER;
     loop {
         tokio::select! {
             done = attempts.join_next() => match done {
-                Some(Ok(Ok(stream))) => {
-                    stream.set_nodelay(true)?;
-                    detect_dead_peer(&stream)?;
-                    return Ok(stream);
-                }
+                Some(Ok(Ok(stream))) => return ready(stream),
                 Some(Ok(Err(e))) => return Err(e),
                 Some(Err(e)) => return Err(io::Error::other(e)),
                 // Not reached: the set is never empty here.
@@ -104,39 +109,6 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
                 ));
             }
         }
-    }
-}
-
-/// hyper's connector over [`connect`]: the request URI's authority is the backend's
-/// `ip:port`.
-#[derive(Debug, Clone)]
-pub(crate) struct Connector {
-    pub(crate) timeout: Duration,
-}
-
-impl tower_service::Service<Uri> for Connector {
-    type Response = TokioIo<TcpStream>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<TokioIo<TcpStream>>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: Uri) -> Self::Future {
-        let timeout = self.timeout;
-        Box::pin(async move {
-            let addr: SocketAddr = uri
-                .authority()
-                .and_then(|a| a.as_str().parse().ok())
-                .ok_or_else(|| {
-                    io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("backend address in {uri} is not ip:port"),
-                    )
-                })?;
-            Ok(TokioIo::new(connect(addr, timeout).await?))
-        })
     }
 }
 

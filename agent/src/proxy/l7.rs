@@ -10,8 +10,8 @@
 //!   once on another backend;
 //! - otherwise 502; no response head within `Timeouts::response_head`: 504.
 //!
-//! Each backend has its own connection pool (`Backend::http_client`), dropped when it leaves
-//! the rotation.
+//! Each backend has its own connection pool (`Backend::http_client`, `upstream.rs`), dropped
+//! when it leaves the rotation.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -29,32 +29,20 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::balance::InFlight;
-use super::connect::Connector;
 use super::server::App;
+use super::upstream::Reuse;
 
 /// Bodies in both directions.
 pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
 
-/// The pooled client to backends.
-pub(crate) type Client = hyper_util::client::legacy::Client<Connector, Body>;
-
-/// A pooled client (one per backend, see `Backend::http_client`).
-pub(crate) fn client(connect_timeout: Duration) -> Client {
-    let conn = Connector {
-        timeout: connect_timeout,
-    };
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(256)
-        .pool_timer(TokioTimer::new())
-        .build(conn)
-}
+/// The pooled client to one backend.
+pub(crate) type Client = super::upstream::Client;
 
 fn empty() -> Body {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
@@ -179,10 +167,12 @@ impl Drop for RequestGuard {
     }
 }
 
-/// A response body that holds its request's guard until the last frame.
+/// A response body that holds its request's guard until the last frame, and returns the
+/// backend connection to its pool once the body has ended cleanly.
 struct Tracked {
     inner: Body,
     guard: Option<RequestGuard>,
+    reuse: Option<Reuse>,
 }
 
 impl hyper::body::Body for Tracked {
@@ -195,8 +185,25 @@ impl hyper::body::Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(r, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.guard.take();
+        match &r {
+            Poll::Ready(None) => {
+                if let Some(reuse) = this.reuse.take() {
+                    reuse.put_back();
+                }
+                this.guard.take();
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.reuse.take();
+                this.guard.take();
+            }
+            // hyper stops polling once `is_end_stream` says so.
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
+                if let Some(reuse) = this.reuse.take() {
+                    reuse.put_back();
+                }
+                this.guard.take();
+            }
+            _ => {}
         }
         r
     }
@@ -215,6 +222,7 @@ fn reply(status: StatusCode, body: String, guard: RequestGuard) -> Response<Trac
     let mut r = Response::new(Tracked {
         inner: text(body),
         guard: Some(guard),
+        reuse: None,
     });
     *r.status_mut() = status;
     r
@@ -269,7 +277,9 @@ async fn handle(
         };
         let addr = picked.backend().addr();
         let id = picked.backend().id().to_owned();
-        let client = picked.backend().http_client(|| client(t.connect));
+        let client = picked
+            .backend()
+            .http_client(|| Client::new(addr, t.connect));
         guard.backend = Some(picked);
         // The response-head clock starts once the request body has been sent (at once for
         // a bodiless request): a slow upload is not cut, only a wait after it.
@@ -309,7 +319,7 @@ async fn handle(
             () = head_deadline => None,
         };
         let err = match res {
-            Some(Ok(resp)) => return Ok(respond(resp, guard, client_upgrade)),
+            Some(Ok((resp, reuse))) => return Ok(respond(resp, reuse, guard, client_upgrade)),
             Some(Err(e)) => e,
             None => {
                 app.metrics.upstream_error();
@@ -398,10 +408,17 @@ fn upstream_request(
     upgrade: bool,
     body: Body,
 ) -> Option<Request<Body>> {
-    let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let uri: Uri = format!("http://{addr}{pq}").parse().ok()?;
+    // Origin-form (`/path?query`), as HTTP/1.1 sends it to a server (RFC 9112 §3.2.1).
+    let uri: Uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
     let mut headers = parts.headers.clone();
     strip_hop_by_hop(&mut headers, upgrade);
+    // The client's Host goes through; an HTTP/1.0 client may have sent none.
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_str(&addr.to_string()).ok()?);
+    }
     let client_ip = peer.ip().to_canonical().to_string();
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {client_ip}"),
@@ -425,6 +442,7 @@ fn upstream_request(
 
 fn respond(
     mut resp: Response<Incoming>,
+    reuse: Option<Reuse>,
     guard: RequestGuard,
     client_upgrade: Option<hyper::upgrade::OnUpgrade>,
 ) -> Response<Tracked> {
@@ -449,6 +467,7 @@ fn respond(
             Tracked {
                 inner: empty(),
                 guard: None,
+                reuse: None,
             },
         );
     }
@@ -459,6 +478,7 @@ fn respond(
         Tracked {
             inner: body.boxed_unsync(),
             guard: Some(guard),
+            reuse,
         },
     )
 }

@@ -24,6 +24,7 @@ mod l7;
 pub mod metrics;
 pub mod server;
 mod tcp;
+mod upstream;
 
 pub use balance::{Backend, DrainOutcome, InFlight, Pool};
 pub use metrics::{AppMetrics, MetricsSnapshot};
