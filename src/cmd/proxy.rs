@@ -19,6 +19,8 @@ pub fn run(global: &super::Global, args: Args) -> anyhow::Result<ExitCode> {
     let socket = args
         .socket
         .unwrap_or_else(|| global.data_dir.join("run/proxy.sock"));
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    berth_agent::proxy::workers::start(cores)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async move {
         let (events, hook) = berth_agent::proxy::control::no_backend_events();

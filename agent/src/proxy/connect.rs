@@ -29,11 +29,23 @@
 //! keepalive probes stay unacknowledged that long. A live backend's kernel acknowledges at
 //! once (it is on this host), however slow the app itself is, so this never cuts a slow
 //! response; it only bounds how long a vanished peer can hold a request.
+//!
+//! The HTTP mode sets those four options only on a connection that has waited
+//! [`ARM_AFTER`] for bytes ([`BackendStream`]): most backend connections carry one request
+//! answered within milliseconds, and four system calls each were a measurable part of the
+//! proxy's cost per request. The kernel's abort counts from the last byte or ACK received,
+//! not from when the options were set, so a vanished peer is still given up on
+//! [`DEAD_PEER_AFTER`] (plus at most a probe interval) after it fell silent.
 
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -51,28 +63,111 @@ pub(crate) const KEEPALIVE_IDLE: Duration = Duration::from_secs(1);
 /// Unacknowledged data or keepalive probes for this long abort a backend connection.
 pub(crate) const DEAD_PEER_AFTER: Duration = Duration::from_secs(3);
 
+/// A backend connection that has waited this long for bytes gets its dead-peer options.
+pub(crate) const ARM_AFTER: Duration = Duration::from_secs(1);
+
 /// Keepalive and `TCP_USER_TIMEOUT` on a backend socket (see the module comment).
-fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
+pub(crate) fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
     use rustix::net::sockopt;
     sockopt::set_socket_keepalive(stream, true)?;
     sockopt::set_tcp_keepidle(stream, KEEPALIVE_IDLE)?;
     sockopt::set_tcp_keepintvl(stream, Duration::from_secs(1))?;
-    sockopt::set_tcp_keepcnt(stream, 3)?;
+    // No TCP_KEEPCNT: with TCP_USER_TIMEOUT set, the kernel ends the connection by that
+    // timeout, not by a count of probes (tcp(7); `tcp_keepalive_timer`).
     let ms = u32::try_from(DEAD_PEER_AFTER.as_millis()).unwrap_or(u32::MAX);
     sockopt::set_tcp_user_timeout(stream, ms)?;
     Ok(())
 }
 
-/// A connected backend socket with its options set.
+/// A connected backend socket with `TCP_NODELAY` set.
 fn ready(stream: TcpStream) -> io::Result<TcpStream> {
     stream.set_nodelay(true)?;
-    detect_dead_peer(&stream)?;
     Ok(stream)
 }
 
+/// A backend socket of the HTTP mode: [`detect_dead_peer`] runs once a read has been
+/// waiting [`ARM_AFTER`] (for a response, or on an idle pooled connection, which hyper
+/// keeps reading to notice a close).
+#[derive(Debug)]
+pub(crate) struct BackendStream {
+    stream: TcpStream,
+    arm: Option<Pin<Box<tokio::time::Sleep>>>,
+    armed: bool,
+}
+
+impl BackendStream {
+    pub(crate) fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            arm: None,
+            armed: false,
+        }
+    }
+
+    /// Whether the dead-peer options are set (tests).
+    #[cfg(test)]
+    pub(crate) fn armed(&self) -> bool {
+        self.armed
+    }
+}
+
+impl AsyncRead for BackendStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let r = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if r.is_pending() && !this.armed {
+            let arm = this
+                .arm
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(ARM_AFTER)));
+            if arm.as_mut().poll(cx).is_ready() {
+                this.armed = true;
+                this.arm = None;
+                if let Err(e) = detect_dead_peer(&this.stream) {
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        r
+    }
+}
+
+impl AsyncWrite for BackendStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
 /// Connects to `addr` within `timeout`, racing a fresh attempt against the pending ones
-/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY`, keepalive and
-/// `TCP_USER_TIMEOUT` are set on the result.
+/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY` is set on the result;
+/// the dead-peer options are the caller's ([`detect_dead_peer`], [`BackendStream`]).
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -115,6 +210,30 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_waiting_past_arm_after_sets_the_dead_peer_options() {
+        use rustix::net::sockopt;
+        use tokio::io::AsyncReadExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let s = connect(addr, Duration::from_secs(2)).await.unwrap();
+        let (_peer, _) = l.accept().await.unwrap();
+        assert!(!sockopt::socket_keepalive(&s).unwrap());
+        let mut b = BackendStream::new(s);
+        let mut buf = [0u8; 1];
+        // Nothing to read: the read waits, and the options come after ARM_AFTER.
+        let r = tokio::time::timeout(ARM_AFTER / 2, b.read(&mut buf)).await;
+        assert!(r.is_err() && !b.armed());
+        let r = tokio::time::timeout(ARM_AFTER, b.read(&mut buf)).await;
+        assert!(r.is_err() && b.armed());
+        assert!(sockopt::socket_keepalive(&b.stream).unwrap());
+        assert_eq!(sockopt::tcp_keepidle(&b.stream).unwrap(), KEEPALIVE_IDLE);
+        assert_eq!(
+            u128::from(sockopt::tcp_user_timeout(&b.stream).unwrap()),
+            DEAD_PEER_AFTER.as_millis()
+        );
+    }
 
     #[tokio::test]
     async fn a_refused_connect_fails_at_once() {

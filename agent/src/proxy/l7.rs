@@ -75,7 +75,25 @@ pub(crate) async fn serve(
         };
         let Some(app) = app.upgrade() else { return };
         let _ = stream.set_nodelay(true);
-        tokio::spawn(serve_conn(app, stream, peer));
+        match super::workers::next() {
+            None => {
+                tokio::spawn(serve_conn(app, stream, peer));
+            }
+            // Moved to the worker's reactor (deregistered here, registered there).
+            Some(worker) => match stream.into_std() {
+                Ok(std) => {
+                    worker.spawn(async move {
+                        match tokio::net::TcpStream::from_std(std) {
+                            Ok(stream) => serve_conn(app, stream, peer).await,
+                            Err(e) => tracing::warn!(error = %e, "proxy worker could not take a connection"),
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "proxy could not hand a connection to a worker")
+                }
+            },
+        }
     }
 }
 
@@ -119,7 +137,10 @@ async fn serve_conn(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAd
     let svc = {
         let app = Arc::clone(&app);
         let state = Arc::clone(&state);
-        service_fn(move |req| handle(Arc::clone(&app), peer, Arc::clone(&state), req))
+        // The client's address as a header value, made once per connection.
+        let client_ip = HeaderValue::from_str(&peer.ip().to_canonical().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        service_fn(move |req| handle(Arc::clone(&app), client_ip.clone(), Arc::clone(&state), req))
     };
     let t = app.cfg.timeouts;
     let mut builder = http1::Builder::new();
@@ -230,7 +251,7 @@ fn reply(status: StatusCode, body: String, guard: RequestGuard) -> Response<Trac
 
 async fn handle(
     app: Arc<App>,
-    peer: SocketAddr,
+    client_ip: HeaderValue,
     conn: Arc<ConnState>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Tracked>, Infallible> {
@@ -283,19 +304,19 @@ async fn handle(
         guard.backend = Some(picked);
         // The response-head clock starts once the request body has been sent (at once for
         // a bodiless request): a slow upload is not cut, only a wait after it.
-        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-        let upstream_body = match body.take() {
-            Some(b) if !bodiless => SignalEnd {
-                inner: b,
-                ended: Some(sent_tx),
+        let (upstream_body, sent_rx) = match body.take() {
+            Some(b) if !bodiless => {
+                let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+                let b = SignalEnd {
+                    inner: b,
+                    ended: Some(sent_tx),
+                }
+                .boxed_unsync();
+                (b, Some(sent_rx))
             }
-            .boxed_unsync(),
-            other => {
-                let _ = sent_tx.send(());
-                other.unwrap_or_else(empty)
-            }
+            other => (other.unwrap_or_else(empty), None),
         };
-        let out = match upstream_request(&parts, addr, peer, upgrade, upstream_body) {
+        let out = match upstream_request(&parts, addr, &client_ip, upgrade, upstream_body) {
             Some(r) => r,
             None => {
                 return Ok(reply(
@@ -308,7 +329,11 @@ async fn handle(
         let sent = Instant::now();
         let head_deadline = async {
             // A body that is dropped unfinished fails the request itself.
-            if sent_rx.await.is_ok() {
+            let sent = match sent_rx {
+                Some(rx) => rx.await.is_ok(),
+                None => true,
+            };
+            if sent {
                 tokio::time::sleep(t.response_head).await;
             } else {
                 std::future::pending::<()>().await;
@@ -404,7 +429,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 fn upstream_request(
     parts: &http::request::Parts,
     addr: SocketAddr,
-    peer: SocketAddr,
+    client_ip: &HeaderValue,
     upgrade: bool,
     body: Body,
 ) -> Option<Request<Body>> {
@@ -419,15 +444,17 @@ fn upstream_request(
     if !headers.contains_key(header::HOST) {
         headers.insert(header::HOST, HeaderValue::from_str(&addr.to_string()).ok()?);
     }
-    let client_ip = peer.ip().to_canonical().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client_ip}"),
-        None => client_ip,
+    let xff = match headers.get("x-forwarded-for").map(HeaderValue::as_bytes) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
+            v.extend_from_slice(prev);
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&v).ok()?
+        }
+        None => client_ip.clone(),
     };
-    headers.insert(
-        HeaderName::from_static("x-forwarded-for"),
-        HeaderValue::from_str(&xff).ok()?,
-    );
+    headers.insert(HeaderName::from_static("x-forwarded-for"), xff);
     headers.insert(
         HeaderName::from_static("x-forwarded-proto"),
         HeaderValue::from_static("http"),

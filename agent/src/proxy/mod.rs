@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod server;
 mod tcp;
 mod upstream;
+pub mod workers;
 
 pub use balance::{Backend, DrainOutcome, InFlight, Pool};
 pub use metrics::{AppMetrics, MetricsSnapshot};

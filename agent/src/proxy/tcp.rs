@@ -52,6 +52,9 @@ async fn serve_conn(app: Arc<App>, mut client: TcpStream) {
         };
         match super::connect::connect(picked.backend().addr(), app.cfg.timeouts.connect).await {
             Ok(mut upstream) => {
+                if let Err(e) = super::connect::detect_dead_peer(&upstream) {
+                    tracing::debug!(app = %app.cfg.name, error = %e, "backend socket options not set");
+                }
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
                 break;
             }

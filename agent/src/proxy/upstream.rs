@@ -30,7 +30,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::connect::connect;
+use super::connect::{BackendStream, connect};
 use super::l7::Body;
 
 /// An idle connection older than this is closed instead of reused.
@@ -159,7 +159,7 @@ impl Client {
             .await
             .map_err(|e| Error::Connect(addr, e))?;
         let (mut tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
+            .handshake(TokioIo::new(BackendStream::new(stream)))
             .await
             .map_err(|e| Error::Request(addr, e))?;
         tokio::spawn(async move {
