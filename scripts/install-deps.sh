@@ -20,7 +20,7 @@ packages=(
   curl jq ca-certificates python3
 )
 if [[ "${1:-}" == "--bench" ]]; then
-  packages+=(runc crun skopeo umoci containerd wrk hyperfine)
+  packages+=(runc crun skopeo umoci containerd wrk hyperfine nginx-light haproxy)
 fi
 
 missing=()
