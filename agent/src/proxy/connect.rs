@@ -37,13 +37,12 @@
 //! not from when the options were set, so a vanished peer is still given up on
 //! [`DEAD_PEER_AFTER`] (plus at most a probe interval) after it fell silent.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
-
-use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderValue};
 use http::{Request, Response, Version};
-use hyper::body::Incoming;
+use hyper::body::{Body as _, Incoming};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
@@ -193,6 +193,14 @@ impl Client {
             tx,
             pool: Arc::downgrade(&self.0),
         });
+        // A response without a body (204, 304, HEAD) is over with its head: nobody would
+        // poll its body to the end, so the connection goes back now.
+        if resp.body().is_end_stream()
+            && let Some(reuse) = reuse
+        {
+            reuse.put_back();
+            return (resp, None);
+        }
         (resp, reuse)
     }
 
@@ -300,6 +308,19 @@ mod tests {
         for _ in 0..5 {
             let reuse = roundtrip(&c, addr).await;
             reuse.expect("an HTTP/1.1 keep-alive response").put_back();
+            assert_eq!(c.idle(), 1);
+        }
+        assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_without_a_body_returns_its_connection_at_once() {
+        let (addr, conns) = backend(b"HTTP/1.1 204 No Content\r\n\r\n", false).await;
+        let c = Client::new(addr, Duration::from_secs(2));
+        for _ in 0..3 {
+            let (resp, reuse) = c.request(get(addr)).await.unwrap();
+            assert_eq!(resp.status(), 204);
+            assert!(reuse.is_none(), "already back in the pool");
             assert_eq!(c.idle(), 1);
         }
         assert_eq!(conns.load(std::sync::atomic::Ordering::SeqCst), 1);
