@@ -206,25 +206,22 @@ impl hyper::body::Body for Tracked {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
         let r = Pin::new(&mut this.inner).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => {
-                if let Some(reuse) = this.reuse.take() {
-                    reuse.put_back();
-                }
-                this.guard.take();
-            }
+        let clean_end = match &r {
+            Poll::Ready(None) => true,
+            // hyper stops polling once `is_end_stream` says so.
+            Poll::Ready(Some(Ok(_))) => this.inner.is_end_stream(),
             Poll::Ready(Some(Err(_))) => {
                 this.reuse.take();
                 this.guard.take();
+                false
             }
-            // hyper stops polling once `is_end_stream` says so.
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => {
-                if let Some(reuse) = this.reuse.take() {
-                    reuse.put_back();
-                }
-                this.guard.take();
+            Poll::Pending => false,
+        };
+        if clean_end {
+            if let Some(reuse) = this.reuse.take() {
+                reuse.put_back();
             }
-            _ => {}
+            this.guard.take();
         }
         r
     }
