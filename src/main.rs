@@ -5,6 +5,7 @@
 //! Exit codes (DESIGN.md, contract for scripts): 0 success; 1 the thing asked for failed;
 //! 2 usage errors. `berth run` passes the container's own exit code through.
 
+mod alloc;
 mod cmd;
 #[allow(dead_code, reason = "printing helpers are used as verbs land")]
 mod output;
@@ -95,6 +96,9 @@ enum Command {
     Proxy(cmd::proxy::Args),
 }
 
+#[global_allocator]
+static GLOBAL: alloc::BerthAlloc = alloc::BerthAlloc;
+
 fn main() -> ExitCode {
     // A container's init must start fast and touch nothing else: dispatch before parsing.
     if std::env::args_os().nth(1).is_some_and(|a| a == "__init") {
@@ -134,6 +138,9 @@ fn main() -> ExitCode {
         Command::Up(_) | Command::Controller(_) | Command::Agent(_) | Command::Proxy(_)
     ) {
         berth_agent::host::alloc::limit_arenas();
+    }
+    if matches!(cli.command, Command::Proxy(_)) {
+        alloc::use_mimalloc();
     }
     // Verbs that print end quietly when their reader goes away (`berth status | head`);
     // the daemons keep SIGPIPE ignored, so a closed socket or pipe is an error they handle.

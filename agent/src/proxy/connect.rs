@@ -173,6 +173,20 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
     // The first attempt runs in the caller's task; only one still pending after
     // RESYN_AFTER moves to a set of racing tasks (the common connect costs no spawn).
     let mut first = Box::pin(TcpStream::connect(addr));
+    // A backend on this host has answered the SYN by the time the reactor has looked once
+    // (the kernel handles a loopback or veth handshake within the connect call), so the
+    // task yields once before it arms a timer: the racing timer would be the runtime's
+    // earliest, and arming that wakes the runtime's driver, a system call per connect.
+    for yielded in [false, true] {
+        if yielded {
+            tokio::task::yield_now().await;
+        }
+        if let Poll::Ready(r) =
+            std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await
+        {
+            return ready(r?);
+        }
+    }
     tokio::select! {
         r = &mut first => return ready(r?),
         () = tokio::time::sleep_until((start + RESYN_AFTER).min(deadline)) => {}

@@ -24,8 +24,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
-use http_body_util::combinators::UnsyncBoxBody;
-use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -38,20 +36,74 @@ use super::balance::InFlight;
 use super::server::App;
 use super::upstream::Reuse;
 
-/// Bodies in both directions.
-pub(crate) type Body = UnsyncBoxBody<Bytes, hyper::Error>;
-
 /// The pooled client to one backend.
 pub(crate) type Client = super::upstream::Client;
 
-fn empty() -> Body {
-    Empty::new().map_err(|never| match never {}).boxed_unsync()
+/// Bodies in both directions: one the proxy streams (a client's request, a backend's
+/// response), or one it makes (its own error replies). An enum, not a boxed trait object:
+/// no allocation per request, no dynamic call per frame.
+pub(crate) enum Body {
+    Empty,
+    Bytes(Option<Bytes>),
+    /// Streamed; `ended` (a request body's) is told when the last frame has been taken,
+    /// that is, sent upstream.
+    Incoming {
+        inner: Incoming,
+        ended: Option<tokio::sync::oneshot::Sender<()>>,
+    },
 }
 
-fn text(s: String) -> Body {
-    Full::new(Bytes::from(s))
-        .map_err(|never| match never {})
-        .boxed_unsync()
+impl Body {
+    fn text(s: String) -> Self {
+        Self::Bytes(Some(Bytes::from(s)))
+    }
+
+    fn streamed(inner: Incoming) -> Self {
+        Self::Incoming { inner, ended: None }
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match self.get_mut() {
+            Self::Empty => Poll::Ready(None),
+            Self::Bytes(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Self::Incoming { inner, ended } => {
+                let r = Pin::new(&mut *inner).poll_frame(cx);
+                // hyper stops polling once `is_end_stream` says so, so the end is also
+                // signalled after the last frame, not only on `None`.
+                if ended.is_some()
+                    && (matches!(r, Poll::Ready(None)) || (r.is_ready() && inner.is_end_stream()))
+                    && let Some(tx) = ended.take()
+                {
+                    let _ = tx.send(());
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Self::Empty => true,
+            Self::Bytes(b) => b.is_none(),
+            Self::Incoming { inner, .. } => inner.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Self::Empty => SizeHint::with_exact(0),
+            Self::Bytes(b) => SizeHint::with_exact(b.as_ref().map_or(0, |b| b.len() as u64)),
+            Self::Incoming { inner, .. } => inner.size_hint(),
+        }
+    }
 }
 
 pub(crate) async fn serve(
@@ -147,7 +199,10 @@ async fn serve_conn(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAd
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(t.header_read)
-        .keep_alive(true);
+        .keep_alive(true)
+        // One buffer, one send: most responses are a small head and body, cheaper copied
+        // together than gathered by `writev` from hyper's queue of buffers.
+        .writev(false);
     let conn = builder
         .serve_connection(TokioIo::new(stream), svc)
         .with_upgrades();
@@ -156,6 +211,7 @@ async fn serve_conn(app: Arc<App>, stream: tokio::net::TcpStream, peer: SocketAd
     let mut closing = false;
     loop {
         tokio::select! {
+            biased;
             _ = conn.as_mut() => break,
             _ = tick.tick() => {
                 let idle = state.idle_for();
@@ -238,7 +294,7 @@ impl hyper::body::Body for Tracked {
 fn reply(status: StatusCode, body: String, guard: RequestGuard) -> Response<Tracked> {
     guard.app.metrics.status(status.as_u16());
     let mut r = Response::new(Tracked {
-        inner: text(body),
+        inner: Body::text(body),
         guard: Some(guard),
         reuse: None,
     });
@@ -262,12 +318,19 @@ async fn handle(
     };
     let upgrade = is_upgrade(req.headers());
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bodiless = body.is_end_stream();
     // Safe to send again after a failure before the response head: the backend may have
     // processed it, but an idempotent request may be repeated (RFC 9110 §9.2.2).
     let repeatable = bodiless && !upgrade && parts.method.is_idempotent();
-    let mut body = Some(body.boxed_unsync());
+    if forward_headers(&mut parts.headers, &client_ip, upgrade).is_none() {
+        return Ok(reply(
+            StatusCode::BAD_REQUEST,
+            "bad X-Forwarded-For header\n".into(),
+            guard,
+        ));
+    }
+    let mut body = Some(body);
     let mut failed_on: Option<String> = None;
     let t = app.cfg.timeouts;
     loop {
@@ -302,18 +365,19 @@ async fn handle(
         // The response-head clock starts once the request body has been sent (at once for
         // a bodiless request): a slow upload is not cut, only a wait after it.
         let (upstream_body, sent_rx) = match body.take() {
-            Some(b) if !bodiless => {
+            Some(inner) if !bodiless => {
                 let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
-                let b = SignalEnd {
-                    inner: b,
+                let b = Body::Incoming {
+                    inner,
                     ended: Some(sent_tx),
-                }
-                .boxed_unsync();
+                };
                 (b, Some(sent_rx))
             }
-            other => (other.unwrap_or_else(empty), None),
+            _ => (Body::Empty, None),
         };
-        let out = match upstream_request(&parts, addr, &client_ip, upgrade, upstream_body) {
+        // Only a bodiless request's first attempt can be followed by another.
+        let last_attempt = !bodiless || failed_on.is_some();
+        let out = match upstream_request(&mut parts, addr, last_attempt, upstream_body) {
             Some(r) => r,
             None => {
                 return Ok(reply(
@@ -337,6 +401,7 @@ async fn handle(
             }
         };
         let res = tokio::select! {
+            biased;
             r = client.request(out) => Some(r),
             () = head_deadline => None,
         };
@@ -375,41 +440,6 @@ async fn handle(
     }
 }
 
-/// A request body that reports when its last frame has been taken (sent upstream).
-struct SignalEnd {
-    inner: Body,
-    ended: Option<tokio::sync::oneshot::Sender<()>>,
-}
-
-impl hyper::body::Body for SignalEnd {
-    type Data = Bytes;
-    type Error = hyper::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.get_mut();
-        let r = Pin::new(&mut this.inner).poll_frame(cx);
-        // hyper stops polling once `is_end_stream` says so, so the end is also signalled
-        // after the last frame, not only on `None`.
-        if (matches!(r, Poll::Ready(None)) || (r.is_ready() && this.inner.is_end_stream()))
-            && let Some(tx) = this.ended.take()
-        {
-            let _ = tx.send(());
-        }
-        r
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// An error and its causes, `: `-separated (hyper-util's own message is only "client error
 /// (SendRequest)").
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -423,25 +453,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn upstream_request(
-    parts: &http::request::Parts,
-    addr: SocketAddr,
-    client_ip: &HeaderValue,
-    upgrade: bool,
-    body: Body,
-) -> Option<Request<Body>> {
-    // Origin-form (`/path?query`), as HTTP/1.1 sends it to a server (RFC 9112 §3.2.1).
-    let uri: Uri = match parts.uri.path_and_query() {
-        Some(pq) => Uri::from(pq.clone()),
-        None => Uri::from_static("/"),
-    };
-    let mut headers = parts.headers.clone();
-    strip_hop_by_hop(&mut headers, upgrade);
-    // The client's Host goes through; an HTTP/1.0 client may have sent none.
-    if !headers.contains_key(header::HOST) {
-        headers.insert(header::HOST, HeaderValue::from_str(&addr.to_string()).ok()?);
-    }
-    let xff = match headers.get("x-forwarded-for").map(HeaderValue::as_bytes) {
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The client's headers as they go to a backend, made once per request: hop-by-hop headers
+/// dropped, `X-Forwarded-For` (appended to) and `X-Forwarded-Proto` set.
+fn forward_headers(h: &mut HeaderMap, client_ip: &HeaderValue, upgrade: bool) -> Option<()> {
+    strip_hop_by_hop(h, upgrade);
+    let xff = match h.get(&X_FORWARDED_FOR).map(HeaderValue::as_bytes) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + client_ip.len());
             v.extend_from_slice(prev);
@@ -451,11 +470,33 @@ fn upstream_request(
         }
         None => client_ip.clone(),
     };
-    headers.insert(HeaderName::from_static("x-forwarded-for"), xff);
-    headers.insert(
-        HeaderName::from_static("x-forwarded-proto"),
-        HeaderValue::from_static("http"),
-    );
+    h.insert(&X_FORWARDED_FOR, xff);
+    h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    Some(())
+}
+
+/// The request to `addr`, with the headers [`forward_headers`] made: taken when no attempt
+/// can follow this one, copied when one can.
+fn upstream_request(
+    parts: &mut http::request::Parts,
+    addr: SocketAddr,
+    last_attempt: bool,
+    body: Body,
+) -> Option<Request<Body>> {
+    // Origin-form (`/path?query`), as HTTP/1.1 sends it to a server (RFC 9112 §3.2.1).
+    let uri: Uri = match parts.uri.path_and_query() {
+        Some(pq) => Uri::from(pq.clone()),
+        None => Uri::from_static("/"),
+    };
+    let mut headers = if last_attempt {
+        std::mem::take(&mut parts.headers)
+    } else {
+        parts.headers.clone()
+    };
+    // The client's Host goes through; an HTTP/1.0 client may have sent none.
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, HeaderValue::from_str(&addr.to_string()).ok()?);
+    }
     let mut r = Request::new(body);
     *r.method_mut() = parts.method.clone();
     *r.uri_mut() = uri;
@@ -489,7 +530,7 @@ fn respond(
         return Response::from_parts(
             parts,
             Tracked {
-                inner: empty(),
+                inner: Body::Empty,
                 guard: None,
                 reuse: None,
             },
@@ -500,7 +541,7 @@ fn respond(
     Response::from_parts(
         parts,
         Tracked {
-            inner: body.boxed_unsync(),
+            inner: Body::streamed(body),
             guard: Some(guard),
             reuse,
         },
@@ -508,43 +549,85 @@ fn respond(
 }
 
 fn is_upgrade(h: &HeaderMap) -> bool {
-    h.contains_key(header::UPGRADE)
-        && h.get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+    h.contains_key(header::UPGRADE) && connection_has(h, b"upgrade")
 }
 
-/// Removes the hop-by-hop headers (RFC 9110 §7.6.1) and those the Connection header names;
-/// keeps `Connection: upgrade` + `Upgrade` when tunnelling.
+/// Whether a `Connection` header of `h` lists `option` (case-insensitive).
+pub(crate) fn connection_has(h: &HeaderMap, option: &[u8]) -> bool {
+    h.get_all(header::CONNECTION).iter().any(|v| {
+        v.as_bytes()
+            .split(|&b| b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(option))
+    })
+}
+
+/// The headers that belong to one connection, not to the message (RFC 9110 §7.6.1),
+/// besides those a `Connection` header names.
+static HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Where `name` is in [`HOP_BY_HOP`] (a match on the name's text: cheaper than comparing
+/// it with each).
+fn hop_by_hop_index(name: &HeaderName) -> Option<usize> {
+    Some(match name.as_str() {
+        "connection" => 0,
+        "upgrade" => 1,
+        "te" => 2,
+        "trailer" => 3,
+        "transfer-encoding" => 4,
+        "keep-alive" => 5,
+        "proxy-connection" => 6,
+        _ => return None,
+    })
+}
+
+/// Removes the hop-by-hop headers and those the Connection header names; keeps
+/// `Connection: upgrade` + `Upgrade` when tunnelling.
+///
+/// Runs on every request and response, so it looks before it removes: one pass over the
+/// names finds which of [`HOP_BY_HOP`] are there (most messages carry none, or only
+/// `Connection`), and only those are looked up again.
 fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    let named: Vec<HeaderName> = h
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        if !(keep_upgrade && name == header::UPGRADE) {
+    let mut present = 0u8;
+    for name in h.keys() {
+        if let Some(i) = hop_by_hop_index(name) {
+            present |= 1 << i;
+        }
+    }
+    if present & 1 != 0 {
+        // Options of the Connection header that name other headers (`close` and
+        // `keep-alive` are options, not names); rare, so nothing is allocated without one.
+        let mut named: Vec<HeaderName> = Vec::new();
+        for v in h.get_all(header::CONNECTION) {
+            for t in v.as_bytes().split(|&b| b == b',') {
+                let t = t.trim_ascii();
+                let option = t.eq_ignore_ascii_case(b"close")
+                    || t.eq_ignore_ascii_case(b"keep-alive")
+                    || (keep_upgrade && t.eq_ignore_ascii_case(b"upgrade"));
+                if !option && let Ok(name) = HeaderName::from_bytes(t) {
+                    named.push(name);
+                }
+            }
+        }
+        for name in named {
             h.remove(name);
         }
     }
-    for name in [
-        header::CONNECTION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        HeaderName::from_static("keep-alive"),
-        HeaderName::from_static("proxy-connection"),
-    ] {
-        h.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        let keep = keep_upgrade && *name == header::UPGRADE;
+        if present & (1 << i) != 0 && !keep {
+            h.remove(name);
+        }
     }
     if keep_upgrade {
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
-        h.remove(header::UPGRADE);
     }
 }
 
@@ -572,5 +655,81 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert!(h.get(header::CONNECTION).is_none() && h.get(header::UPGRADE).is_none());
         assert_eq!(h.get("x-app").unwrap(), "kept");
+    }
+
+    #[test]
+    fn every_hop_by_hop_header_is_removed_with_the_ones_connection_names_in_any_case() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("close"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-Trace-Hop ,, TE"),
+        );
+        h.insert("x-trace-hop", HeaderValue::from_static("1"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRAILER, HeaderValue::from_static("x-sum"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::UPGRADE, HeaderValue::from_static("h2c"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        h.insert(header::ETAG, HeaderValue::from_static("\"x\""));
+        assert!(!is_upgrade(&h), "no `upgrade` option: not an upgrade");
+        strip_hop_by_hop(&mut h, false);
+        let mut left: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["content-length", "etag"]);
+    }
+
+    #[test]
+    fn a_message_without_hop_by_hop_headers_is_left_as_it_is() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("app.example"));
+        h.append("x-many", HeaderValue::from_static("1"));
+        h.append("x-many", HeaderValue::from_static("2"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn the_hop_by_hop_index_matches_the_table() {
+        for (i, name) in HOP_BY_HOP.iter().enumerate() {
+            assert_eq!(hop_by_hop_index(name), Some(i), "{name}");
+        }
+        assert_eq!(hop_by_hop_index(&header::HOST), None);
+        assert_eq!(hop_by_hop_index(&HeaderName::from_static("x-te")), None);
+    }
+
+    #[test]
+    fn connection_options_are_matched_as_whole_tokens() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, Close"),
+        );
+        assert!(connection_has(&h, b"close"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("closed, x-close"),
+        );
+        assert!(!connection_has(&h, b"close"));
+        assert!(!connection_has(&HeaderMap::new(), b"close"));
+    }
+
+    #[tokio::test]
+    async fn a_made_body_is_one_frame_and_its_exact_size() {
+        use http_body_util::BodyExt;
+        let b = Body::text("no ready instance\n".into());
+        assert_eq!(b.size_hint().exact(), Some(18));
+        assert!(!b.is_end_stream());
+        let got = b.collect().await.unwrap().to_bytes();
+        assert_eq!(&got[..], b"no ready instance\n");
+        let e = Body::Empty;
+        assert!(e.is_end_stream());
+        assert_eq!(e.size_hint().exact(), Some(0));
+        assert!(e.collect().await.unwrap().to_bytes().is_empty());
     }
 }
