@@ -7,6 +7,10 @@
 //! (`berth run`, the shim) measured a few percent slower with mimalloc in
 //! `scripts/bench-runtime`, and the daemons' memory is tuned for glibc (`host::alloc`).
 //!
+//! mimalloc's process constructor is compiled out (`.cargo/config.toml`): it would set
+//! mimalloc up in every berth process, ~50 µs each, and a container start runs several.
+//! mimalloc sets itself up on its first allocation instead, in the proxy only.
+//!
 //! Memory that glibc handed out before the switch (argument parsing, logging set-up) is
 //! still freed by glibc: a pointer goes back to mimalloc only if mimalloc's page map owns it.
 
