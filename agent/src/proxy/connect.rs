@@ -78,20 +78,22 @@ pub(crate) fn detect_dead_peer(stream: &TcpStream) -> io::Result<()> {
     Ok(())
 }
 
-/// A connected backend socket with `TCP_NODELAY` set.
-fn ready(stream: TcpStream) -> io::Result<TcpStream> {
-    stream.set_nodelay(true)?;
-    Ok(stream)
-}
-
 /// A backend socket of the HTTP mode: [`detect_dead_peer`] runs once a read has been
 /// waiting [`ARM_AFTER`] (for a response, or on an idle pooled connection, which hyper
-/// keeps reading to notice a close).
+/// keeps reading to notice a close), and `TCP_NODELAY` is set before its second write.
+///
+/// Nagle's algorithm holds back a small segment only while sent data is unacknowledged,
+/// so it never delays a connection's first write; most backend connections carry one
+/// request, written at once (head and small body in one buffer), and are closed after the
+/// response. From the second write on (a streamed body, the next request on a pooled
+/// connection, a tunnel) the option is set, once.
 #[derive(Debug)]
 pub(crate) struct BackendStream {
     stream: TcpStream,
     arm: Option<Pin<Box<tokio::time::Sleep>>>,
     armed: bool,
+    /// Writes that have gone out, counted up to 2.
+    writes: u8,
 }
 
 impl BackendStream {
@@ -100,6 +102,21 @@ impl BackendStream {
             stream,
             arm: None,
             armed: false,
+            writes: 0,
+        }
+    }
+
+    /// Sets `TCP_NODELAY` before a second write; counts writes that sent something.
+    fn before_write(&mut self) -> io::Result<()> {
+        if self.writes == 1 {
+            self.stream.set_nodelay(true)?;
+        }
+        Ok(())
+    }
+
+    fn after_write<T>(&mut self, r: &Poll<io::Result<T>>) {
+        if matches!(r, Poll::Ready(Ok(_))) && self.writes < 2 {
+            self.writes += 1;
         }
     }
 
@@ -140,7 +157,13 @@ impl AsyncWrite for BackendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+        let this = self.get_mut();
+        if let Err(e) = this.before_write() {
+            return Poll::Ready(Err(e));
+        }
+        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.after_write(&r);
+        r
     }
 
     fn poll_write_vectored(
@@ -148,7 +171,13 @@ impl AsyncWrite for BackendStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        if let Err(e) = this.before_write() {
+            return Poll::Ready(Err(e));
+        }
+        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.after_write(&r);
+        r
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -165,8 +194,8 @@ impl AsyncWrite for BackendStream {
 }
 
 /// Connects to `addr` within `timeout`, racing a fresh attempt against the pending ones
-/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). `TCP_NODELAY` is set on the result;
-/// the dead-peer options are the caller's ([`detect_dead_peer`], [`BackendStream`]).
+/// every [`RESYN_AFTER`] (at most [`MAX_ATTEMPTS`]). Socket options are the caller's:
+/// `TCP_NODELAY` and the dead-peer ones ([`detect_dead_peer`], [`BackendStream`]).
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     let start = Instant::now();
     let deadline = start + timeout;
@@ -184,11 +213,11 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
         if let Poll::Ready(r) =
             std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await
         {
-            return ready(r?);
+            return r;
         }
     }
     tokio::select! {
-        r = &mut first => return ready(r?),
+        r = &mut first => return r,
         () = tokio::time::sleep_until((start + RESYN_AFTER).min(deadline)) => {}
     }
     let mut attempts: JoinSet<io::Result<TcpStream>> = JoinSet::new();
@@ -198,7 +227,7 @@ pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<T
     loop {
         tokio::select! {
             done = attempts.join_next() => match done {
-                Some(Ok(Ok(stream))) => return ready(stream),
+                Some(Ok(Ok(stream))) => return Ok(stream),
                 Some(Ok(Err(e))) => return Err(e),
                 Some(Err(e)) => return Err(io::Error::other(e)),
                 // Not reached: the set is never empty here.
@@ -246,6 +275,28 @@ mod tests {
             u128::from(sockopt::tcp_user_timeout(&b.stream).unwrap()),
             DEAD_PEER_AFTER.as_millis()
         );
+    }
+
+    #[tokio::test]
+    async fn nodelay_is_set_before_the_second_write_only() {
+        use tokio::io::AsyncWriteExt;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = connect(l.local_addr().unwrap(), Duration::from_secs(2))
+            .await
+            .unwrap();
+        let (_peer, _) = l.accept().await.unwrap();
+        let mut b = BackendStream::new(s);
+        assert!(!b.stream.nodelay().unwrap());
+        b.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert!(
+            !b.stream.nodelay().unwrap(),
+            "a first write is never held back"
+        );
+        b.write_all(b"x").await.unwrap();
+        assert!(b.stream.nodelay().unwrap());
+        let bufs = [io::IoSlice::new(b"y"), io::IoSlice::new(b"z")];
+        assert!(b.write_vectored(&bufs).await.unwrap() >= 1);
+        assert!(b.stream.nodelay().unwrap() && b.writes == 2);
     }
 
     #[tokio::test]

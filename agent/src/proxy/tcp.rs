@@ -52,6 +52,7 @@ async fn serve_conn(app: Arc<App>, mut client: TcpStream) {
         };
         match super::connect::connect(picked.backend().addr(), app.cfg.timeouts.connect).await {
             Ok(mut upstream) => {
+                let _ = upstream.set_nodelay(true);
                 if let Err(e) = super::connect::detect_dead_peer(&upstream) {
                     tracing::debug!(app = %app.cfg.name, error = %e, "backend socket options not set");
                 }
