@@ -106,18 +106,22 @@ impl BackendStream {
         }
     }
 
-    /// Sets `TCP_NODELAY` before a second write; counts writes that sent something.
-    fn before_write(&mut self) -> io::Result<()> {
-        if self.writes == 1 {
-            self.stream.set_nodelay(true)?;
+    /// One write through `write`: `TCP_NODELAY` set first if it is the second, counted if
+    /// it sent something.
+    fn counted_write(
+        &mut self,
+        write: impl FnOnce(Pin<&mut TcpStream>) -> Poll<io::Result<usize>>,
+    ) -> Poll<io::Result<usize>> {
+        if self.writes == 1
+            && let Err(e) = self.stream.set_nodelay(true)
+        {
+            return Poll::Ready(Err(e));
         }
-        Ok(())
-    }
-
-    fn after_write<T>(&mut self, r: &Poll<io::Result<T>>) {
+        let r = write(Pin::new(&mut self.stream));
         if matches!(r, Poll::Ready(Ok(_))) && self.writes < 2 {
             self.writes += 1;
         }
+        r
     }
 
     /// Whether the dead-peer options are set (tests).
@@ -157,13 +161,8 @@ impl AsyncWrite for BackendStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Err(e) = this.before_write() {
-            return Poll::Ready(Err(e));
-        }
-        let r = Pin::new(&mut this.stream).poll_write(cx, buf);
-        this.after_write(&r);
-        r
+        self.get_mut()
+            .counted_write(|stream| stream.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -171,13 +170,8 @@ impl AsyncWrite for BackendStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        if let Err(e) = this.before_write() {
-            return Poll::Ready(Err(e));
-        }
-        let r = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
-        this.after_write(&r);
-        r
+        self.get_mut()
+            .counted_write(|stream| stream.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
